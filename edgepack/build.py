@@ -1,0 +1,286 @@
+"""`edgepack build`: recipe -> plan -> stages -> gates -> signed bundle -> registry.
+
+The plan is linear with a fan-out per target and per device:
+  data -> convert -> optimize[...] -> compile[target] x N -> validate[target x device] -> package -> sign -> publish
+A target that fails to compile or validate fails alone; the others go on (exit code PARTIAL).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .artifact import Artifact
+from .cache import StageCache, edgepack_home
+from .data import freeze, load_source
+from .engine import Engine, Progress, package_versions
+from .errors import EdgepackError, GateFailedError, StageError
+from .ingest import ConvertStage, source_artifact
+from .optimize import PassContext, make_pass
+from .paths import check_writable, write_json_atomic
+from .recipe import LoadedRecipe, TargetInput
+from .targets import TargetContext, make_target
+from .validate import ReferenceStage, ValidateStage
+from .validate.gates import evaluate
+
+DEFAULT_KEY = "keys/signing-key.pem"
+
+
+@dataclass
+class BuildOptions:
+    output: Path | None = None
+    registry: str | None = None
+    publish: bool = True
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    key: Path | None = None
+    quiet: bool = False
+    targets: list[str] | None = None  # build only these target ids
+
+
+@dataclass
+class BuildResult:
+    status: str  # ok | gates-failed | partial
+    exit_code: int
+    bundle: Path | None
+    report_path: Path
+    report: dict
+    published: dict | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+def default_registry(name: str) -> str:
+    return f"layout:{edgepack_home() / 'registry' / name}"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _resolve_key(lr: LoadedRecipe, opts: BuildOptions, progress: Progress) -> Path:
+    from .bundle.sign import keygen
+
+    if opts.key:
+        return Path(opts.key).expanduser()
+    if lr.recipe.package.key:
+        return lr.resolve(lr.recipe.package.key)
+    key = edgepack_home() / DEFAULT_KEY
+    if not key.exists():
+        keygen(key)
+        if not progress.quiet:
+            print(f"  created signing key {key} (public key {_public_key_for(key)})", file=progress.stream)
+    return key
+
+
+def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
+    opts = opts or BuildOptions()
+    r = lr.recipe
+    progress = Progress(quiet=opts.quiet)
+    started = _now()
+    out_dir = Path(opts.output) if opts.output else (lr.resolve(r.package.output) if r.package.output else Path("dist") / f"{r.name}-{r.version}")
+    out_dir = out_dir.expanduser().absolute()
+    registry = opts.registry or (r.publish.registry) or default_registry(r.name)
+    publish = opts.publish and r.publish.enabled
+
+    # Pre-flight: everything that can be checked cheaply is checked before any long stage.
+    check_writable(out_dir, "package.output")
+    from .registry.refs import parse_ref
+
+    ref = parse_ref(f"{registry}:{r.version}")
+    if publish and ref.kind == "layout":
+        check_writable(Path(ref.path), "publish.registry")
+    key = _resolve_key(lr, opts, progress)
+    from .bundle.sign import load_private_key
+
+    load_private_key(key)
+    from .devices import load_profile
+
+    devices = [load_profile(d, lr.dir)[0] for d in r.devices]
+    selected = [t for t in r.targets if not opts.targets or t.id in opts.targets]
+    target_stages = {t.id: make_target(t, TargetContext(lr.where("targets", i), lr.dir, r.model)) for i, t in enumerate(r.targets) if t in selected}
+
+    cache = StageCache(opts.cache_dir, enabled=opts.use_cache)
+    engine = Engine(cache, progress, log_dir=out_dir.parent / f".{out_dir.name}.logs")
+    if not opts.quiet:
+        print(f"edgepack build {lr.path} -> {out_dir}", file=progress.stream)
+
+    # Data
+    data: dict[str, Artifact] = {}
+    data_dir = cache.root / "data"
+    for role in ("calibration", "validation", "training"):
+        src = getattr(r.data, role)
+        if src is not None:
+            arrays, labels = load_source(lr, src, role, r.model.inputs)
+            data[role] = freeze(arrays, labels, data_dir, role)
+
+    # Convert
+    source = source_artifact(r.model, lr)
+    conv_inputs = {"source": source}
+    samples = data.get("validation") or data.get("calibration")
+    if samples is not None:
+        conv_inputs["samples"] = samples
+    converted = engine.run("convert", ConvertStage(r.model, lr.dir, lr.where("model")), conv_inputs).outputs["model"]
+    fp32 = converted
+
+    # Optimize
+    model = fp32
+    for i, cfg in enumerate(r.optimize):
+        ctx = PassContext(i, lr.where("optimize", i), lr.dir, r.model, r.gates)
+        stage = make_pass(cfg, ctx)
+        inputs = {"model": model, "source": source, **data}
+        model = engine.run(f"optimize[{i}] {cfg.pass_}", stage, inputs).outputs["model"]
+
+    # Compile, then validate each target on each device
+    reference = None
+    if "validation" in data:
+        reference = engine.run("reference fp32", ReferenceStage(), {"model": fp32, "validation": data["validation"]}).outputs["outputs"]
+    targets: dict[str, dict] = {}
+    artifacts: dict[str, Artifact] = {}
+    failures: list[str] = []
+    gate_failures: list[dict] = []
+    for tid, stage in target_stages.items():
+        t = stage.target
+        entry: dict = {"type": t.type.value, "input": t.input.value, "status": "ok", "devices": {}}
+        targets[tid] = entry
+        src_model = fp32 if t.input is TargetInput.FP32 else model
+        try:
+            res = engine.run(f"compile {tid}", stage, {"model": src_model, **data})
+        except EdgepackError as e:
+            entry.update(status="failed", error=e.one_line())
+            failures.append(e.one_line())
+            continue
+        art = res.outputs["artifact"]
+        artifacts[tid] = art
+        entry.update(compile=res.record, artifact=art.to_json(), size_bytes=art.size, precision=art.meta.get("precision"))
+        if "validation" not in data:
+            entry["validation"] = "skipped: the recipe has no data.validation"
+            continue
+        for dev in devices:
+            if art.meta.get("runtime") not in dev.runtimes:
+                entry["devices"][dev.name] = {"status": "skipped", "reason": f"device has no {art.meta.get('runtime')} runtime"}
+                continue
+            if art.meta.get("validate") is False:
+                entry["devices"][dev.name] = {"status": "skipped", "reason": art.meta.get("validate_reason", "not runnable here")}
+                continue
+            vinputs = {"artifact": art, "validation": data["validation"]}
+            if reference is not None:
+                vinputs["reference"] = reference
+            vstage = ValidateStage(dev, r.benchmark, [i.name for i in r.model.inputs])
+            try:
+                vres = engine.run(f"validate {tid} @ {dev.name}", vstage, vinputs)
+            except EdgepackError as e:
+                entry["devices"][dev.name] = {"status": "failed", "error": e.one_line()}
+                entry["status"] = "failed"
+                failures.append(e.one_line())
+                continue
+            gates = evaluate(r.gates, tid, dev.name, vres.record, art.size)
+            entry["devices"][dev.name] = {"status": "ok" if gates["passed"] else "gates-failed", **vres.record, "gates": gates}
+            gate_failures.extend(gates["failures"])
+            if not gates["passed"]:
+                entry["status"] = "gates-failed"
+
+    report = {
+        "schema_version": 1,
+        "name": r.name,
+        "version": r.version,
+        "recipe": str(lr.path),
+        "recipe_sha256": hashlib.sha256(lr.text.encode()).hexdigest(),
+        "started": started,
+        "finished": _now(),
+        "source": {"format": r.model.format.value, "sha256": source.digest},
+        "conversion": next((s for s in engine.lineage if s["name"] == "convert"), {}),
+        "stages": engine.lineage,
+        "records": {},
+        "targets": targets,
+        "gates": {"config": r.gates.model_dump(mode="json"), "passed": not gate_failures, "failures": gate_failures},
+        "failures": failures,
+        "toolchain": _toolchain(),
+    }
+    built_ok = [tid for tid, e in targets.items() if e["status"] == "ok"]
+    if gate_failures or not built_ok:
+        report_path = out_dir.parent / f"{out_dir.name}.report.json"
+        write_json_atomic(report_path, report)
+        if gate_failures:
+            msgs = [f["message"] for f in gate_failures]
+            raise GateFailedError(
+                f"{len(msgs)} gate(s) failed: " + "; ".join(msgs),
+                hint=f"report written to {report_path}; nothing was signed or published",
+            )
+        raise StageError("no target was built: " + "; ".join(failures), hint=f"report written to {report_path}")
+
+    # Package, sign, publish
+    from .bundle.manifest import write_bundle
+    from .bundle.sign import sign_bundle, verify_bundle
+
+    files = {}
+    for tid in built_ok:
+        art = artifacts[tid]
+        files[f"targets/{tid}/{art.path.name}"] = art.path
+    manifest = {
+        "name": r.name,
+        "version": r.version,
+        "created": report["finished"],
+        "recipe_sha256": report["recipe_sha256"],
+        "source": report["source"],
+        "calibration_sha256": data["calibration"].digest if "calibration" in data else None,
+        "validation_sha256": data["validation"].digest if "validation" in data else None,
+        "targets": {
+            tid: {
+                "type": targets[tid]["type"],
+                "path": f"targets/{tid}/{artifacts[tid].path.name}",
+                "format": artifacts[tid].format,
+                "runtime": artifacts[tid].meta.get("runtime"),
+                "precision": artifacts[tid].meta.get("precision"),
+                "inputs": [s.to_json() for s in artifacts[tid].inputs],
+                "outputs": [s.to_json() for s in artifacts[tid].outputs],
+                "runner": {k: v for k, v in artifacts[tid].meta.items() if k in ("input_map", "output_perms", "output_order", "runner_options")},
+                "validated_on": [d for d, v in targets[tid]["devices"].items() if v.get("status") == "ok"],
+            }
+            for tid in built_ok
+        },
+        "toolchain": report["toolchain"],
+        "lineage": [{k: s[k] for k in ("name", "stage", "version", "key", "inputs", "outputs")} for s in engine.lineage],
+    }
+    progress.start("package + sign")
+    t0 = time.perf_counter()
+    bundle = write_bundle(out_dir, files, manifest, report)
+    sign_bundle(bundle, key)
+    verify_bundle(bundle, _public_key_for(key))
+    progress.done("package + sign", "ok", time.perf_counter() - t0)
+    published = None
+    if publish:
+        progress.start("publish")
+        t0 = time.perf_counter()
+        published = _publish(bundle, ref)
+        progress.done("publish", "ok", time.perf_counter() - t0, note=published.get("ref", ""))
+    report_path = bundle / "report.json"
+    status = "partial" if failures else "ok"
+    return BuildResult(status, 5 if failures else 0, bundle, report_path, report, published, failures)
+
+
+def _public_key_for(private: Path) -> Path:
+    return private.with_name(private.stem + ".pub.pem")
+
+
+def _publish(bundle: Path, ref) -> dict:
+    from .registry import push
+
+    return push(bundle, ref)
+
+
+def _toolchain() -> dict:
+    versions = package_versions(
+        "onnx", "onnxruntime", "numpy", "torch", "onnxscript", "tensorflow", "tf2onnx", "onnx2tf",
+        "ai-edge-litert", "openvino", "nncf", "coremltools", "model-signing",
+    )
+    versions = {k: v for k, v in versions.items() if v != "not-installed"}
+    versions["edgepack"] = __version__
+    versions["python"] = platform.python_version()
+    versions["platform"] = f"{platform.system()}-{platform.machine()}"
+    return versions

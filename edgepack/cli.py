@@ -1,0 +1,161 @@
+"""The `edgepack` command. The only place that turns EdgepackError into an exit code (docs/cli.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from .errors import EdgepackError, ExitCode
+
+
+class Ctx:
+    verbose = False
+
+
+@click.group()
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and backend messages.")
+@click.version_option(package_name="edgepack")
+@click.pass_context
+def cli(ctx, verbose):
+    """Ship trained models to edge devices."""
+    Ctx.verbose = verbose
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Bundle directory (default dist/NAME-VERSION).")
+@click.option("--registry", help="Where to publish: layout:PATH (default $EDGEPACK_HOME/registry/NAME).")
+@click.option("--no-publish", is_flag=True, help="Build, validate and sign, but do not publish.")
+@click.option("--key", type=click.Path(path_type=Path), help="EC private key to sign with (PEM).")
+@click.option("--target", "targets", multiple=True, help="Build only this target (repeatable).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Stage cache (default $EDGEPACK_HOME/cache).")
+@click.option("--no-cache", is_flag=True, help="Re-run every stage.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
+def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, as_json):
+    """Run a recipe: convert, optimize, compile, validate, sign, publish."""
+    from .build import BuildOptions
+    from .build import build as run_build
+    from .recipe import load_recipe
+    from .report import summary_table
+
+    lr = load_recipe(recipe)
+    opts = BuildOptions(output=output, registry=registry, publish=not no_publish, key=key, targets=list(targets) or None,
+                        cache_dir=cache_dir, use_cache=not no_cache, quiet=as_json)
+    res = run_build(lr, opts)
+    if as_json:
+        from .report import summary_rows
+
+        click.echo(json.dumps({"status": res.status, "exit_code": res.exit_code, "bundle": str(res.bundle),
+                               "report": str(res.report_path), "published": res.published, "failures": res.failures,
+                               "summary": summary_rows(res.report)}, indent=2, default=str))
+    else:
+        click.echo(summary_table(res.report))
+        click.echo(f"\nbundle: {res.bundle}")
+        if res.published:
+            click.echo(f"published: {res.published.get('ref')} ({res.published.get('digest')})")
+        for f in res.failures:
+            click.echo(f"failed: {f}", err=True)
+    sys.exit(res.exit_code)
+
+
+@cli.command()
+def schema():
+    """Print the recipe's JSON Schema."""
+    from .recipe import json_schema
+
+    click.echo(json_schema())
+
+
+@cli.command()
+@click.argument("private_key", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--curve", type=click.Choice(["P-256", "P-384", "P-521"]), default="P-256")
+@click.option("--force", is_flag=True, help="Overwrite an existing key.")
+def keygen(private_key, curve, force):
+    """Create an EC signing key pair (default $EDGEPACK_HOME/keys/signing-key.pem)."""
+    from .bundle.sign import keygen as make
+    from .build import DEFAULT_KEY
+    from .cache import edgepack_home
+
+    private_key = private_key or edgepack_home() / DEFAULT_KEY
+    priv, pub = make(private_key, curve=curve, overwrite=force)
+    click.echo(f"private key: {priv}\npublic key:  {pub}")
+
+
+def _default_pub() -> Path:
+    from .build import DEFAULT_KEY
+    from .cache import edgepack_home
+
+    return (edgepack_home() / DEFAULT_KEY).with_name("signing-key.pub.pem")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--key", type=click.Path(path_type=Path), help="Public key (PEM); default: your own signing key's.")
+def verify(bundle, key):
+    """Check every file's digest and the signature of a bundle directory."""
+    from .bundle.sign import verify_bundle
+
+    info = verify_bundle(bundle, key or _default_pub())
+    click.echo(f"OK: {bundle} ({info.get('files', '?')} files, signer {str(info.get('key_fingerprint', ''))[:16]})")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("ref")
+def publish(bundle, ref):
+    """Publish a signed bundle to a registry reference (layout:PATH:TAG)."""
+    from .registry import push
+    from .registry.refs import parse_ref
+
+    info = push(bundle, parse_ref(ref))
+    click.echo(f"published {info.get('ref', ref)} {info.get('digest', '')}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Where to put the bundle.")
+@click.option("--key", type=click.Path(path_type=Path), help="Public key (PEM); default: your own signing key's.")
+def pull(ref, output, key):
+    """Fetch a bundle, re-hash every blob, verify the signature, then move it into place."""
+    from .registry import pull as do_pull
+    from .registry.refs import parse_ref
+
+    info = do_pull(parse_ref(ref), output, key or _default_pub())
+    click.echo(f"pulled {ref} -> {output} (verified, {info.get('files', '?')} files)")
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv or "-v" in argv:  # accepted anywhere on the line
+        argv = ["--verbose"] + [a for a in argv if a not in ("--verbose", "-v")]
+    try:
+        cli.main(args=argv, prog_name="edgepack", standalone_mode=False)
+    except EdgepackError as e:
+        if Ctx.verbose:
+            traceback.print_exc()
+        click.echo(f"error: {e.one_line()}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(ExitCode.BAD_INPUT)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # a bug in edgepack or a backend: one line unless --verbose
+        if Ctx.verbose:
+            traceback.print_exc()
+        click.echo(f"error: internal error: {e.__class__.__name__}: {e} (rerun with --verbose for the traceback)", err=True)
+        sys.exit(ExitCode.BUILD_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Stages and the engine that runs them with caching, isolation and lineage."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .artifact import Artifact
+from .cache import StageCache, stage_key
+from .errors import EdgepackError, StageError
+from .worker import run_isolated
+
+
+@dataclass
+class StageResult:
+    outputs: dict[str, Artifact]
+    record: dict = field(default_factory=dict)  # what the stage did: metrics, fallbacks and their reasons
+    cached: bool = False
+    seconds: float = 0.0
+    key: str = ""
+
+
+class Stage:
+    """A pure step: input artifacts + config -> output artifacts.
+
+    Subclasses set ``kind`` (stable id used in cache keys), bump ``version`` when their behaviour
+    changes, and implement ``run``. ``check_inputs``/``check_outputs`` are the contract checks that
+    run before and after (their errors name the stage).
+    """
+
+    kind: ClassVar[str] = "stage"
+    version: ClassVar[str] = "1"
+    isolated: ClassVar[bool] = False
+    timeout: ClassVar[float] = 1800.0
+    cacheable: ClassVar[bool] = True
+    # Input names the stage reads; others offered by the build are dropped before keying, so that
+    # e.g. new validation data does not re-run a pass that only reads calibration data. None = all.
+    uses: ClassVar[tuple[str, ...] | None] = None
+
+    def config(self) -> dict:
+        return {}
+
+    def toolchain(self) -> dict[str, str]:
+        return {}
+
+    def check_inputs(self, inputs: dict[str, Artifact]) -> None:
+        pass
+
+    def check_outputs(self, inputs: dict[str, Artifact], result: StageResult) -> None:
+        pass
+
+    def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:  # pragma: no cover
+        raise NotImplementedError
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = "not-installed"
+    return out
+
+
+class Progress:
+    """One line per stage on stderr; silent with quiet=True (used by --json)."""
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+
+        self.live = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def start(self, name: str) -> None:
+        if self.live:  # on a terminal the line shows while the stage runs, then is overwritten
+            print(f"  {name:<34} ...", end="", file=self.stream, flush=True)
+
+    def done(self, name: str, status: str, seconds: float, note: str = "") -> None:
+        if not self.quiet:
+            extra = f"  {note}" if note else ""
+            prefix = "\r" if self.live else ""
+            print(f"{prefix}  {name:<34} {status:<7} {seconds:6.1f}s{extra}", file=self.stream, flush=True)
+
+
+def _run_stage(stage: Stage, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
+    return stage.run(inputs, workdir)
+
+
+class Engine:
+    def __init__(self, cache: StageCache, progress: Progress | None = None, log_dir: Path | None = None):
+        self.cache = cache
+        self.progress = progress or Progress(quiet=True)
+        self.log_dir = log_dir
+        self.lineage: list[dict[str, Any]] = []
+
+    def key_for(self, stage: Stage, inputs: dict[str, Artifact]) -> str:
+        return stage_key(stage.kind, stage.version, stage.config(), {k: a.digest for k, a in inputs.items()}, stage.toolchain())
+
+    def run(self, name: str, stage: Stage, inputs: dict[str, Artifact]) -> StageResult:
+        if stage.uses is not None:
+            inputs = {k: a for k, a in inputs.items() if k in stage.uses}
+        key = self.key_for(stage, inputs)
+        self.progress.start(name)
+        t0 = time.perf_counter()
+        hit = self.cache.get(key) if stage.cacheable else None
+        if hit is not None:
+            outputs, record = hit
+            result = StageResult(outputs, record, cached=True, seconds=time.perf_counter() - t0, key=key)
+            self.progress.done(name, "cached", result.seconds)
+        else:
+            try:
+                stage.check_inputs(inputs)
+            except EdgepackError as e:
+                self.progress.done(name, "failed", time.perf_counter() - t0)
+                raise type(e)(f"{name}: {e.message}", e.hint) from e
+            workdir = self.cache.new_workdir(key)
+            log_path = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                log_path = self.log_dir / f"{name.replace('/', '_').replace(' ', '_')}.log"
+                log_path.unlink(missing_ok=True)
+            try:
+                if stage.isolated:
+                    result = run_isolated(
+                        _run_stage, stage, inputs, workdir, timeout=stage.timeout, log_path=log_path, what=f"stage {name}"
+                    )
+                else:
+                    result = stage.run(inputs, workdir)
+                stage.check_outputs(inputs, result)
+                if stage.cacheable:
+                    result.outputs = self.cache.commit(key, workdir, result.outputs, result.record)
+            except EdgepackError as e:
+                self.cache.discard(workdir)
+                self.progress.done(name, "failed", time.perf_counter() - t0)
+                if e.message.startswith(f"{name}:"):
+                    raise
+                raise type(e)(f"{name}: {e.message}", e.hint) from e
+            except Exception as e:
+                self.cache.discard(workdir)
+                self.progress.done(name, "failed", time.perf_counter() - t0)
+                raise StageError(f"{name}: {e.__class__.__name__}: {e}", hint="rerun with --verbose for the traceback") from e
+            result.cached = False
+            result.key = key
+            result.seconds = time.perf_counter() - t0
+            if log_path is not None:
+                result.record.setdefault("log", str(log_path))
+            self.progress.done(name, "ok", result.seconds)
+        self.lineage.append(
+            {
+                "name": name,
+                "stage": stage.kind,
+                "version": stage.version,
+                "key": key,
+                "cached": result.cached,
+                "seconds": round(result.seconds, 3),
+                "inputs": {k: a.digest for k, a in inputs.items()},
+                "outputs": {k: a.digest for k, a in result.outputs.items()},
+            }
+        )
+        return result

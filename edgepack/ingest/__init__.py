@@ -1,0 +1,236 @@
+"""Convert a source model to ONNX and check it numerically against the source.
+
+Each source format is one module with ``convert(ctx) -> Converted``. The shared code here checks the
+ONNX model (checker + shape inference), runs it with ONNX Runtime on the same sample inputs as the
+source, and fails naming the worst output when the difference is beyond ``model.tolerance``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import Artifact, TensorSpec, digest_path
+from ..engine import Stage, StageResult, package_versions
+from ..errors import BadInputError, StageError
+from ..recipe import ModelFormat, ModelSection
+
+# format -> (module, pip extra). Nothing registers itself on import.
+CONVERTERS: dict[ModelFormat, tuple[str, str | None]] = {
+    ModelFormat.PYTORCH: ("edgepack.ingest.torch", "torch"),
+    ModelFormat.TORCHSCRIPT: ("edgepack.ingest.torch", "torch"),
+    ModelFormat.EXPORTED_PROGRAM: ("edgepack.ingest.torch", "torch"),
+    ModelFormat.ONNX: ("edgepack.ingest.onnx", None),
+    ModelFormat.KERAS: ("edgepack.ingest.tensorflow", "tensorflow"),
+    ModelFormat.SAVED_MODEL: ("edgepack.ingest.tensorflow", "tensorflow"),
+    ModelFormat.TFLITE: ("edgepack.ingest.tensorflow", "tensorflow"),
+}
+
+TOOLCHAIN = {
+    "torch": ("torch", "onnxscript"),
+    "tensorflow": ("tensorflow", "tf2onnx"),
+    None: (),
+}
+
+
+@dataclass
+class ConvertContext:
+    model: ModelSection
+    recipe_dir: Path
+    source_where: str  # 'recipe.yaml:5:3 model' for error messages
+    samples: list[dict[str, np.ndarray]]
+    workdir: Path
+    output_names: list[str]
+    source: Artifact  # resolved source file (or weights) and its digest
+
+
+@dataclass
+class Converted:
+    onnx_path: Path
+    source_outputs: list[list[np.ndarray]] | None  # per sample, per output; None when the source is ONNX itself
+    record: dict = field(default_factory=dict)
+
+
+def sample_inputs(model: ModelSection, data: dict[str, np.ndarray] | None, n: int = 4) -> list[dict[str, np.ndarray]]:
+    """Up to ``n`` single-sample batches: from data when given, else seeded random values."""
+    if data:
+        count = min(n, len(next(iter(data.values()))))
+        return [{k: v[i : i + 1] for k, v in data.items()} for i in range(count)]
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        s = {}
+        for spec in model.inputs:
+            shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+            shape[0] = 1
+            if spec.dtype.value.startswith("float"):
+                s[spec.name] = rng.standard_normal(shape).astype(spec.dtype.value)
+            else:
+                s[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype.value)
+        out.append(s)
+    return out
+
+
+def onnx_specs(path: Path, layouts: dict[str, str | None] | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in m.graph.initializer}
+
+    def spec(v):
+        t = v.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "unknown"
+        return TensorSpec(v.name, dims, dtype, (layouts or {}).get(v.name))
+
+    return [spec(v) for v in m.graph.input if v.name not in init], [spec(v) for v in m.graph.output]
+
+
+def check_onnx(path: Path, where: str) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise BadInputError(
+            f"{where}: not a valid ONNX model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})",
+            hint="the file may be truncated or corrupted; re-export it",
+        ) from e
+
+
+def run_onnx(path: Path, samples: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return [sess.run(None, {k: s[k] for k in names}) for s in samples]
+
+
+def compare_outputs(source: list[list[np.ndarray]], onnx_out: list[list[np.ndarray]], names: list[str]) -> dict[str, float]:
+    diffs: dict[str, float] = {}
+    for s_outs, o_outs in zip(source, onnx_out):
+        if len(s_outs) != len(o_outs):
+            raise StageError(f"the source model gives {len(s_outs)} outputs but the ONNX model gives {len(o_outs)}")
+        for name, a, b in zip(names, s_outs, o_outs):
+            a = np.asarray(a, dtype=np.float64)
+            b = np.asarray(b, dtype=np.float64)
+            if a.shape != b.shape:
+                raise StageError(f"output '{name}': source shape {list(a.shape)} but ONNX shape {list(b.shape)}")
+            d = float(np.max(np.abs(a - b))) if a.size else 0.0
+            diffs[name] = max(diffs.get(name, 0.0), d)
+    return diffs
+
+
+class ConvertStage(Stage):
+    """Source model -> FP32 ONNX, numerically checked. Runs in a worker (torch/TF are heavy)."""
+
+    kind = "convert"
+    version = "1"
+    isolated = True
+    timeout = 1800.0
+
+    def __init__(self, model: ModelSection, recipe_dir: Path, source_where: str):
+        self.model = model
+        self.recipe_dir = Path(recipe_dir).resolve()
+        self.source_where = source_where
+        self.module, self.extra = CONVERTERS[model.format]
+
+    def config(self) -> dict:
+        return self.model.model_dump(mode="json", exclude={"path", "weights"})
+
+    def toolchain(self) -> dict[str, str]:
+        return package_versions("onnx", "onnxruntime", *TOOLCHAIN[self.extra])
+
+    def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
+        from ..data import read_npz
+
+        data = read_npz(inputs["samples"].path)[0] if "samples" in inputs else None
+        samples = sample_inputs(self.model, data)
+        names = self.model.outputs or []
+        ctx = ConvertContext(self.model, self.recipe_dir, self.source_where, samples, workdir, names, inputs["source"])
+        if self.extra:
+            from ..errors import require_backend
+
+            require_backend(self.extra, self.extra)
+        converted: Converted = importlib.import_module(self.module).convert(ctx)
+        path = converted.onnx_path
+        check_onnx(path, f"{self.source_where} (converted ONNX)")
+        path = _infer_shapes(path)
+        ins, outs = onnx_specs(path, {i.name: i.layout for i in self.model.inputs})
+        record = dict(converted.record)
+        record["exported_opset"] = _opset(path)
+        try:
+            onnx_out = run_onnx(path, samples)
+        except Exception as e:
+            shapes = {k: list(v.shape) for k, v in samples[0].items()}
+            cls = BadInputError if converted.source_outputs is None else StageError
+            raise cls(
+                f"{self.source_where}.inputs: ONNX Runtime rejected inputs of shape {shapes}: {str(e).splitlines()[0][:240]}",
+                hint="fix model.inputs[].shape / dtype to what the model expects",
+            ) from e
+        if converted.source_outputs is not None:
+            out_names = [o.name for o in outs]
+            diffs = compare_outputs(converted.source_outputs, onnx_out, out_names)
+            record["max_abs_diff"] = diffs
+            record["tolerance"] = self.model.tolerance
+            worst = max(diffs, key=diffs.get) if diffs else None
+            if worst is not None and diffs[worst] > self.model.tolerance:
+                raise StageError(
+                    f"ONNX output '{worst}' differs from the source by {diffs[worst]:.3g} (tolerance {self.model.tolerance:g})",
+                    hint="raise model.tolerance if this is expected, or check the exporter record in --verbose",
+                )
+        art = Artifact(path, "onnx", inputs=ins, outputs=outs, meta={"opset": record["exported_opset"]})
+        return StageResult({"model": art}, record)
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _infer_shapes(path: Path) -> Path:
+    import onnx
+
+    out = path.with_name("model.onnx")
+    m = onnx.shape_inference.infer_shapes(onnx.load(str(path)), strict_mode=False, data_prop=True)
+    tmp = out.with_suffix(".onnx.tmp")
+    onnx.save(m, str(tmp))
+    tmp.replace(out)
+    if path != out:
+        path.unlink(missing_ok=True)
+    return out
+
+
+def source_artifact(model: ModelSection, lr) -> Artifact:
+    """The source model as an artifact (its digest keys the convert stage)."""
+    from ..entrypoints import module_file
+
+    if model.format is ModelFormat.PYTORCH:
+        code = module_file(model.entrypoint, lr.dir)
+        if code is None:
+            raise BadInputError(
+                f"{lr.where('model', 'entrypoint')}: cannot find module '{model.entrypoint.partition(':')[0]}'",
+                hint=f"the module is looked up next to the recipe ({lr.dir}) and on PYTHONPATH",
+            )
+        parts = [digest_path(code)]
+        weights = None
+        if model.weights:
+            weights = lr.resolve(model.weights)
+            if not weights.is_file():
+                raise BadInputError(f"{weights} (model.weights): weights file not found", hint="check the path (relative to the recipe)")
+            parts.append(digest_path(weights))
+        import hashlib
+
+        digest = hashlib.sha256("|".join(parts).encode()).hexdigest()
+        return Artifact(weights or code, "pytorch", digest=digest, meta={"module": str(code), "weights": str(weights) if weights else None})
+    path = lr.resolve(model.path)
+    if not path.exists():
+        raise BadInputError(f"{path} (model.path): model file not found", hint="check the path (relative to the recipe)")
+    return Artifact(path, model.format.value)

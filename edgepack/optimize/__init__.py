@@ -1,0 +1,47 @@
+"""Optimization passes: ONNX model (+ data) -> ONNX model.
+
+One static table maps each recipe ``pass:`` name to its stage class; a new pass is a new module and
+one line here. Every pass records what it changed, and why when it changed nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..engine import Stage
+
+# pass name -> "module:Class". Imported lazily: nothing registers itself on import.
+PASSES: dict[str, str] = {
+    "quantize": "edgepack.optimize.quantize:QuantizeStage",
+}
+
+
+def make_pass(cfg, ctx) -> Stage:
+    """Build the stage for one recipe pass. ``ctx`` is the build's PassContext."""
+    name = cfg.pass_
+    module, _, cls = PASSES[name].partition(":")
+    return getattr(importlib.import_module(module), cls)(cfg, ctx)
+
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a pass may know about the build besides its own config and input artifacts."""
+
+    index: int  # position in the recipe's optimize list (for error messages)
+    where: str  # 'recipe.yaml:14:5 optimize[0]'
+    recipe_dir: Path
+    model: object  # recipe.ModelSection
+    gates: object  # recipe.Gates
+
+
+def count_ops(path: Path) -> dict[str, int]:
+    import onnx
+
+    hist: dict[str, int] = {}
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        hist[node.op_type] = hist.get(node.op_type, 0) + 1
+    return dict(sorted(hist.items()))

@@ -1,0 +1,390 @@
+"""Recipe: typed, frozen models loaded from YAML with line/column kept for every error.
+
+Every user mistake becomes one line: ``recipe.yaml:12:5 targets[1].precision: ... (hint)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+# ---------------------------------------------------------------- enums
+
+
+class ModelFormat(str, enum.Enum):
+    PYTORCH = "pytorch"
+    TORCHSCRIPT = "torchscript"
+    EXPORTED_PROGRAM = "exported-program"
+    ONNX = "onnx"
+    KERAS = "keras"
+    SAVED_MODEL = "saved-model"
+    TFLITE = "tflite"
+
+
+class DType(str, enum.Enum):
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    INT64 = "int64"
+    INT32 = "int32"
+    INT8 = "int8"
+    UINT8 = "uint8"
+    BOOL = "bool"
+
+
+class TargetType(str, enum.Enum):
+    ONNXRUNTIME = "onnxruntime"
+    TFLITE = "tflite"
+    OPENVINO = "openvino"
+    COREML = "coreml"
+    TENSORRT = "tensorrt"
+
+
+class TargetInput(str, enum.Enum):
+    OPTIMIZED = "optimized"  # the output of the recipe's optimize chain (default)
+    FP32 = "fp32"  # the converted FP32 ONNX model, for targets that quantize themselves
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+# ---------------------------------------------------------------- model
+
+
+class InputSpec(Strict):
+    name: str
+    shape: list[int | str] = Field(description="Dimensions; a string names a dynamic axis.")
+    dtype: DType = DType.FLOAT32
+    dynamic_axes: dict[int, str] = Field(default_factory=dict, description="axis index -> symbolic name")
+    layout: Literal["NCHW", "NHWC"] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, v):
+        for d in v:
+            if isinstance(d, int) and d <= 0:
+                raise ValueError(f"dimension {d} must be positive (use a string such as 'batch' for a dynamic axis)")
+        return v
+
+
+class ModelSection(Strict):
+    format: ModelFormat
+    path: str | None = Field(None, description="Model file or directory (relative to the recipe).")
+    entrypoint: str | None = Field(None, description="module:function building the torch.nn.Module.")
+    weights: str | None = Field(None, description="State dict loaded with torch.load(weights_only=True).")
+    inputs: list[InputSpec] = Field(min_length=1)
+    outputs: list[str] | None = Field(None, description="Output names (default output_0, ...).")
+    opset: int = Field(18, ge=13, le=23)
+    tolerance: float = Field(1e-3, gt=0, description="Max abs difference allowed between source and ONNX.")
+
+    @model_validator(mode="after")
+    def _source(self):
+        if self.format is ModelFormat.PYTORCH:
+            if not self.entrypoint:
+                raise ValueError("format 'pytorch' needs 'entrypoint' (module:function) and usually 'weights'")
+        elif not self.path:
+            raise ValueError(f"format '{self.format.value}' needs 'path'")
+        if self.entrypoint and ":" not in self.entrypoint:
+            raise ValueError("entrypoint must look like 'module:function'")
+        return self
+
+
+# ---------------------------------------------------------------- data
+
+
+class DataSource(Strict):
+    path: str | None = Field(None, description=".npy or .npz file (relative to the recipe).")
+    loader: str | None = Field(None, description="module:function returning arrays, or (inputs, labels).")
+    labels: str | None = Field(None, description=".npy file with one label per sample.")
+    limit: int | None = Field(None, gt=0, description="Use at most this many samples.")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if bool(self.path) == bool(self.loader):
+            raise ValueError("give exactly one of 'path' or 'loader'")
+        if self.loader and ":" not in self.loader:
+            raise ValueError("loader must look like 'module:function'")
+        return self
+
+
+class DataSection(Strict):
+    calibration: DataSource | None = None
+    validation: DataSource | None = None
+    training: DataSource | None = None
+
+
+# ---------------------------------------------------------------- optimize passes
+# Each pass is its own model, discriminated by 'pass'. A new pass is a new model here plus a
+# module under edgepack/optimize/ registered in edgepack/optimize/__init__.py.
+
+
+class QuantizeMode(str, enum.Enum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+    FP16 = "fp16"
+
+
+class QuantizePass(Strict):
+    pass_: Literal["quantize"] = Field(alias="pass")
+    mode: QuantizeMode = QuantizeMode.STATIC
+    per_channel: bool = True
+    format: Literal["qdq", "qoperator"] = "qdq"
+    symmetric_activations: bool = False
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    op_types: list[str] | None = None
+    exclude_nodes: list[str] = Field(default_factory=list)
+    keep_io_types: bool = True
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+OptimizePass = Annotated[Union[QuantizePass], Field(discriminator="pass_")]
+
+
+# ---------------------------------------------------------------- targets
+
+
+class Target(Strict):
+    type: TargetType
+    name: str | None = Field(None, description="Unique name (default: the type).")
+    input: TargetInput = TargetInput.OPTIMIZED
+    precision: str | None = Field(None, description="Target-specific precision (fp32, fp16, int8, ...).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Target-specific options.")
+
+    @property
+    def id(self) -> str:
+        return self.name or self.type.value
+
+
+# ---------------------------------------------------------------- gates, package, publish
+
+
+class Gates(Strict):
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Top-1 drop vs FP32, as a fraction (0.01 = 1 point).")
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    max_p90_ms: float | None = Field(None, gt=0)
+    max_size_mb: float | None = Field(None, gt=0)
+    waive: list[Literal["max_accuracy_drop", "min_cosine", "max_p90_ms", "max_size_mb"]] = Field(default_factory=list)
+
+
+class Package(Strict):
+    key: str | None = Field(None, description="EC private key (PEM). Default: $EDGEPACK_HOME/keys/signing-key.pem.")
+    output: str | None = Field(None, description="Bundle directory (default dist/<name>-<version>).")
+
+
+class Publish(Strict):
+    registry: str | None = Field(None, description="layout:PATH (default $EDGEPACK_HOME/registry/<name>).")
+    enabled: bool = True
+
+
+class Benchmark(Strict):
+    warmup_runs: int = Field(10, ge=0)
+    warmup_seconds: float = Field(0.2, ge=0)
+    runs: int = Field(50, ge=1)
+    min_seconds: float = Field(0.5, ge=0)
+    max_runs: int = Field(2000, ge=1, description="Stop timing after this many runs even if min_seconds is not reached.")
+    noisy_cv: float = Field(0.15, gt=0, description="Flag the run as noisy above this coefficient of variation.")
+    threads: int | None = Field(None, ge=1)
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+    model: ModelSection
+    data: DataSection = DataSection()
+    optimize: list[OptimizePass] = Field(default_factory=list)
+    targets: list[Target] = Field(default_factory=lambda: [Target(type=TargetType.ONNXRUNTIME)])
+    devices: list[str] = Field(default_factory=lambda: ["local"], description="Device profiles (names or paths).")
+    gates: Gates = Gates()
+    benchmark: Benchmark = Benchmark()
+    package: Package = Package()
+    publish: Publish = Publish()
+
+    @model_validator(mode="after")
+    def _unique_targets(self):
+        seen = set()
+        for t in self.targets:
+            if t.id in seen:
+                raise ValueError(f"two targets are named '{t.id}': give each a distinct 'name'")
+            seen.add(t.id)
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+class LoadedRecipe:
+    """A validated recipe plus where it came from (for relative paths and error positions)."""
+
+    def __init__(self, recipe: Recipe, path: Path, text: str):
+        self.recipe = recipe
+        self.path = path
+        self.dir = path.parent
+        self.text = text
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(os.path.expanduser(rel))
+        return p if p.is_absolute() else (self.dir / p)
+
+    def where(self, *loc) -> str:
+        """'file:line:col' for a field path, for errors raised after validation."""
+        positions = _positions(self.text)
+        return _format_where(self.path, positions, tuple(loc))
+
+
+def _positions(text: str) -> dict[tuple, tuple[int, int]]:
+    """Map each YAML path (keys and indexes) to its 1-based (line, column)."""
+    out: dict[tuple, tuple[int, int]] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return out
+
+    def walk(node, path):
+        out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                out[path + (key,)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+                walk_value(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk_value(v, path + (i,))
+
+    def walk_value(v, path):
+        if isinstance(v, (yaml.MappingNode, yaml.SequenceNode)):
+            if path not in out:
+                out[path] = (v.start_mark.line + 1, v.start_mark.column + 1)
+            walk(v, path)
+        else:
+            out.setdefault(path, (v.start_mark.line + 1, v.start_mark.column + 1))
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _format_loc(loc: tuple) -> str:
+    s = ""
+    for part in loc:
+        if isinstance(part, int):
+            s += f"[{part}]"
+        else:
+            s += ("." if s else "") + str(part)
+    return s or "(top level)"
+
+
+def _format_where(path: Path, positions: dict, loc: tuple) -> str:
+    probe = loc
+    while probe and probe not in positions:
+        probe = probe[:-1]
+    line, col = positions.get(probe, (1, 1))
+    return f"{path}:{line}:{col} {_format_loc(loc)}"
+
+
+def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
+    """The pydantic model that owns the mapping at ``loc`` (to suggest the nearest valid key)."""
+    model: Any = Recipe
+    node = data
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        fields = model.model_fields
+        name = "pass_" if part == "pass" else part
+        if name not in fields:
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        ann = fields[name].annotation
+        model = _inner_model(ann, node)
+    return model
+
+
+def _inner_model(ann, node):
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    args = typing.get_args(ann)
+    for a in args:
+        m = _inner_model(a, node)
+        if m is not None:
+            return m
+    return None
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union/discriminator tags ('quantize', 'function-after[...]') from a location."""
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (part in ("quantize",) or "[" in part or part.startswith("function-")):
+            continue
+        out.append("pass" if part == "pass_" else part)
+    return tuple(out)
+
+
+def parse_recipe(text: str, path: Path) -> Recipe:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{where}: malformed YAML: {problem}", hint="fix the YAML syntax at that position") from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}:1:1: a recipe is a YAML mapping with at least 'name', 'version' and 'model'")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        positions = _positions(text)
+        err = e.errors()[0]
+        loc = _clean_loc(tuple(err["loc"]))
+        where = _format_where(path, positions, loc)
+        hint = None
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(loc[:-1], data)
+            if owner is not None:
+                valid = ["pass" if k == "pass_" else k for k in owner.model_fields]
+                close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif err["type"] in ("enum", "literal_error"):
+            msg = err["msg"].replace("Input should be", "must be")
+            bad = err.get("input")
+            if isinstance(bad, str):
+                choices = [str(c).strip("'") for c in err.get("ctx", {}).get("expected", "").replace(" or ", ", ").split(", ")]
+                close = difflib.get_close_matches(bad, choices, n=1, cutoff=0.5)
+                if close:
+                    hint = f"did you mean '{close[0]}'?"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        extra = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
+        raise RecipeError(f"{where}: {msg}{extra}", hint=hint) from e
+
+
+def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise RecipeError(f"{path}: recipe file not found", hint="check the path") from e
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{path}: cannot read the recipe ({e.__class__.__name__})") from e
+    return LoadedRecipe(parse_recipe(text, path), path, text)
+
+
+def json_schema() -> str:
+    return json.dumps(Recipe.model_json_schema(by_alias=True), indent=2)

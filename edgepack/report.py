@@ -1,0 +1,42 @@
+"""Human summaries of a build report (the report itself is JSON: report.json)."""
+
+from __future__ import annotations
+
+
+def _fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def summary_rows(report: dict) -> list[dict]:
+    rows = []
+    for tid, t in report.get("targets", {}).items():
+        devices = t.get("devices") or {}
+        if not devices:
+            rows.append({"target": tid, "device": "-", "precision": t.get("precision"), "size_mb": (t.get("size_bytes") or 0) / 1e6 or None,
+                         "status": t["status"] if t["status"] != "ok" else t.get("validation", "ok"), "error": t.get("error")})
+            continue
+        for dev, d in devices.items():
+            lat = d.get("latency") or {}
+            acc = d.get("accuracy") or {}
+            fid = acc.get("fidelity") or {}
+            rows.append({
+                "target": tid, "device": dev, "precision": t.get("precision"),
+                "size_mb": (t.get("size_bytes") or 0) / 1e6, "p50_ms": lat.get("p50_ms"), "p90_ms": lat.get("p90_ms"),
+                "top1": acc.get("top1"), "cosine": fid.get("cosine"), "noisy": d.get("noisy"),
+                "status": d.get("status"), "error": d.get("error") or d.get("reason"),
+            })
+    return rows
+
+
+def summary_table(report: dict) -> str:
+    head = f"{'target':<16} {'device':<12} {'precision':<13} {'size MB':>8} {'p50 ms':>8} {'p90 ms':>8} {'top-1':>7} {'cosine':>8}  status"
+    lines = [head, "-" * len(head)]
+    for r in summary_rows(report):
+        status = r["status"] + (" (noisy)" if r.get("noisy") else "")
+        lines.append(
+            f"{r['target']:<16} {r['device']:<12} {str(r.get('precision') or '-'):<13} {_fmt(r.get('size_mb'), '8.3f')} "
+            f"{_fmt(r.get('p50_ms'), '8.3f')} {_fmt(r.get('p90_ms'), '8.3f')} {_fmt(r.get('top1'), '7.4f')} {_fmt(r.get('cosine'), '8.5f')}  {status}"
+        )
+        if r.get("error") and r["status"] != "ok":
+            lines.append(f"{'':<16} {r['error']}")
+    return "\n".join(lines)

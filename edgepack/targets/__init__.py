@@ -1,0 +1,51 @@
+"""Compile targets: ONNX model -> the artifact one runtime loads.
+
+One static table maps each target type to its stage class and pip extra. A target module imports
+its heavy backend only inside ``run``; a missing backend fails that target alone, naming the extra.
+The artifact's ``meta['runtime']`` names the runner adapter (edgepack/devices/runner.py) that loads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from ..engine import Stage
+from ..recipe import Target, TargetType
+
+# type -> ("module:Class", pip extra or None)
+TARGETS: dict[TargetType, tuple[str, str | None]] = {
+    TargetType.ONNXRUNTIME: ("edgepack.targets.onnxruntime:OnnxRuntimeTarget", None),
+}
+
+
+@dataclass(frozen=True)
+class TargetContext:
+    where: str  # 'recipe.yaml:20:5 targets[0]'
+    recipe_dir: Path
+    model: object  # recipe.ModelSection
+
+
+class TargetStage(Stage):
+    runtime: ClassVar[str] = ""
+    extra: ClassVar[str | None] = None
+    uses = ("model", "calibration")
+
+    def __init__(self, target: Target, ctx: TargetContext):
+        self.target = target
+        self.ctx = ctx
+
+    def config(self) -> dict:
+        return self.target.model_dump(mode="json", exclude={"name"})
+
+
+def make_target(target: Target, ctx: TargetContext) -> TargetStage:
+    if target.type not in TARGETS:
+        from ..errors import BadInputError
+
+        raise BadInputError(f"{ctx.where}.type: target '{target.type.value}' is not available in this version of edgepack")
+    spec, extra = TARGETS[target.type]
+    module, _, cls = spec.partition(":")
+    return getattr(importlib.import_module(module), cls)(target, ctx)

@@ -1,0 +1,79 @@
+"""Run a function in a separate (spawned) process with a timeout and its own log.
+
+Backends that can crash the interpreter or hold gigabytes (TensorFlow, onnx2tf, coremltools,
+OpenVINO, TensorRT, torch training) run here, so a crash or hang fails that stage alone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import EdgepackError, StageError
+
+
+def _child(conn, fn, args, kwargs, log_path, sys_path):
+    if log_path:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    for p in reversed(sys_path):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    try:
+        result = fn(*args, **kwargs)
+        conn.send(("ok", result))
+    except EdgepackError as e:
+        traceback.print_exc()
+        conn.send(("edgepack", e))
+    except BaseException as e:  # noqa: BLE001 - report anything to the parent
+        traceback.print_exc()
+        conn.send(("error", f"{e.__class__.__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def log_tail(log_path: Path | None, lines: int = 15) -> str:
+    if not log_path or not Path(log_path).exists():
+        return ""
+    return "\n".join(Path(log_path).read_text(errors="replace").splitlines()[-lines:])
+
+
+def run_isolated(
+    fn: Callable, *args: Any, timeout: float | None = None, log_path: Path | None = None, what: str = "worker", **kwargs: Any
+) -> Any:
+    """Call ``fn(*args, **kwargs)`` in a spawned process; return its result or raise StageError."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, fn, args, kwargs, str(log_path) if log_path else None, list(sys.path)))
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            proc.kill()
+            proc.join()
+            raise StageError(f"{what} timed out after {timeout:.0f}s", hint=f"log: {log_path}" if log_path else None)
+        try:
+            status, payload = parent.recv()
+        except EOFError:
+            proc.join()
+            raise StageError(
+                f"{what} crashed (exit code {proc.exitcode})", hint=f"log: {log_path}" if log_path else None
+            ) from None
+    finally:
+        parent.close()
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if status == "ok":
+        return payload
+    if status == "edgepack":
+        raise payload
+    raise StageError(f"{what} failed: {payload}", hint=f"log: {log_path}" if log_path else None)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (system packages when run as root, then the Python extras)
+# and runs the whole test suite. `.ci/run` runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages: a real OpenSSH server (device tests), Debian's CNCF distribution registry and
+# skopeo (registry tests). Installed only when missing; the tests start them on 127.0.0.1 themselves.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=()
+  for pkg in openssh-server openssh-client docker-registry skopeo apache2-utils; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq
+    # no services are started by the package scripts inside containers; the tests start their own
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# pytest exits non-zero when a test fails and also when it collects nothing (exit 5).
+exec python3 -m pytest -q -p no:cacheprovider "$@"

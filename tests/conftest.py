@@ -1,0 +1,93 @@
+"""Shared fixtures. Backend markers and skips live here, each with its reason (never faked)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "recipes" / "digits"
+
+
+def pytest_collection_modifyitems(config, items):
+    import platform
+
+    has_gpu = shutil.which("nvidia-smi") is not None and subprocess.run(["nvidia-smi"], capture_output=True).returncode == 0
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU with TensorRT (none on this machine)"))
+        if "macos" in item.keywords and platform.system() != "Darwin":
+            item.add_marker(pytest.mark.skip(reason="Core ML prediction needs macOS"))
+
+
+@pytest.fixture(autouse=True)
+def edgepack_home(tmp_path, monkeypatch):
+    """Every test gets its own EDGEPACK_HOME (keys, registry); the stage cache is per test too."""
+    home = tmp_path / "edgepack-home"
+    monkeypatch.setenv("EDGEPACK_HOME", str(home))
+    monkeypatch.delenv("EDGEPACK_CACHE", raising=False)
+    return home
+
+
+def run_cli(*args, cwd=None, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """Run the real `edgepack` command in a child process (exit code, stdout, stderr as a user sees them)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "edgepack.cli", *map(str, args)],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def digits_recipe(tmp_path) -> Path:
+    """A private copy of recipes/digits (so tests can edit it)."""
+    dest = tmp_path / "digits"
+    shutil.copytree(DIGITS, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest / "recipe.yaml"
+
+
+def write_recipe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def tiny_cnn(seed: int = 0):
+    """A 3-layer CNN (random weights) for 1x8x8 inputs, built inline."""
+    import torch
+
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10),
+    ).eval()
+
+
+def tiny_onnx(path: Path, seed: int = 0) -> Path:
+    """Export tiny_cnn to ONNX (input 'input' [batch,1,8,8], output 'logits')."""
+    import torch
+
+    model = tiny_cnn(seed)
+    torch.onnx.export(model, (torch.randn(1, 1, 8, 8),), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def digits_arrays(n: int = 64):
+    sys.path.insert(0, str(DIGITS))
+    import digits_data
+
+    x, y = digits_data.validation()
+    return x["input"][:n], y[:n]

@@ -150,7 +150,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         targets[tid] = entry
         src_model = fp32 if t.input is TargetInput.FP32 else model
         try:
-            res = engine.run(f"compile {tid}", stage, {"model": src_model, **data})
+            res = engine.run(f"compile {tid}", stage, {"model": src_model, "source": source, "fp32": fp32, **data})
         except EdgepackError as e:
             entry.update(status="failed", error=e.one_line())
             failures.append(e.one_line())

@@ -100,7 +100,7 @@ def verify(bundle, key):
     from .bundle.sign import verify_bundle
 
     info = verify_bundle(bundle, key or _default_pub())
-    click.echo(f"OK: {bundle} ({info.get('files', '?')} files, signer {str(info.get('key_fingerprint', ''))[:16]})")
+    click.echo(f"OK: {bundle} ({info.get('files_checked', '?')} files, signer {info.get('signer_fingerprint', '')})")
 
 
 @cli.command()
@@ -125,7 +125,7 @@ def pull(ref, output, key):
     from .registry.refs import parse_ref
 
     info = do_pull(parse_ref(ref), output, key or _default_pub())
-    click.echo(f"pulled {ref} -> {output} (verified, {info.get('files', '?')} files)")
+    click.echo(f"pulled {ref} -> {output} (verified, {info.get('files_checked', '?')} files)")
 
 
 def main(argv=None) -> None:

@@ -84,7 +84,7 @@ def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[Inpu
         path = lr.resolve(src.path)
         where = f"{path} (data.{field}.path)"
         if not path.is_file():
-            raise BadInputError(f"{where}: data file not found", hint="check the path (relative to the recipe)")
+            raise BadInputError(f"{where}: data file not found", hint="check the path; it is relative to the recipe")
         try:
             value = np.load(path, allow_pickle=False)
         except Exception as e:

@@ -69,11 +69,11 @@ def package_versions(*names: str) -> dict[str, str]:
 
 
 class Progress:
-    """One line per stage on stderr; silent with quiet=True (used by --json)."""
+    """One line per stage on stdout (errors alone go to stderr); silent with quiet=True (--json)."""
 
     def __init__(self, quiet: bool = False, stream=None):
         self.quiet = quiet
-        self.stream = stream or sys.stderr
+        self.stream = stream or sys.stdout
 
         self.live = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
 

@@ -91,3 +91,48 @@ def digits_arrays(n: int = 64):
 
     x, y = digits_data.validation()
     return x["input"][:n], y[:n]
+
+
+TINY_RECIPE = """\
+name: tiny
+version: 0.1.0
+model:
+  format: onnx
+  path: model.onnx
+  inputs:
+    - name: input
+      shape: [batch, 1, 8, 8]
+  outputs: [logits]
+data:
+  calibration:
+    path: calib.npz
+  validation:
+    path: val.npz
+    labels: labels.npy
+optimize:
+  - pass: quantize
+    mode: static
+targets:
+  - type: onnxruntime
+    name: ort
+gates:
+  min_cosine: 0.9
+benchmark:
+  warmup_runs: 2
+  warmup_seconds: 0
+  runs: 10
+  min_seconds: 0
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path) -> Path:
+    """An ONNX-source recipe (fast: no exporter) with .npz calibration/validation data and labels."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    tiny_onnx(d / "model.onnx")
+    x, y = digits_arrays(64)
+    np.savez(d / "calib.npz", input=x[:32])
+    np.savez(d / "val.npz", input=x)
+    np.save(d / "labels.npy", y)
+    return write_recipe(d / "recipe.yaml", TINY_RECIPE)

@@ -139,6 +139,8 @@ class ConvertStage(Stage):
         self.recipe_dir = Path(recipe_dir).resolve()
         self.source_where = source_where
         self.module, self.extra = CONVERTERS[model.format]
+        # torch / TensorFlow exporters run in a worker; checking an ONNX file does not need one
+        self.isolated = self.extra is not None
 
     def config(self) -> dict:
         return self.model.model_dump(mode="json", exclude={"path", "weights"})
@@ -217,14 +219,14 @@ def source_artifact(model: ModelSection, lr) -> Artifact:
         if code is None:
             raise BadInputError(
                 f"{lr.where('model', 'entrypoint')}: cannot find module '{model.entrypoint.partition(':')[0]}'",
-                hint=f"the module is looked up next to the recipe ({lr.dir}) and on PYTHONPATH",
+                hint=f"the module is looked up in {lr.dir} and on PYTHONPATH",
             )
         parts = [digest_path(code)]
         weights = None
         if model.weights:
             weights = lr.resolve(model.weights)
             if not weights.is_file():
-                raise BadInputError(f"{weights} (model.weights): weights file not found", hint="check the path (relative to the recipe)")
+                raise BadInputError(f"{weights} (model.weights): weights file not found", hint="check the path; it is relative to the recipe")
             parts.append(digest_path(weights))
         import hashlib
 
@@ -232,5 +234,5 @@ def source_artifact(model: ModelSection, lr) -> Artifact:
         return Artifact(weights or code, "pytorch", digest=digest, meta={"module": str(code), "weights": str(weights) if weights else None})
     path = lr.resolve(model.path)
     if not path.exists():
-        raise BadInputError(f"{path} (model.path): model file not found", hint="check the path (relative to the recipe)")
+        raise BadInputError(f"{path} (model.path): model file not found", hint="check the path; it is relative to the recipe")
     return Artifact(path, model.format.value)

@@ -1,0 +1,251 @@
+"""Read side, for any store (remote registry or layout): resolve, verify, pull.
+
+Order of trust: the signature is fetched and verified first (it is small); the config
+(``edgepack.json``) and ``report.json`` blobs are hashed against the SIGNED digests before
+they are parsed; the target is chosen from them; every layer the pull needs must carry the
+signed digest of its title; then blobs are downloaded into a temp folder, each re-hashed while
+streaming, and the folder is renamed into place only when everything matched.
+Two artifact shapes are read: the per-target image index (``index.py``) and the single
+manifest of ``layout.py`` (signature as a layer), e.g. after ``edgepack copy`` from a layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from edgepack.bundle.fsutil import replace_dir, safe_relpath, temp_dir_beside
+from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME
+from edgepack.errors import BadInputError, EdgepackError, VerificationError
+from edgepack.registry.http import OCI_INDEX
+from edgepack.registry.index import A_TARGET, A_TITLE, ARTIFACT_TYPE, SIG_REL, SIGNATURE_TYPE, list_referrers, target_groups
+from edgepack.registry.select import choose_target
+from edgepack.registry.sigcheck import Trust, as_trust, check_trust, match_layers, signed_digests
+
+
+def _json(data: bytes, what: str):
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise VerificationError(f"{what} is not JSON") from e
+
+
+def manifest_at(store, digest: str, what: str) -> dict:
+    data, _, got = store.get_manifest(digest)
+    doc = _json(data, what)
+    if not isinstance(doc, dict):
+        raise VerificationError(f"{what} is not a JSON object")
+    return doc
+
+
+def small_blob(store, desc: dict, what: str) -> bytes:
+    data = store.read_blob(desc["digest"])
+    if "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"] or len(data) != desc.get("size", len(data)):
+        raise VerificationError(f"{what}: blob {desc['digest']} does not match its digest (registry corrupted)",
+                                hint="republish the bundle; do not use this artifact")
+    return data
+
+
+class Artifact:
+    """A resolved bundle in a store: the top object, its signature, signed config and report."""
+
+    def __init__(self, store, reference: str, trust: Trust):
+        self.store, self.reference, self.trust = store, reference, trust
+        self._manifests: dict[str, dict] = {}
+        self.where = f"{store.name}:{reference}" if ":" not in reference else f"{store.name}@{reference}"
+        data, media_type, self.digest = store.get_manifest(reference)
+        self.doc = _json(data, f"{self.where} manifest")
+        is_index = media_type == OCI_INDEX or (isinstance(self.doc, dict) and self.doc.get("mediaType") == OCI_INDEX)
+        if not isinstance(self.doc, dict) or self.doc.get("artifactType") != ARTIFACT_TYPE:
+            raise BadInputError(f"{self.where} is not an edgepack bundle (artifactType {self.doc.get('artifactType') if isinstance(self.doc, dict) else None!r})")
+        self.kind = "index" if is_index else "single"
+        self.fingerprint = check_trust(trust)
+        self.signed = self._verify_signature()
+        self.config_desc = self._config_desc()
+        self.config = _json(small_blob(store, self.config_desc, MANIFEST_NAME), MANIFEST_NAME)
+        self.groups = target_groups(self.config)
+
+    # --------------------------------------------------------- signature
+
+    def _signature_candidates(self) -> list[bytes]:
+        sigs = []
+        if self.kind == "single":
+            for layer in self.doc.get("layers") or []:
+                if (layer.get("annotations") or {}).get(A_TITLE) == SIG_REL:
+                    sigs.append(small_blob(self.store, layer, SIG_REL))
+        for ref in list_referrers(self.store, self.digest):
+            if ref.get("artifactType") != SIGNATURE_TYPE:
+                continue
+            doc = manifest_at(self.store, ref["digest"], f"signature referrer {ref['digest']}")
+            if (doc.get("subject") or {}).get("digest") != self.digest:
+                continue
+            for layer in doc.get("layers") or []:
+                if layer.get("mediaType") == SIGNATURE_TYPE:
+                    sigs.append(small_blob(self.store, layer, SIG_REL))
+        return sigs
+
+    def _verify_signature(self) -> dict[str, str]:
+        sigs = self._signature_candidates()
+        if not sigs:
+            raise VerificationError(f"{self.where}: no signature found (no {SIGNATURE_TYPE} referrer of {self.digest})",
+                                    hint="publish a bundle signed by `edgepack build` / `edgepack sign`")
+        errors = []
+        for sig in sigs:  # a re-signed artifact may carry several; one valid for this trust is enough
+            try:
+                signed = signed_digests(sig, self.trust)
+                self.signature = sig
+                return signed
+            except VerificationError as e:
+                errors.append(e)
+        raise VerificationError(f"{self.where}: {errors[0].message}", hint=errors[0].hint) from errors[0]
+
+    # --------------------------------------------------------- config, targets, layers
+
+    def _config_desc(self) -> dict:
+        if self.kind == "single":
+            desc = self.doc.get("config")
+        else:
+            entries = self.doc.get("manifests") or []
+            if not entries:
+                raise VerificationError(f"{self.where}: the image index lists no manifests")
+            desc = self.manifest(entries[0]).get("config")
+        if not isinstance(desc, dict) or desc.get("digest") != "sha256:" + self.signed.get(MANIFEST_NAME, ""):
+            raise VerificationError(f"{self.where}: {MANIFEST_NAME} (config) does not match the signed digest",
+                                    hint="the registry artifact was modified after signing; republish the signed bundle")
+        return desc
+
+    def manifest(self, entry: dict) -> dict:
+        d = entry.get("digest")
+        if d not in self._manifests:
+            doc = manifest_at(self.store, d, f"{self.where} manifest {d}")
+            if not isinstance(doc.get("layers"), list) or not isinstance(doc.get("config"), dict):
+                raise VerificationError(f"{self.where}: manifest {d} has no config or layers")
+            self._manifests[d] = doc
+        return self._manifests[d]
+
+    def expected_files(self, tids: list[str] | None) -> set[str]:
+        """Bundle files a pull of these targets (None = all) must hold, from the signed config."""
+        every = {f["path"] for f in self.config.get("files", [])}
+        grouped = {f for fs in self.groups.values() for f in fs}
+        if tids is None:
+            return every
+        return (every - grouped) | {f for t in tids for f in self.groups[t]}
+
+    def layers_for(self, tids: list[str] | None) -> dict[str, dict]:
+        """{title: layer descriptor} for the targets, checked against the signed file list and digests."""
+        want = self.expected_files(tids)
+        found: dict[str, dict] = {}
+        if self.kind == "single":
+            docs = [self.doc]
+        else:
+            entries = self.doc.get("manifests") or []
+            by_tid = {(e.get("annotations") or {}).get(A_TARGET): e for e in entries}
+            pick = entries if tids is None else [by_tid.get(t) for t in tids]
+            for t, e in zip(tids or [], pick):
+                if e is None:
+                    raise VerificationError(f"{self.where}: the image index has no manifest for target {t!r}")
+            docs = [self.manifest(e) for e in pick]
+        for doc in docs:
+            if doc.get("config", {}).get("digest") != self.config_desc["digest"]:
+                raise VerificationError(f"{self.where}: manifests disagree on {MANIFEST_NAME}")
+            for layer in doc["layers"]:
+                title = (layer.get("annotations") or {}).get(A_TITLE)
+                if title == SIG_REL:
+                    continue
+                try:
+                    rel = safe_relpath(title).as_posix()
+                except ValueError as e:
+                    raise VerificationError(f"{self.where}: layer {layer.get('digest')} has an unsafe title {title!r}") from e
+                if rel in want:
+                    if rel in found and found[rel]["digest"] != layer.get("digest"):
+                        raise VerificationError(f"{self.where}: {rel} appears with two different digests")
+                    found[rel] = layer
+                elif self.kind == "index":
+                    raise VerificationError(f"{self.where}: {rel} does not belong to the targets {tids or 'all'}")
+        match_layers(self.signed, {r: str(l.get("digest")) for r, l in found.items()}, self.where, full=False)
+        missing = sorted(want - set(found))
+        if missing:
+            raise VerificationError(f"{self.where}: signed files missing from the artifact: {', '.join(missing[:4])}")
+        if tids is None:
+            match_layers(self.signed, {**{r: str(l["digest"]) for r, l in found.items()},
+                                       MANIFEST_NAME: self.config_desc["digest"]}, self.where, full=True)
+        return found
+
+    def report(self) -> dict:
+        """The signed report.json (validation results), or {} when the bundle has none."""
+        if REPORT_NAME not in self.signed:
+            return {}
+        doc = self.doc if self.kind == "single" else self.manifest((self.doc.get("manifests") or [{}])[0])
+        for layer in doc.get("layers") or []:
+            if (layer.get("annotations") or {}).get(A_TITLE) == REPORT_NAME:
+                match_layers(self.signed, {REPORT_NAME: str(layer.get("digest"))}, self.where, full=False)
+                return _json(small_blob(self.store, layer, REPORT_NAME), REPORT_NAME)
+        return {}
+
+    def pick(self, device=None, target: str | None = None) -> tuple[list[str] | None, dict]:
+        if target:
+            if target not in self.groups:
+                raise BadInputError(f"{self.where}: no target {target!r}; targets: {', '.join(sorted(self.groups)) or 'none'}")
+            return [target], {"target": target}
+        if device is not None:
+            tid, why = choose_target(self.config, self.report(), device, self.where)
+            return [tid], why
+        return None, {}
+
+
+def download(art: Artifact, layers: dict[str, dict], out_dir: Path) -> int:
+    """Stream every layer into a temp folder beside ``out_dir``, re-hashing; rename into place."""
+    out_dir = Path(out_dir)
+    tmp = temp_dir_beside(out_dir, "the pulled bundle")
+    total = 0
+    try:
+        (tmp / MANIFEST_NAME).write_bytes(small_blob(art.store, art.config_desc, MANIFEST_NAME))
+        for rel, layer in sorted(layers.items()):
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            h, n = hashlib.sha256(), 0
+            with art.store.open_blob(layer["digest"]) as chunks, open(dest, "wb") as f:
+                for block in chunks:
+                    h.update(block)
+                    n += len(block)
+                    f.write(block)
+            if "sha256:" + h.hexdigest() != layer["digest"] or n != layer.get("size"):
+                raise VerificationError(f"{rel}: blob {layer['digest']} does not match its digest or size (registry corrupted)",
+                                        hint="republish the bundle; nothing was written")
+            total += n
+        (tmp / SIG_REL).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / SIG_REL).write_bytes(art.signature)
+        replace_dir(tmp, out_dir, "the pulled bundle")
+    except OSError as e:
+        raise EdgepackError(f"cannot write the pulled bundle next to {out_dir}: {e.strerror or e}") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return total
+
+
+def pull(store, reference: str, out_dir: Path, key, device=None, target: str | None = None) -> dict:
+    trust = as_trust(key)
+    art = Artifact(store, reference, trust)
+    tids, why = art.pick(device, target)
+    layers = art.layers_for(tids)
+    nbytes = download(art, layers, out_dir)
+    if tids is None and trust.public_key is not None:  # whole bundle: model-signing's own check as well
+        from edgepack.bundle.sign import verify_bundle
+
+        verify_bundle(out_dir, trust.public_key)
+    return {"bundle": str(out_dir), "ref": art.where, "digest": art.digest, "files_checked": len(layers) + 1,
+            "bytes": nbytes, "targets": tids or sorted(art.groups), "partial": tids is not None,
+            "selection": why, "signer_fingerprint": art.fingerprint, "name": art.config.get("name"),
+            "version": art.config.get("version")}
+
+
+def verify(store, reference: str, key) -> dict:
+    """Check signature and every layer digest against it, downloading only the signature and config."""
+    art = Artifact(store, reference, as_trust(key))
+    layers = art.layers_for(None)
+    return {"ref": art.where, "digest": art.digest, "kind": art.kind, "targets": sorted(art.groups),
+            "layers_checked": len(layers) + 1, "signer_fingerprint": art.fingerprint,
+            "name": art.config.get("name"), "version": art.config.get("version")}

@@ -1,0 +1,169 @@
+"""Remote OCI registries (and the same operations on layouts): push, pull, verify, ls, copy.
+
+``push``/``pull``/``list_tags`` are the backend functions ``registry/__init__.py`` dispatches
+to for ``host/repo:tag`` references. ``store_for`` gives either kind of store, so ``copy``,
+``verify`` and per-target pulls work between and on both. Format: ``index.py``; read side and
+checks: ``fetch.py``; HTTP: ``http.py``; credentials and TLS: ``auth.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from edgepack.errors import BadInputError, VerificationError
+from edgepack.registry import fetch
+from edgepack.registry.http import OCI_INDEX
+from edgepack.registry.index import (
+    A_CREATED,
+    A_PRECISION,
+    A_RUNTIME,
+    A_TARGET,
+    A_TARGETS,
+    A_TITLE,
+    A_VALIDATED,
+    A_VALIDATION,
+    A_VERSION,
+    SIGNATURE_TYPE,
+    attach_referrer,
+    list_referrers,
+    plan_bundle,
+    push_plan,
+)
+from edgepack.registry.refs import Ref, as_ref
+
+
+def store_for(ref: Ref, plain_http: bool = False, create: bool = False):
+    if ref.kind == "layout":
+        from edgepack.registry.layoutstore import LayoutStore
+
+        return LayoutStore(ref.path, create=create)
+    from edgepack.registry.http import RemoteStore
+
+    return RemoteStore(ref.host, ref.repository, plain_http=plain_http)
+
+
+def push(bundle_dir: Path, ref: str | Ref, plain_http: bool = False) -> dict:
+    """Publish a signed bundle as a per-target image index; the tag is written last."""
+    ref = as_ref(ref)
+    if ref.tag is None:
+        raise BadInputError(f"push needs a tag, not a digest: {ref}", hint="write HOST/REPO:TAG")
+    plan = plan_bundle(Path(bundle_dir))
+    res = push_plan(store_for(ref, plain_http, create=True), plan, ref.tag)
+    return {"ref": str(ref), "tag": ref.tag, **res}
+
+
+def pull(ref: str | Ref, out_dir: Path, public_key, device=None, target: str | None = None, plain_http: bool = False) -> dict:
+    ref = as_ref(ref)
+    return fetch.pull(store_for(ref, plain_http), ref.reference, Path(out_dir), public_key, device=device, target=target)
+
+
+def verify(ref: str | Ref, public_key, plain_http: bool = False) -> dict:
+    ref = as_ref(ref)
+    return fetch.verify(store_for(ref, plain_http), ref.reference, public_key)
+
+
+# ------------------------------------------------------------------ ls
+
+
+def list_tags(ref: str | Ref, plain_http: bool = False) -> list[dict]:
+    """Tags (or the one tag of ``ref``) with targets, sizes, validation status and signature presence."""
+    ref = as_ref(ref, require_tag=False)
+    store = store_for(ref, plain_http)
+    tags = [ref.reference] if ref.reference else [t for t in store.tags() if not t.startswith("sha256-")]
+    return [_describe(store, tag) for tag in sorted(tags)]
+
+
+def _describe(store, tag: str) -> dict:
+    data, media_type, digest = store.get_manifest(tag)
+    doc = json.loads(data)
+    ann = doc.get("annotations") or {}
+    out = {"tag": tag, "digest": digest, "name": ann.get(A_TITLE), "version": ann.get(A_VERSION),
+           "created": ann.get(A_CREATED), "targets": [], "size": 0,
+           "signed": any(r.get("artifactType") == SIGNATURE_TYPE for r in list_referrers(store, digest))}
+    blobs = {}
+    if media_type == OCI_INDEX or doc.get("mediaType") == OCI_INDEX:
+        for e in doc.get("manifests") or []:
+            m = fetch.manifest_at(store, e["digest"], f"{store.name} manifest {e['digest']}")
+            a = e.get("annotations") or {}
+            layers = {layer["digest"]: layer.get("size", 0) for layer in m.get("layers") or []}
+            blobs.update(layers)
+            try:
+                validation = json.loads(a.get(A_VALIDATION) or "{}")
+            except ValueError:
+                validation = {}
+            out["targets"].append({"target": a.get(A_TARGET), "precision": a.get(A_PRECISION), "runtime": a.get(A_RUNTIME),
+                                   "validated_on": [d for d in (a.get(A_VALIDATED) or "").split(",") if d],
+                                   "validation": validation, "size": sum(layers.values()), "digest": e["digest"]})
+    else:  # a single-manifest bundle (layout format): signature is a layer
+        blobs = {layer["digest"]: layer.get("size", 0) for layer in doc.get("layers") or []}
+        out["signed"] = out["signed"] or any((x.get("annotations") or {}).get(A_TITLE) == "signatures/model.sig"
+                                             for x in doc.get("layers") or [])
+        out["targets"] = [{"target": t} for t in (ann.get(A_TARGETS) or "").split(",") if t]
+    out["size"] = sum(blobs.values())
+    return out
+
+
+# ------------------------------------------------------------------ copy
+
+
+def copy(src: str | Ref, dst: str | Ref, plain_http: bool = False) -> dict:
+    """Copy a tagged bundle (index, manifests, blobs, signature referrers) with digests preserved.
+
+    Every blob is re-hashed on the way; the destination tag is written last.
+    """
+    src, dst = as_ref(src), as_ref(dst, require_tag=False)
+    tag = dst.tag or src.tag
+    if tag is None:
+        raise BadInputError(f"copy destination {dst} needs a tag (the source is pinned by digest)", hint="write DST:TAG")
+    s, d = store_for(src, plain_http), store_for(dst, plain_http, create=True)
+    data, media_type, digest = s.get_manifest(src.reference)
+    stats = {"blobs_copied": 0, "manifests": 0}
+    _copy_node(s, d, data, media_type, digest, stats, with_referrers=True)
+    d.put_manifest(data, media_type, tag)
+    return {"src": str(src), "dst": f"{d.name}:{tag}", "digest": digest, **stats}
+
+
+def _copy_node(s, d, data: bytes, media_type: str, digest: str, stats: dict, with_referrers: bool) -> None:
+    doc = json.loads(data)
+    if media_type == OCI_INDEX or doc.get("mediaType") == OCI_INDEX:
+        for e in doc.get("manifests") or []:
+            child, cmt, cdigest = s.get_manifest(e["digest"])
+            _copy_node(s, d, child, cmt or e.get("mediaType"), cdigest, stats, with_referrers)
+    else:
+        for desc in [doc.get("config")] + list(doc.get("layers") or []):
+            if isinstance(desc, dict):
+                stats["blobs_copied"] += _copy_blob(s, d, desc)
+    d.put_manifest(data, media_type, digest)
+    stats["manifests"] += 1
+    if not with_referrers:
+        return
+    subject = {"mediaType": media_type, "digest": digest, "size": len(data)}
+    for r in list_referrers(s, digest):
+        rdata, rmt, rdigest = s.get_manifest(r["digest"])
+        _copy_node(s, d, rdata, rmt, rdigest, stats, with_referrers=False)
+        attach_referrer(d, rdata, subject)
+
+
+def _copy_blob(s, d, desc: dict) -> int:
+    digest, size = desc["digest"], desc.get("size")
+    if d.has_blob(digest, size):
+        return 0
+    fd, tmp = tempfile.mkstemp(prefix=".edgepack-copy-", suffix=".blob")
+    try:
+        h, n = hashlib.sha256(), 0
+        with os.fdopen(fd, "wb") as out, s.open_blob(digest) as chunks:
+            for block in chunks:
+                h.update(block)
+                n += len(block)
+                out.write(block)
+        if "sha256:" + h.hexdigest() != digest or n != size:
+            raise VerificationError(f"{s.name}: blob {digest} does not match its digest or size (source registry corrupted)",
+                                    hint="nothing was tagged at the destination; republish the bundle to the source")
+        d.put_blob(Path(tmp), digest, size)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return 1

@@ -249,7 +249,15 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     }
     progress.start("package + sign")
     t0 = time.perf_counter()
-    bundle = write_bundle(out_dir, files, manifest, report)
+    from .bundle.provenance import PROVENANCE_NAME, write_provenance
+
+    manifest["provenance"] = PROVENANCE_NAME  # signed in-toto SLSA statement, covered by the bundle signature too
+    prov = write_provenance(out_dir.parent / f".{out_dir.name}.{PROVENANCE_NAME}", files, manifest, key,
+                            started, report["finished"], lr.path.name)
+    try:
+        bundle = write_bundle(out_dir, {**files, PROVENANCE_NAME: prov}, manifest, report)
+    finally:
+        prov.unlink(missing_ok=True)
     sign_bundle(bundle, key)
     verify_bundle(bundle, _public_key_for(key))
     progress.done("package + sign", "ok", time.perf_counter() - t0)

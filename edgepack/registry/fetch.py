@@ -16,6 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
+from edgepack.bundle.provenance import PROVENANCE_NAME, verify_provenance
 from edgepack.bundle.fsutil import replace_dir, safe_relpath, temp_dir_beside
 from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
@@ -195,8 +196,8 @@ class Artifact:
         return None, {}
 
 
-def download(art: Artifact, layers: dict[str, dict], out_dir: Path) -> int:
-    """Stream every layer into a temp folder beside ``out_dir``, re-hashing; rename into place."""
+def download(art: Artifact, layers: dict[str, dict], out_dir: Path, check=None) -> int:
+    """Stream every layer into a temp folder beside ``out_dir``, re-hashing; ``check(tmp)``; rename into place."""
     out_dir = Path(out_dir)
     tmp = temp_dir_beside(out_dir, "the pulled bundle")
     total = 0
@@ -217,6 +218,8 @@ def download(art: Artifact, layers: dict[str, dict], out_dir: Path) -> int:
             total += n
         (tmp / SIG_REL).parent.mkdir(parents=True, exist_ok=True)
         (tmp / SIG_REL).write_bytes(art.signature)
+        if check is not None:
+            check(tmp)
         replace_dir(tmp, out_dir, "the pulled bundle")
     except OSError as e:
         raise EdgepackError(f"cannot write the pulled bundle next to {out_dir}: {e.strerror or e}") from e
@@ -231,15 +234,26 @@ def pull(store, reference: str, out_dir: Path, key, device=None, target: str | N
     art = Artifact(store, reference, trust)
     tids, why = art.pick(device, target)
     layers = art.layers_for(tids)
-    nbytes = download(art, layers, out_dir)
-    if tids is None and trust.public_key is not None:  # whole bundle: model-signing's own check as well
-        from edgepack.bundle.sign import verify_bundle
+    checked = {"provenance": "absent (bundle built without provenance)"}
 
-        verify_bundle(out_dir, trust.public_key)
+    def check(tmp: Path) -> None:
+        if trust.public_key is None:
+            if PROVENANCE_NAME in layers:
+                checked["provenance"] = "covered by the bundle signature (certificate trust: statement key not checked)"
+            return
+        if tids is None:  # whole bundle: model-signing's own folder check as well
+            from edgepack.bundle.sign import verify_bundle
+
+            verify_bundle(tmp, trust.public_key)
+        if PROVENANCE_NAME in layers:
+            verify_provenance(tmp, trust.public_key, allow_missing=tids is not None)
+            checked["provenance"] = "verified"
+
+    nbytes = download(art, layers, out_dir, check)
     return {"bundle": str(out_dir), "ref": art.where, "digest": art.digest, "files_checked": len(layers) + 1,
             "bytes": nbytes, "targets": tids or sorted(art.groups), "partial": tids is not None,
             "selection": why, "signer_fingerprint": art.fingerprint, "name": art.config.get("name"),
-            "version": art.config.get("version")}
+            "version": art.config.get("version"), **checked}
 
 
 def verify(store, reference: str, key) -> dict:

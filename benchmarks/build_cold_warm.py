@@ -1,0 +1,51 @@
+"""Cold vs warm `edgepack build` of the digits recipe, measured side by side in one run.
+
+    python benchmarks/build_cold_warm.py [--recipe recipes/digits/recipe.yaml] [--repeat 3]
+
+Cold: an empty stage cache (a fresh EDGEPACK_HOME each time). Warm: the same recipe again with the
+cache kept, so every stage is a cache hit and only package + sign + publish run. Prints both wall
+times (median of --repeat) and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _build(recipe: Path, home: Path, out: Path) -> float:
+    env = dict(os.environ, EDGEPACK_HOME=str(home))
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "edgepack.cli", "build", str(recipe), "-o", str(out), "--json"],
+                   env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recipe", type=Path, default=REPO / "recipes" / "digits" / "recipe.yaml")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    cold, warm = [], []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            home, out = Path(tmp) / "home", Path(tmp) / "bundle"
+            cold.append(_build(args.recipe, home, out))
+            warm.append(_build(args.recipe, home, out))
+    c, w = statistics.median(cold), statistics.median(warm)
+    print(f"recipe: {args.recipe}")
+    print(f"cold build (empty cache): median {c:.2f} s  runs {[round(x, 2) for x in cold]}")
+    print(f"warm build (all stages cached): median {w:.2f} s  runs {[round(x, 2) for x in warm]}")
+    print(f"cold / warm ratio: {c / w:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

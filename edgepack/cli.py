@@ -92,26 +92,67 @@ def _default_pub() -> Path:
     return (edgepack_home() / DEFAULT_KEY).with_name("signing-key.pub.pem")
 
 
+def _trust(key, cert_chain):
+    """The public key (default: your own signing key's) or a CA certificate chain to verify with."""
+    from .registry.sigcheck import Trust
+
+    if key and cert_chain:
+        raise click.UsageError("give --key or --cert-chain, not both")
+    return Trust(cert_chain=tuple(cert_chain)) if cert_chain else Trust(public_key=Path(key or _default_pub()))
+
+
+_CERT_CHAIN = click.option("--cert-chain", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+                           help="CA certificate(s) (PEM) the signing certificate must chain to, instead of --key.")
+_PLAIN_HTTP = click.option("--plain-http", is_flag=True, help="Talk HTTP, not HTTPS, to a non-loopback registry.")
+
+
+def _is_ref(arg: str) -> bool:
+    """A registry reference rather than a bundle folder."""
+    from .registry.refs import parse_ref
+
+    if arg.startswith("layout:"):
+        return True
+    if Path(arg).exists():
+        return False
+    try:
+        parse_ref(arg)
+        return True
+    except EdgepackError:
+        return False
+
+
 @cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle")
 @click.option("--key", type=click.Path(path_type=Path), help="Public key (PEM); default: your own signing key's.")
-def verify(bundle, key):
-    """Check every file's digest and the signature of a bundle directory."""
+@_CERT_CHAIN
+@_PLAIN_HTTP
+def verify(bundle, key, cert_chain, plain_http):
+    """Check a bundle folder, or a registry artifact (REF) without downloading its files."""
+    if _is_ref(bundle):
+        from .registry import verify as verify_ref
+
+        info = verify_ref(bundle, _trust(key, cert_chain), plain_http=plain_http)
+        click.echo(f"OK: {info['ref']} {info['digest']} ({info['layers_checked']} layer digests match the signature; "
+                   f"targets {', '.join(info['targets'])}; signer {info.get('signer_fingerprint') or 'certificate'})")
+        return
     from .bundle.sign import verify_bundle
 
-    info = verify_bundle(bundle, key or _default_pub())
+    if cert_chain:
+        raise click.UsageError("--cert-chain works on registry references; verify a folder with --key")
+    info = verify_bundle(Path(bundle), key or _default_pub())
     click.echo(f"OK: {bundle} ({info.get('files_checked', '?')} files, signer {info.get('signer_fingerprint', '')})")
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("ref")
-def publish(bundle, ref):
-    """Publish a signed bundle to a registry reference (layout:PATH:TAG)."""
+@_PLAIN_HTTP
+def publish(bundle, ref, plain_http):
+    """Publish a signed bundle to a registry: layout:PATH:TAG or HOST[:PORT]/REPO:TAG (docs/registry.md)."""
     from .registry import push
     from .registry.refs import parse_ref
 
-    info = push(bundle, parse_ref(ref))
+    info = push(bundle, parse_ref(ref), plain_http=plain_http)
     click.echo(f"published {info.get('ref', ref)} {info.get('digest', '')}")
 
 
@@ -119,13 +160,58 @@ def publish(bundle, ref):
 @click.argument("ref")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Where to put the bundle.")
 @click.option("--key", type=click.Path(path_type=Path), help="Public key (PEM); default: your own signing key's.")
-def pull(ref, output, key):
+@_CERT_CHAIN
+@click.option("--device", type=click.Path(path_type=Path), help="Device profile: pull only the best target validated on it.")
+@click.option("--target", help="Pull only this target.")
+@_PLAIN_HTTP
+def pull(ref, output, key, cert_chain, device, target, plain_http):
     """Fetch a bundle, re-hash every blob, verify the signature, then move it into place."""
     from .registry import pull as do_pull
     from .registry.refs import parse_ref
 
-    info = do_pull(parse_ref(ref), output, key or _default_pub())
-    click.echo(f"pulled {ref} -> {output} (verified, {info.get('files_checked', '?')} files)")
+    profile = None
+    if device:
+        from .devices import load_profile
+
+        profile = load_profile(str(device))[0]
+    trust = _trust(key, cert_chain)
+    if profile is None and target is None and not cert_chain:
+        trust = trust.public_key  # a whole-bundle pull from a layout keeps layout.pull's path
+    info = do_pull(parse_ref(ref), output, trust, device=profile, target=target, plain_http=plain_http)
+    what = f"target {', '.join(info['targets'])}" if info.get("partial") else f"{info.get('files_checked', '?')} files"
+    click.echo(f"pulled {ref} -> {output} (verified, {what})")
+
+
+@cli.command("ls")
+@click.argument("ref")
+@_PLAIN_HTTP
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
+def ls(ref, plain_http, as_json):
+    """List a registry's tags (or one tag) with targets, sizes and validation status."""
+    from .registry import list_tags
+
+    rows = list_tags(ref, plain_http=plain_http)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['tag']}  {r.get('digest', '')}  {r.get('size', 0)} bytes  {'signed' if r.get('signed', True) else 'UNSIGNED'}")
+        for t in r.get("targets") or []:
+            t = t if isinstance(t, dict) else {"target": t}
+            ok = ", ".join(t.get("validated_on") or []) or "-"
+            click.echo(f"  {t.get('target')}  {t.get('precision') or ''}  {t.get('runtime') or ''}  {t.get('size', '')}  validated on: {ok}")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@_PLAIN_HTTP
+def copy(src, dst, plain_http):
+    """Copy a bundle between a layout and a remote registry (or two of either), digests preserved."""
+    from .registry import copy as do_copy
+
+    info = do_copy(src, dst, plain_http=plain_http)
+    click.echo(f"copied {info['src']} -> {info['dst']} {info['digest']} ({info['blobs_copied']} blobs sent)")
 
 
 def main(argv=None) -> None:

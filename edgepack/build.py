@@ -26,6 +26,7 @@ from .optimize import PassContext, make_pass
 from .paths import check_writable, write_json_atomic
 from .recipe import LoadedRecipe, TargetInput
 from .targets import TargetContext, make_target
+from .devices.fleet import run_fleet
 from .validate import ReferenceStage, ValidateStage
 from .validate.gates import evaluate
 
@@ -125,16 +126,26 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     samples = data.get("validation") or data.get("calibration")
     if samples is not None:
         conv_inputs["samples"] = samples
-    converted = engine.run("convert", ConvertStage(r.model, lr.dir, lr.where("model")), conv_inputs).outputs["model"]
+    conversion = engine.run("convert", ConvertStage(r.model, lr.dir, lr.where("model")), conv_inputs)
+    converted = conversion.outputs["model"]
     fp32 = converted
 
     # Optimize
     model = fp32
+    optimize_records: list[dict] = []  # each pass's effect, in recipe order (report.json "optimize")
     for i, cfg in enumerate(r.optimize):
         ctx = PassContext(i, lr.where("optimize", i), lr.dir, r.model, r.gates)
         stage = make_pass(cfg, ctx)
         inputs = {"model": model, "source": source, **data}
-        model = engine.run(f"optimize[{i}] {cfg.pass_}", stage, inputs).outputs["model"]
+        pres = engine.run(f"optimize[{i}] {cfg.pass_}", stage, inputs)
+        model = pres.outputs["model"]
+        optimize_records.append({"index": i, "pass": cfg.pass_, "cached": pres.cached, **pres.record})
+
+    # Pre-flight op coverage: per target, the nodes it cannot convert, before any conversion starts
+    from .targets.coverage import preflight
+    from .targets.coverage import summary as coverage_summary
+
+    coverage = {tid: preflight(stage, model, fp32) for tid, stage in target_stages.items()}
 
     # Compile, then validate each target on each device
     reference = None
@@ -149,11 +160,23 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         entry: dict = {"type": t.type.value, "input": t.input.value, "status": "ok", "devices": {}}
         targets[tid] = entry
         src_model = fp32 if t.input is TargetInput.FP32 else model
+        entry["coverage"] = coverage[tid]
+        if coverage[tid]["unsupported"]:
+            err = StageError(f"compile {tid}: {coverage_summary(tid, coverage[tid])}",
+                             hint="replace those ops in the model, or drop this target; report.json targets.<id>.coverage lists them all")
+            entry.update(status="failed", error=err.one_line())
+            failures.append(err.one_line())
+            continue
         try:
             res = engine.run(f"compile {tid}", stage, {"model": src_model, "source": source, "fp32": fp32, **data})
         except EdgepackError as e:
             entry.update(status="failed", error=e.one_line())
             failures.append(e.one_line())
+            log = engine.log_dir / f"compile_{tid.replace('/', '_').replace(' ', '_')}.log" if engine.log_dir else None
+            if log is not None and log.exists():  # an isolated stage's log: kept beside the bundle, its tail in the report
+                from .worker import log_tail
+
+                entry.update(log=str(log), log_tail=log_tail(log))
             continue
         art = res.outputs["artifact"]
         artifacts[tid] = art
@@ -161,29 +184,41 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         if "validation" not in data:
             entry["validation"] = "skipped: the recipe has no data.validation"
             continue
+        runnable = []
         for dev in devices:
             if art.meta.get("runtime") not in dev.runtimes:
                 entry["devices"][dev.name] = {"status": "skipped", "reason": f"device has no {art.meta.get('runtime')} runtime"}
-                continue
-            if art.meta.get("validate") is False:
+            elif art.meta.get("validate") is False:
                 entry["devices"][dev.name] = {"status": "skipped", "reason": art.meta.get("validate_reason", "not runnable here")}
-                continue
-            vinputs = {"artifact": art, "validation": data["validation"]}
-            if reference is not None:
-                vinputs["reference"] = reference
+            else:
+                runnable.append(dev)
+        vinputs = {"artifact": art, "validation": data["validation"]}
+        if reference is not None:
+            vinputs["reference"] = reference
+
+        def validate_on(dev, tid=tid, vinputs=vinputs):
             vstage = ValidateStage(dev, r.benchmark, [i.name for i in r.model.inputs])
-            try:
-                vres = engine.run(f"validate {tid} @ {dev.name}", vstage, vinputs)
-            except EdgepackError as e:
-                entry["devices"][dev.name] = {"status": "failed", "error": e.one_line()}
-                entry["status"] = "failed"
-                failures.append(e.one_line())
+            return engine.run(f"validate {tid} @ {dev.name}", vstage, vinputs)
+
+        # Devices in parallel (fleet run, per-device timeout); a failing device fails alone.
+        outcomes = run_fleet(runnable, validate_on)
+        for dev in runnable:
+            out = outcomes[dev.name]
+            if out.status != "ok":
+                entry["devices"][dev.name] = out.to_json()
+                failures.append(out.error)
                 continue
+            vres = out.value
             gates = evaluate(r.gates, tid, dev.name, vres.record, art.size)
             entry["devices"][dev.name] = {"status": "ok" if gates["passed"] else "gates-failed", **vres.record, "gates": gates}
             gate_failures.extend(gates["failures"])
             if not gates["passed"]:
                 entry["status"] = "gates-failed"
+        failed_devices = [d.name for d in runnable if outcomes[d.name].status != "ok"]
+        if failed_devices and len(failed_devices) == len(runnable):
+            entry["status"] = "failed"  # validated nowhere: not shipped
+        elif failed_devices:  # shipped, validated on the others; the build is PARTIAL and the report says where
+            entry["unvalidated_devices"] = failed_devices
 
     report = {
         "schema_version": 1,
@@ -194,9 +229,10 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         "started": started,
         "finished": _now(),
         "source": {"format": r.model.format.value, "sha256": source.digest},
-        "conversion": next((s for s in engine.lineage if s["name"] == "convert"), {}),
+        "conversion": {**next((s for s in engine.lineage if s["name"] == "convert"), {}), "record": conversion.record},
         "stages": engine.lineage,
         "records": {},
+        "optimize": optimize_records,
         "targets": targets,
         "gates": {"config": r.gates.model_dump(mode="json"), "passed": not gate_failures, "failures": gate_failures},
         "failures": failures,

@@ -214,6 +214,56 @@ def copy(src, dst, plain_http):
     click.echo(f"copied {info['src']} -> {info['dst']} {info['digest']} ({info['blobs_copied']} blobs sent)")
 
 
+@cli.command()
+@click.argument("bundle", required=False)
+@click.option("--device", "-d", "devices", multiple=True, help="Device profile (path or name; repeatable: a fleet run). Default: local.")
+@click.option("--target", "targets", multiple=True, help="Only this bundle target (repeatable).")
+@click.option("--data", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Inputs .npz (default: synthetic).")
+@click.option("--threads", type=int, help="Runtime threads (recorded).")
+@click.option("--runs", type=int, help="Minimum timed runs.")
+@click.option("--min-seconds", type=float, help="Minimum timed seconds.")
+@click.option("--warmup-runs", type=int, help="Minimum warm-up runs.")
+@click.option("--timeout", type=float, help="Per-device limit in seconds (default: each profile's transport.run_timeout_s).")
+@click.option("--key", type=click.Path(path_type=Path), help="Public key to verify a pulled bundle (default: your own).")
+@click.option("--compare", nargs=2, type=click.Path(dir_okay=False, exists=True, path_type=Path), metavar="A.json B.json",
+              help="Print B/A latency ratios per target and device instead of running.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
+def bench(bundle, devices, targets, data, threads, runs, min_seconds, warmup_runs, timeout, key, compare, as_json):
+    """Benchmark a bundle (folder or registry reference) on one or many devices (docs/benchmark-protocol.md)."""
+    from . import bench as b
+
+    if compare:
+        cmp = b.compare(*compare)
+        click.echo(json.dumps(cmp, indent=2) if as_json else b.format_compare(cmp))
+        return
+    if not bundle:
+        raise click.UsageError("give a BUNDLE folder or registry reference (or --compare A.json B.json)")
+    overrides = {"threads": threads, "runs": runs, "min_seconds": min_seconds, "warmup_runs": warmup_runs}
+    report = b.run_bench(bundle, list(devices), list(targets) or None, data, overrides, key, timeout)
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else b.format_report(report))
+    if not as_json:
+        for f in report["failures"]:
+            click.echo(f"failed: {f}", err=True)
+    sys.exit(report["exit_code"])
+
+
+@cli.group()
+def devices():
+    """Device profiles (devices/*.yaml)."""
+
+
+@devices.command("check")
+@click.argument("profile")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def devices_check(profile, as_json):
+    """Reach a device: architecture, Python, runtimes, free memory and disk, which targets it can run."""
+    from .devices import load_profile
+    from .devices.check import check_device, format_check
+
+    info = check_device(load_profile(profile)[0])
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_check(info))
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in argv or "-v" in argv:  # accepted anywhere on the line

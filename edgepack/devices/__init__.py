@@ -7,6 +7,7 @@ result and any output files. ``local`` runs the runner in a child process of thi
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -44,6 +46,8 @@ class TransportSpec(Strict):
     accept_new_host_key: bool = False
     connect_timeout_s: float = 10
     step_timeout_s: float = 600
+    run_timeout_s: float = Field(1800, gt=0, description="Per-device limit for a whole fleet run (all its jobs)")
+    remote_dir: str | None = Field(None, description="Where per-run folders go on the device (default: its temp dir)")
 
 
 class Limits(Strict):
@@ -87,6 +91,11 @@ def load_profile(ref: str, base_dir: Path | None = None) -> tuple[DeviceProfile,
 def _parse(path: Path) -> DeviceProfile:
     try:
         data = yaml.safe_load(path.read_text())
+        transport = data.get("transport") if isinstance(data, dict) else None
+        for k in ("key", "known_hosts"):  # relative key files are relative to the profile
+            v = transport.get(k) if isinstance(transport, dict) else None
+            if isinstance(v, str) and not v.startswith("~") and not os.path.isabs(v):
+                transport[k] = str((path.parent / v).absolute())
         return DeviceProfile.model_validate(data)
     except yaml.YAMLError as e:
         raise BadInputError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from e
@@ -94,6 +103,21 @@ def _parse(path: Path) -> DeviceProfile:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         raise BadInputError(f"{path}: {loc}: {err['msg']}") from e
+
+
+# Monotonic deadline of the current device's fleet run (set per thread by devices/fleet.py).
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("edgepack_device_deadline", default=None)
+
+
+def remaining_timeout(timeout: float, where: str) -> float:
+    """``timeout`` capped by the fleet deadline; StageError when that deadline has already passed."""
+    deadline = DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise StageError(f"{where}: the per-device time limit (transport.run_timeout_s) ran out before this step")
+    return min(timeout, left)
 
 
 class Transport:
@@ -109,7 +133,7 @@ class Transport:
 
 class LocalTransport(Transport):
     def execute(self, job, files, fetch, timeout=None):
-        timeout = timeout or self.profile.transport.step_timeout_s
+        timeout = remaining_timeout(timeout or self.profile.transport.step_timeout_s, f"device {self.profile.name}")
         with tempfile.TemporaryDirectory(prefix="edgepack-run-") as tmp:
             tmp = Path(tmp)
             job = dict(job)

@@ -131,6 +131,23 @@ class QuantizeMode(str, enum.Enum):
     DYNAMIC = "dynamic"
     STATIC = "static"
     FP16 = "fp16"
+    INT4 = "int4"  # weight-only 4-bit MatMul (ONNX Runtime MatMulNBits)
+
+
+class AccuracyMetric(str, enum.Enum):
+    TOP1 = "top1"  # top-1 against the validation labels
+    COSINE = "cosine"  # mean cosine similarity to the FP32 outputs
+    MAX_ABS_ERROR = "max_abs_error"  # max abs difference to the FP32 outputs
+    TOP1_AGREEMENT = "top1_agreement"  # share of samples whose argmax matches FP32
+
+
+class AccuracyAware(Strict):
+    """Keep the most sensitive nodes in float, one at a time, until the budget is met on validation data."""
+
+    max_accuracy_drop: float = Field(ge=0, description="Allowed drop of the metric vs FP32 (absolute, or a fraction when relative).")
+    relative: bool = Field(False, description="max_accuracy_drop is a fraction of the FP32 score.")
+    metric: AccuracyMetric = AccuracyMetric.TOP1
+    max_float_nodes: int | None = Field(None, ge=1, description="Give up after keeping this many nodes in float.")
 
 
 class QuantizePass(Strict):
@@ -143,11 +160,71 @@ class QuantizePass(Strict):
     op_types: list[str] | None = None
     exclude_nodes: list[str] = Field(default_factory=list)
     keep_io_types: bool = True
+    nodes: list[str] | None = Field(None, description="Quantize only these node names (default: all of op_types).")
+    symmetric_weights: bool = True
+    block_size: int = Field(32, ge=16, description="int4: weights per quantization block (power of 2).")
+    accuracy_level: int | None = Field(None, ge=0, le=4, description="int4: MatMulNBits accuracy_level.")
+    accuracy_aware: AccuracyAware | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _aa_modes(self):
+        if self.accuracy_aware is not None and self.mode not in (QuantizeMode.STATIC, QuantizeMode.DYNAMIC):
+            raise ValueError("accuracy_aware works with mode 'static' or 'dynamic'")
+        if self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of 2 (16, 32, 64, 128)")
+        return self
 
-OptimizePass = Annotated[Union[QuantizePass], Field(discriminator="pass_")]
+
+class Training(Strict):
+    """The training loop used by fine-tuning and distillation (Adam, cross-entropy/KD loss, seeded)."""
+
+    epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better validation score.")
+
+
+class PrunePass(Strict):
+    pass_: Literal["prune"] = Field(alias="pass")
+    method: Literal["magnitude", "2:4", "channel"] = "magnitude"
+    sparsity: float = Field(0.5, gt=0, lt=1, description="Fraction of weights (magnitude) or of channels (channel) removed.")
+    scope: Literal["global", "layer"] = Field("layer", description="magnitude/channel: one threshold for all layers, or per layer.")
+    op_types: list[str] = Field(default_factory=lambda: ["Conv", "Gemm", "MatMul"], description="magnitude/2:4: ONNX ops whose weights are pruned.")
+    exclude: list[str] = Field(default_factory=list, description="ONNX node names (magnitude/2:4) or module names (channel) left alone.")
+    finetune: Training | None = Field(None, description="channel: fine-tune on data.training after pruning.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _finetune_needs_channel(self):
+        if self.finetune is not None and self.method != "channel":
+            raise ValueError("finetune works with method 'channel' (magnitude and 2:4 prune the ONNX weights in place)")
+        return self
+
+
+class DistillPass(Strict):
+    pass_: Literal["distill"] = Field(alias="pass")
+    student: str = Field(description="module:function building the student torch.nn.Module.")
+    temperature: float = Field(4.0, gt=0)
+    kd_weight: float = Field(0.7, ge=0, description="Weight of the temperature-softened KL term (scaled by T^2).")
+    ce_weight: float = Field(0.3, ge=0, description="Weight of the cross-entropy on labels (when data.training has labels).")
+    training: Training = Training(epochs=30, learning_rate=3e-3, patience=5)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("student")
+    @classmethod
+    def _entry(cls, v):
+        if ":" not in v:
+            raise ValueError("student must look like 'module:function'")
+        return v
+
+
+OptimizePass = Annotated[Union[QuantizePass, PrunePass, DistillPass], Field(discriminator="pass_")]
 
 
 # ---------------------------------------------------------------- targets
@@ -295,11 +372,14 @@ def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
     """The pydantic model that owns the mapping at ``loc`` (to suggest the nearest valid key)."""
     model: Any = Recipe
     node = data
+    ann = None
     for part in loc:
         if model is None:
             return None
         if isinstance(part, int):
             node = node[part] if isinstance(node, list) and part < len(node) else None
+            if ann is not None:  # a list of a union (optimize passes): the item picks its model
+                model = _inner_model(ann, node) or model
             continue
         fields = model.model_fields
         name = "pass_" if part == "pass" else part
@@ -317,6 +397,11 @@ def _inner_model(ann, node):
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
     args = typing.get_args(ann)
+    if isinstance(node, dict) and "pass" in node:  # optimize passes: pick the model named by 'pass'
+        for a in args:
+            if isinstance(a, type) and issubclass(a, BaseModel) and "pass_" in a.model_fields:
+                if node["pass"] in typing.get_args(a.model_fields["pass_"].annotation):
+                    return a
     for a in args:
         m = _inner_model(a, node)
         if m is not None:
@@ -328,7 +413,7 @@ def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union/discriminator tags ('quantize', 'function-after[...]') from a location."""
     out = []
     for part in loc:
-        if isinstance(part, str) and (part in ("quantize",) or "[" in part or part.startswith("function-")):
+        if isinstance(part, str) and (part in ("quantize", "prune", "distill") or "[" in part or part.startswith("function-")):
             continue
         out.append("pass" if part == "pass_" else part)
     return tuple(out)

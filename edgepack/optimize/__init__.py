@@ -13,6 +13,8 @@ from ..engine import Stage
 # pass name -> "module:Class". Imported lazily: nothing registers itself on import.
 PASSES: dict[str, str] = {
     "quantize": "edgepack.optimize.quantize:QuantizeStage",
+    "prune": "edgepack.optimize.prune:PruneStage",
+    "distill": "edgepack.optimize.distill:DistillStage",
 }
 
 

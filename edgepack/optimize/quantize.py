@@ -1,4 +1,9 @@
-"""ONNX Runtime quantization: dynamic INT8, static INT8 (QDQ or QOperator) and FP16."""
+"""ONNX Runtime quantization: static INT8 (QDQ or QOperator), dynamic INT8, FP16, weight-only INT4.
+
+With ``accuracy_aware`` the pass keeps the most sensitive nodes in float until the accuracy budget
+is met on the validation set (edgepack/optimize/accuracy_aware.py). Every pass records its effect
+(size, parameters, MACs, latency on this host, accuracy) before and after.
+"""
 
 from __future__ import annotations
 
@@ -10,36 +15,29 @@ from ..engine import Stage, StageResult, package_versions
 from ..errors import BadInputError, StageError
 from ..recipe import QuantizeMode, QuantizePass
 from . import PassContext, count_ops
+from .effect import budget_check, measure
 
+QUANTIZED_OPS = (
+    "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+    "DynamicQuantizeLinear", "MatMulNBits",
+)
 
-class _Reader:
-    """CalibrationDataReader over the frozen calibration .npz (one sample per call)."""
-
-    def __init__(self, npz: Path, input_names: list[str]):
-        from ..data import read_npz, samples
-
-        arrays, _ = read_npz(npz)
-        self._it = iter(list(samples({k: arrays[k] for k in input_names})))
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):  # pragma: no cover - used by some ORT calibrators
-        pass
+# Dynamic INT8 default op types: ORT's IntegerOpsRegistry without Conv (no CPU ConvInteger kernel for int8 weights).
+DYNAMIC_OPS = ["MatMul", "Attention", "LSTM", "Gather", "Transpose", "EmbedLayerNormalization"]
 
 
 class QuantizeStage(Stage):
     kind = "optimize.quantize"
-    version = "1"
+    version = "2"
     isolated = False
-    uses = ("model", "calibration")
+    uses = ("model", "calibration", "validation")
 
     def __init__(self, cfg: QuantizePass, ctx: PassContext):
         self.cfg = cfg
         self.ctx = ctx
 
     def config(self) -> dict:
-        return self.cfg.model_dump(mode="json", by_alias=True)
+        return {"pass": self.cfg.model_dump(mode="json", by_alias=True), "gates": _gates(self.ctx)}
 
     def toolchain(self) -> dict[str, str]:
         return package_versions("onnx", "onnxruntime")
@@ -47,101 +45,148 @@ class QuantizeStage(Stage):
     def check_inputs(self, inputs):
         if self.cfg.mode is QuantizeMode.STATIC and "calibration" not in inputs:
             raise BadInputError(f"{self.ctx.where}: static quantization needs calibration data", hint="add data.calibration to the recipe")
+        if self.cfg.accuracy_aware is not None and "validation" not in inputs:
+            raise BadInputError(f"{self.ctx.where}.accuracy_aware: needs validation data to measure accuracy", hint="add data.validation to the recipe")
 
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         src: Artifact = inputs["model"]
         out = workdir / "model.onnx"
+        validation = inputs["validation"].path if "validation" in inputs else None
         record: dict = {"mode": self.cfg.mode.value, "preprocess": []}
-        if _already_quantized(src.path) and self.cfg.mode is not QuantizeMode.FP16:
+        if "calibration" in inputs and self.cfg.mode is QuantizeMode.STATIC:
+            record["calibration_sha256"] = inputs["calibration"].digest
+            record["calibration_samples"] = inputs["calibration"].meta.get("samples")
+        before, reference = measure(src.path, validation)
+        if self.cfg.mode is not QuantizeMode.FP16 and any(op in count_ops(src.path) for op in QUANTIZED_OPS):
             shutil.copyfile(src.path, out)
             record["skipped"] = "the model is already quantized (it has QuantizeLinear/DequantizeLinear or integer ops)"
         elif self.cfg.mode is QuantizeMode.FP16:
             self._fp16(src.path, out, record)
+        elif self.cfg.mode is QuantizeMode.INT4:
+            self._int4(src.path, out, record)
         elif self.cfg.mode is QuantizeMode.DYNAMIC:
-            self._dynamic(src.path, out, record)
+            self._dynamic(src.path, out, workdir, validation, reference, record)
         else:
-            self._static(src.path, out, inputs["calibration"].path, workdir, record)
-        record["size_before"] = src.size
-        record["size_after"] = out.stat().st_size
+            self._static(src.path, out, inputs["calibration"].path, workdir, validation, reference, record)
+        after, _ = measure(out, validation, reference)
+        record["before"], record["after"] = before, after
+        record["size_before"], record["size_after"] = before["size_bytes"], after["size_bytes"]
         record["ops_after"] = count_ops(out)
-        return StageResult({"model": Artifact(out, "onnx", inputs=src.inputs, outputs=src.outputs, meta=dict(src.meta))}, record)
+        record["accuracy_budget"] = budget_check(before, after, self.ctx.gates, self.ctx.where)
+        for p in workdir.glob("*.onnx"):
+            if p != out:
+                p.unlink()
+        meta = {k: v for k, v in src.meta.items() if k != "torch"}
+        meta["passes"] = [*src.meta.get("passes", []), f"quantize:{self.cfg.mode.value}"]
+        return StageResult({"model": Artifact(out, "onnx", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
 
     # -- modes
 
-    def _common(self):
-        return dict(
-            per_channel=self.cfg.per_channel,
-            op_types_to_quantize=self.cfg.op_types,
-            nodes_to_exclude=list(self.cfg.exclude_nodes),
-        )
+    def _static(self, src: Path, out: Path, calib: Path, workdir: Path, validation, reference, record: dict) -> None:
+        from . import ort_static
 
-    def _dynamic(self, src: Path, out: Path, record: dict) -> None:
+        c = self.cfg
+        min_opset = 13 if c.per_channel else 11
+        pre = ort_static.preprocess(src, workdir, record, min_opset, "per-channel quantization needs opset >= 13" if c.per_channel else "QDQ needs opset >= 11")
+        try:
+            ranges = ort_static.calibrate(pre, calib, c.calibration, c.op_types, workdir)
+        except Exception as e:
+            raise StageError(f"{self.ctx.where}: calibration failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+        record["calibration_method"] = c.calibration
+
+        def quantize(exclude: list[str], dest: Path) -> None:
+            try:
+                ort_static.quantize_with_ranges(
+                    pre, dest, ranges, qformat=c.format, per_channel=c.per_channel, symmetric_activations=c.symmetric_activations,
+                    symmetric_weights=c.symmetric_weights, op_types=c.op_types, include=c.nodes, exclude=[*c.exclude_nodes, *exclude],
+                )
+            except Exception as e:
+                raise StageError(f"{self.ctx.where}: static quantization failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+
+        self._run(quantize, pre, out, workdir, validation, reference, record)
+
+    def _dynamic(self, src: Path, out: Path, workdir: Path, validation, reference, record: dict) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, **self._common())
+        from . import ort_static
 
-    def _static(self, src: Path, out: Path, calib: Path, workdir: Path, record: dict) -> None:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        pre = workdir / "preprocessed.onnx"
-        try:
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-            record["preprocess"].append("quant_pre_process: shape inference and graph optimization")
-            model_in = pre
-        except Exception as e:  # keep going without it, and say so
-            record["preprocess"].append(f"quant_pre_process skipped: {e.__class__.__name__}: {str(e)[:200]}")
-            model_in = src
-        model_in = _ensure_opset(model_in, 13 if self.cfg.per_channel else 11, workdir, record)
-        import onnx
-
-        names = [i.name for i in onnx.load(str(model_in), load_external_data=False).graph.input]
-        method = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[self.cfg.calibration]
-        act = QuantType.QInt8 if self.cfg.symmetric_activations else QuantType.QUInt8
-        try:
-            quantize_static(
-                str(model_in),
-                str(out),
-                _Reader(calib, names),
-                quant_format=QuantFormat.QDQ if self.cfg.format == "qdq" else QuantFormat.QOperator,
-                activation_type=act,
-                weight_type=QuantType.QInt8,
-                calibrate_method=method,
-                extra_options={"ActivationSymmetric": self.cfg.symmetric_activations, "WeightSymmetric": True},
-                **self._common(),
+        c = self.cfg
+        if c.op_types and "Conv" in c.op_types:
+            raise BadInputError(
+                f"{self.ctx.where}.op_types: dynamic quantization of Conv gives ConvInteger, which ONNX Runtime's CPU provider cannot run with int8 weights",
+                hint="drop Conv from op_types, or use mode: static",
             )
+        op_types = list(c.op_types) if c.op_types else DYNAMIC_OPS
+        if not c.op_types:
+            record["op_types"] = DYNAMIC_OPS
+            record["kept_float"] = "Conv: ONNX Runtime's CPU provider has no ConvInteger kernel for int8 weights (use mode: static for CNNs)"
+        model_in = ort_static.constants_to_initializers(src, workdir / "constants_folded.onnx", record)
+        if c.per_channel:
+            model_in = ort_static.ensure_opset(model_in, 13, workdir, record, "per-channel quantization needs opset >= 13")
+
+        def quantize(exclude: list[str], dest: Path) -> None:
+            try:
+                quantize_dynamic(
+                    str(model_in), str(dest), weight_type=QuantType.QInt8, per_channel=c.per_channel, op_types_to_quantize=op_types,
+                    nodes_to_quantize=c.nodes, nodes_to_exclude=[*c.exclude_nodes, *exclude],
+                    extra_options={"WeightSymmetric": c.symmetric_weights},
+                )
+            except Exception as e:
+                raise StageError(f"{self.ctx.where}: dynamic quantization failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+
+        self._run(quantize, model_in, out, workdir, validation, reference, record)
+
+    def _run(self, quantize, model_in: Path, out: Path, workdir: Path, validation, reference, record: dict) -> None:
+        c = self.cfg
+        if c.accuracy_aware is None:
+            quantize([], out)
+            return
+        from . import ort_static
+        from .accuracy_aware import search
+
+        fmt = c.format if c.mode is QuantizeMode.STATIC else "qoperator"
+        types = c.op_types or (DYNAMIC_OPS if c.mode is QuantizeMode.DYNAMIC else None)
+        candidates = ort_static.candidate_nodes(model_in, types, fmt, c.nodes, c.exclude_nodes)
+        record["accuracy_aware"] = search(quantize, candidates, model_in, validation, reference, c.accuracy_aware, out, workdir, self.ctx.where)
+
+    def _int4(self, src: Path, out: Path, record: dict) -> None:
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        c = self.cfg
+        m = onnx.load(str(src))
+        inits = {i.name for i in m.graph.initializer}
+        matmuls = [n.name for n in m.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits]
+        record.update(block_size=c.block_size, symmetric=c.symmetric_weights, accuracy_level=c.accuracy_level)
+        if not matmuls:
+            shutil.copyfile(src, out)
+            record["skipped"] = "no MatMul with constant weights: weight-only INT4 (MatMulNBits) applies to MatMul only (Gemm/Conv stay float)"
+            return
+        q = MatMulNBitsQuantizer(
+            m, block_size=c.block_size, is_symmetric=c.symmetric_weights, accuracy_level=c.accuracy_level,
+            nodes_to_exclude=list(c.exclude_nodes), nodes_to_include=c.nodes, op_types_to_quantize=("MatMul",),
+        )
+        try:
+            q.process()
         except Exception as e:
-            raise StageError(f"static quantization failed: {e.__class__.__name__}: {str(e)[:300]}") from e
-        pre.unlink(missing_ok=True)
+            raise StageError(f"{self.ctx.where}: INT4 weight-only quantization failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+        q.model.save_model_to_file(str(out), False)
+        done = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits")
+        record["matmul_nbits"] = done
+        if done < len(matmuls):
+            record["kept_float"] = f"{len(matmuls) - done} of {len(matmuls)} MatMul(s) left in float (excluded, or K not a multiple the quantizer accepts)"
 
     def _fp16(self, src: Path, out: Path, record: dict) -> None:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=self.cfg.keep_io_types)
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=self.cfg.keep_io_types, node_block_list=list(self.cfg.exclude_nodes) or None)
         onnx.save(model, str(out))
         record["keep_io_types"] = self.cfg.keep_io_types
 
 
-def _already_quantized(path: Path) -> bool:
-    ops = count_ops(path)
-    return any(op in ops for op in ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits"))
-
-
-def _ensure_opset(path: Path, minimum: int, workdir: Path, record: dict) -> Path:
-    import onnx
-    from onnx import version_converter
-
-    m = onnx.load(str(path))
-    current = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if current >= minimum:
-        return path
-    upgraded = version_converter.convert_version(m, minimum)
-    out = workdir / "opset_upgraded.onnx"
-    onnx.save(upgraded, str(out))
-    record["preprocess"].append(f"opset upgraded {current} -> {minimum} (per-channel quantization needs >= 13)")
-    return out
+def _gates(ctx) -> dict | None:
+    g = getattr(ctx, "gates", None)
+    if g is None:
+        return None
+    return {"max_accuracy_drop": g.max_accuracy_drop, "waived": "max_accuracy_drop" in g.waive}

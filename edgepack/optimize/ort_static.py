@@ -1,0 +1,163 @@
+"""ONNX Runtime static quantization, split in two: calibrate once, quantize many times.
+
+``quantize_static`` re-runs calibration on every call. The accuracy-aware search quantizes the same
+model dozens of times with different nodes kept in float, so calibration runs once here
+(:func:`calibrate`) and :func:`quantize_with_ranges` builds the quantizer from the ranges, doing
+what ``onnxruntime.quantization.quantize_static`` (1.23) does after calibration.
+
+Pre-processing (each step recorded with its reason): Constant nodes holding weights become
+initializers (the quantizer only quantizes initializer weights), ``quant_pre_process`` (shape
+inference + graph optimization), and an opset upgrade when per-channel needs opset 13.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Op types the ORT quantizer can quantize (QDQ registry), used to list candidate nodes.
+def quantizable_op_types(qformat: str) -> set[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QDQRegistry) if qformat == "qdq" else set(QLinearOpsRegistry)
+
+
+def constants_to_initializers(path: Path, out: Path, record: dict) -> Path:
+    """Move Constant nodes that hold tensors of >= 2 elements into graph initializers."""
+    import onnx
+
+    m = onnx.load(str(path))
+    moved = []
+    keep = []
+    for node in m.graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = node.attribute[0].t
+            n = 1
+            for d in t.dims:
+                n *= d
+            if n >= 2:
+                t.name = node.output[0]
+                m.graph.initializer.append(t)
+                moved.append(node.output[0])
+                continue
+        keep.append(node)
+    if not moved:
+        return path
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    onnx.save(m, str(out))
+    record["preprocess"].append(
+        f"constant folding: {len(moved)} weight tensor(s) held in Constant nodes moved to initializers (the quantizer only quantizes initializers)"
+    )
+    return out
+
+
+def ensure_opset(path: Path, minimum: int, workdir: Path, record: dict, why: str) -> Path:
+    import onnx
+    from onnx import version_converter
+
+    m = onnx.load(str(path))
+    current = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if current >= minimum:
+        return path
+    upgraded = version_converter.convert_version(m, minimum)
+    out = workdir / "opset_upgraded.onnx"
+    onnx.save(upgraded, str(out))
+    record["preprocess"].append(f"opset upgraded {current} -> {minimum} ({why})")
+    return out
+
+
+def preprocess(src: Path, workdir: Path, record: dict, min_opset: int, why: str) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model_in = constants_to_initializers(src, workdir / "constants_folded.onnx", record)
+    model_in = ensure_opset(model_in, min_opset, workdir, record, why)
+    pre = workdir / "preprocessed.onnx"
+    try:
+        quant_pre_process(str(model_in), str(pre), skip_symbolic_shape=False)
+        record["preprocess"].append("quant_pre_process: shape inference and graph optimization (ORT basic level)")
+        return pre
+    except Exception as e:  # keep going without it, and say so
+        record["preprocess"].append(f"quant_pre_process skipped: {e.__class__.__name__}: {str(e)[:200]}")
+        return model_in
+
+
+def candidate_nodes(path: Path, op_types: list[str] | None, qformat: str, include: list[str] | None, exclude: list[str]) -> list[str]:
+    """Names of the nodes the quantizer would touch (the search space of the accuracy-aware pass)."""
+    import onnx
+
+    types = set(op_types) if op_types else quantizable_op_types(qformat)
+    m = onnx.load(str(path), load_external_data=False)
+    names = [n.name for n in m.graph.node if n.op_type in types and n.name and n.name not in exclude]
+    if include:
+        names = [n for n in names if n in include]
+    return names
+
+
+class NpzReader:
+    """CalibrationDataReader over a frozen .npz (one sample per call); rewindable."""
+
+    def __init__(self, npz: Path, input_names: list[str]):
+        from ..data import read_npz, samples
+
+        arrays, _ = read_npz(npz)
+        self._samples = list(samples({k: arrays[k] for k in input_names}))
+        self._it = iter(self._samples)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self._samples)
+
+    def __len__(self):
+        return len(self._samples)
+
+
+def calibrate(model: Path, calib: Path, method: str, op_types: list[str] | None, workdir: Path):
+    """Tensor ranges over the calibration set (onnxruntime TensorsData)."""
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    names = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
+    init = {i.name for i in onnx.load(str(model), load_external_data=False).graph.initializer}
+    names = [n for n in names if n not in init]
+    cal_dir = workdir / "calibration"
+    cal_dir.mkdir(exist_ok=True)
+    calibrator = create_calibrator(
+        Path(model),
+        op_types or [],
+        augmented_model_path=str(cal_dir / "augmented_model.onnx"),
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method],
+    )
+    calibrator.collect_data(NpzReader(calib, names))
+    ranges = calibrator.compute_data()
+    del calibrator
+    import shutil
+
+    shutil.rmtree(cal_dir, ignore_errors=True)
+    return ranges
+
+
+def quantize_with_ranges(
+    model: Path, out: Path, ranges, *, qformat: str, per_channel: bool, symmetric_activations: bool,
+    symmetric_weights: bool, op_types: list[str] | None, include: list[str] | None, exclude: list[str],
+) -> None:
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType, load_model_with_shape_infer, update_opset_version
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    act = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
+    wt = QuantType.QInt8
+    types = list(op_types) if op_types else list(set(QLinearOpsRegistry) | set(QDQRegistry))
+    m = load_model_with_shape_infer(Path(model))
+    m = update_opset_version(m, wt)
+    extra = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": symmetric_weights}
+    if qformat == "qoperator":
+        q = ONNXQuantizer(m, per_channel, False, QuantizationMode.QLinearOps, True, wt, act, ranges, include or [], list(exclude), types, extra)
+    else:
+        q = QDQQuantizer(m, per_channel, False, wt, act, ranges, include or [], list(exclude), types, extra)
+    q.quantize_model()
+    tmp = out.with_suffix(".onnx.tmp")
+    q.model.save_model_to_file(str(tmp), False)
+    tmp.replace(out)

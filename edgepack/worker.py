@@ -17,6 +17,7 @@ from .errors import EdgepackError, StageError
 
 
 def _child(conn, fn, args, kwargs, log_path, sys_path):
+    os.setpgrp()  # its own process group: a timeout kills the converter's own subprocesses too
     if log_path:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
@@ -56,24 +57,48 @@ def run_isolated(
     child.close()
     try:
         if not parent.poll(timeout):
-            proc.kill()
-            proc.join()
             raise StageError(f"{what} timed out after {timeout:.0f}s", hint=f"log: {log_path}" if log_path else None)
         try:
             status, payload = parent.recv()
-        except EOFError:
+        except EOFError as e:
             proc.join()
             raise StageError(
-                f"{what} crashed (exit code {proc.exitcode})", hint=f"log: {log_path}" if log_path else None
-            ) from None
+                f"{what} crashed ({_exit_reason(proc.exitcode)})", hint=f"log: {log_path}" if log_path else None
+            ) from e
+    except BaseException:
+        _kill(proc)  # timeout, crash or Ctrl-C (the worker's group does not get the terminal's SIGINT)
+        raise
     finally:
         parent.close()
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+    proc.join(timeout=10)  # the result is in: a worker stuck in interpreter shutdown is not waited for
+    if proc.is_alive():
+        _kill(proc)
     if status == "ok":
         return payload
     if status == "edgepack":
         raise payload
     raise StageError(f"{what} failed: {payload}", hint=f"log: {log_path}" if log_path else None)
+
+
+def _kill(proc) -> None:
+    """SIGKILL the worker and its process group (subprocesses a converter started), then reap it."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

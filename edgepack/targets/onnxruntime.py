@@ -7,14 +7,29 @@ from pathlib import Path
 
 from ..artifact import Artifact
 from ..engine import StageResult, package_versions
-from ..errors import StageError
+from ..errors import BadInputError, StageError
 from . import TargetStage
+
+
+OPTIONS = {"ort_format": (bool,), "ort_optimization": ("fixed", "runtime")}
 
 
 class OnnxRuntimeTarget(TargetStage):
     kind = "compile.onnxruntime"
     version = "1"
     runtime = "onnxruntime"
+
+    def __init__(self, target, ctx):
+        super().__init__(target, ctx)
+        for key, value in target.options.items():
+            if key not in OPTIONS:
+                raise BadInputError(f"{ctx.where}.options.{key}: unknown ONNX Runtime option", hint=f"valid options: {', '.join(OPTIONS)}")
+            allowed = OPTIONS[key]
+            if (isinstance(allowed[0], type) and not isinstance(value, allowed[0])) or (not isinstance(allowed[0], type) and value not in allowed):
+                want = allowed[0].__name__ if isinstance(allowed[0], type) else " or ".join(allowed)
+                raise BadInputError(f"{ctx.where}.options.{key}: expected {want}, got {value!r}")
+        if "ort_optimization" in target.options and not target.options.get("ort_format"):
+            raise BadInputError(f"{ctx.where}.options.ort_optimization: only applies with ort_format: true")
 
     def toolchain(self) -> dict[str, str]:
         return package_versions("onnxruntime")
@@ -23,7 +38,10 @@ class OnnxRuntimeTarget(TargetStage):
         import onnxruntime as ort
 
         src = inputs["model"]
-        out = workdir / "model.onnx"
+        ort_format = bool(self.target.options.get("ort_format"))
+        folder = workdir / "onnxruntime" if ort_format else workdir
+        folder.mkdir(exist_ok=True)
+        out = folder / "model.onnx"
         shutil.copyfile(src.path, out)
         try:
             sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -31,7 +49,46 @@ class OnnxRuntimeTarget(TargetStage):
             raise StageError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]}") from e
         record = {"providers": sess.get_providers()}
         meta = {"runtime": self.runtime, "precision": self.target.precision or _precision(out)}
-        return StageResult({"artifact": Artifact(out, "onnx", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
+        if not ort_format:
+            return StageResult({"artifact": Artifact(out, "onnx", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
+        record["ort_format"] = _to_ort(out, self.target.options.get("ort_optimization", "fixed"))
+        meta["runner_options"] = {"model_file": "model.ort"}  # devices validate the .ort file that ships to mobile
+        return StageResult({"artifact": Artifact(folder, "onnx+ort", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
+
+
+def _to_ort(onnx_path: Path, style: str) -> dict:
+    """model.ort (+ model.required_operators.config for minimal builds) beside model.onnx, with
+    onnxruntime's own converter (onnxruntime.tools.convert_onnx_models_to_ort)."""
+    import contextlib
+    import io
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    folder = onnx_path.parent
+    scratch = folder / "_ort"
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            convert_onnx_models_to_ort(onnx_path, scratch, optimization_styles=[OptimizationStyle[style.capitalize()]])
+    except Exception as e:
+        raise StageError(f"onnxruntime could not convert the model to the .ort format: {e.__class__.__name__}: {str(e).splitlines()[0][:240] if str(e) else ''}",
+                         hint="set ort_format: false, or check the model loads in onnxruntime") from e
+    suffix = "" if style == "fixed" else ".with_runtime_opt"
+    ort_file = scratch / f"model{suffix}.ort"
+    if not ort_file.exists():
+        raise StageError(f"onnxruntime's converter wrote no .ort file: {log.getvalue().strip().splitlines()[-1:] or ['no output']}")
+    ort_file.replace(folder / "model.ort")
+    config = next(iter(sorted(scratch.glob("*.required_operators*.config"))), None)
+    ops = []
+    if config is not None:  # drop the converter's comment lines: they hold this host's absolute paths
+        ops = [ln for ln in config.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        (folder / "model.required_operators.config").write_text("\n".join(ops) + "\n")
+    shutil.rmtree(scratch)
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(folder / "model.ort"), providers=["CPUExecutionProvider"])  # it loads
+    return {"file": "model.ort", "optimization_style": style, "required_operators": ops,
+            "size_bytes": (folder / "model.ort").stat().st_size}
 
 
 def _precision(path: Path) -> str:

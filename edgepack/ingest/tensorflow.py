@@ -1,0 +1,226 @@
+"""TensorFlow-family sources -> ONNX with tf2onnx: Keras (.keras / .h5), SavedModel directory, TFLite file.
+
+The ONNX model keeps the source's input layout (TF models are usually NHWC) and takes the recipe's
+input names (``model.inputs[].name``); its outputs are in the source's output order (Keras:
+``model.outputs``; SavedModel: signature output keys, sorted as tf2onnx sorts them; TFLite: the
+signature's outputs) and take ``model.outputs`` names when given, else the source's names.
+Keras models go through ``tf2onnx.convert.from_keras`` first; if that fails the model is exported to
+a SavedModel and converted from there, and ``record['fallbacks']`` says why.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError, StageError
+from ..recipe import ModelFormat
+from . import ConvertContext, Converted
+from ._tf_sources import Source, keras_source, saved_model_source, tflite_source
+
+TF2ONNX_MAX_OPSET = 18  # tf2onnx 1.17 constants.OPSET_TO_IR_VERSION
+
+
+def check_container(path: Path, fmt: ModelFormat) -> None:
+    """Cheap structural checks before TensorFlow is imported: wrong kind of file fails in a second."""
+    where = f"{path} (model.path)"
+    if fmt is ModelFormat.SAVED_MODEL:
+        if not path.is_dir():
+            raise BadInputError(f"{where}: a SavedModel is a directory, this is a file", hint="point model.path at the directory holding saved_model.pb")
+        if not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
+            raise BadInputError(f"{where}: no saved_model.pb in this directory, so it is not a SavedModel",
+                                hint="export with tf.saved_model.save(...) or keras model.export(...)")
+        return
+    if not path.is_file():
+        raise BadInputError(f"{where}: expected a {fmt.value} file, found a directory",
+                            hint="use format 'saved-model' for a SavedModel directory")
+    head = path.read_bytes()[:8] if path.stat().st_size >= 8 else b""
+    if fmt is ModelFormat.TFLITE:
+        if head[4:8] != b"TFL3":
+            raise BadInputError(f"{where}: not a TFLite flatbuffer (no 'TFL3' identifier at byte 4)",
+                                hint="the file may be truncated or corrupted; re-export it with tf.lite.TFLiteConverter")
+        return
+    if path.suffix == ".keras" or zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise BadInputError(f"{where}: not a .keras archive ({e.__class__.__name__}: {e})",
+                                hint="the file may be truncated or corrupted; save it again with model.save('model.keras')") from e
+        if bad is not None or "config.json" not in names:
+            why = f"member '{bad}' is corrupted" if bad else "no config.json inside"
+            raise BadInputError(f"{where}: not a valid .keras archive ({why})", hint="save it again with model.save('model.keras')")
+        return
+    if head != b"\x89HDF\r\n\x1a\n":
+        raise BadInputError(f"{where}: neither a .keras zip archive nor an HDF5 (.h5) file",
+                            hint="save the model with model.save('model.keras')")
+
+
+def _map_inputs(ctx: ConvertContext, src: Source) -> dict[str, str]:
+    """recipe input name -> source input key; by name, or positionally for a single input."""
+    recipe = [i.name for i in ctx.model.inputs]
+    keys = list(src.inputs)
+    if len(recipe) != len(keys):
+        raise BadInputError(f"{ctx.source_where}.inputs: {len(recipe)} input(s) given but {src.label} has {len(keys)}: {keys}",
+                            hint="list one model.inputs entry per model input")
+    if set(recipe) <= set(keys):
+        mapping = {r: r for r in recipe}
+    elif len(keys) == 1:
+        mapping = {recipe[0]: keys[0]}
+    else:
+        aliases = {a: k for k, spec in src.inputs.items() for a in (k, spec.get("tensor", k))}
+        unknown = [r for r in recipe if r not in aliases]
+        if unknown:
+            raise BadInputError(f"{ctx.source_where}.inputs: {unknown} not among the inputs of {src.label}",
+                                hint=f"the model's inputs are {keys}")
+        mapping = {r: aliases[r] for r in recipe}
+    for i, spec in enumerate(ctx.model.inputs):
+        got = src.inputs[mapping[spec.name]]
+        shape = got["shape"]
+        want = spec.shape
+        if shape is not None and (len(shape) != len(want) or any(
+                isinstance(w, int) and g is not None and g > 0 and w != g for w, g in zip(want, shape))):
+            shown = ["?" if g is None or g < 0 else g for g in shape]
+            raise BadInputError(f"{ctx.source_where}.inputs[{i}].shape: {want} but {src.label} input '{mapping[spec.name]}' has shape {shown}",
+                                hint="TensorFlow models keep their own layout (usually NHWC): give the model's shape")
+        if got["dtype"] != spec.dtype.value:
+            raise BadInputError(f"{ctx.source_where}.inputs[{i}].dtype: {spec.dtype.value} but {src.label} input '{mapping[spec.name]}' is {got['dtype']}",
+                                hint=f"set dtype: {got['dtype']}")
+    return mapping
+
+
+def _run_source(ctx: ConvertContext, src: Source, mapping: dict[str, str]) -> list[list[tuple[str, np.ndarray]]]:
+    outs = []
+    for s in ctx.samples:
+        feed = {mapping[k]: np.ascontiguousarray(v) for k, v in s.items() if k in mapping}
+        try:
+            outs.append(src.run(feed))
+        except Exception as e:
+            shapes = {k: list(v.shape) for k, v in s.items()}
+            raise BadInputError(
+                f"{ctx.source_where}.inputs: {src.label} rejected inputs of shape {shapes}: {e.__class__.__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}",
+                hint="fix model.inputs[].shape / dtype to what the model expects",
+            ) from e
+    return outs
+
+
+def rename_tensors(proto, mapping: dict[str, str], order: list[str], where: str) -> None:
+    """Rename tensors everywhere in ``proto`` (subgraphs too) and order the graph outputs as ``order`` (new names)."""
+    g = proto.graph
+    used = {n for node in g.node for n in node.output} | {v.name for v in g.input} | {i.name for i in g.initializer}
+    for old, new in mapping.items():
+        if new != old and new in used and new not in mapping:
+            raise BadInputError(f"{where}: name '{new}' is already used by a tensor inside the converted graph",
+                                hint="choose another name in model.inputs / model.outputs")
+
+    def fix(graph):
+        for node in graph.node:
+            node.input[:] = [mapping.get(x, x) for x in node.input]
+            node.output[:] = [mapping.get(x, x) for x in node.output]
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    fix(attr.g)
+                for sub in attr.graphs:
+                    fix(sub)
+        for v in list(graph.input) + list(graph.output) + list(graph.value_info):
+            v.name = mapping.get(v.name, v.name)
+        for init in graph.initializer:
+            init.name = mapping.get(init.name, init.name)
+
+    fix(g)
+    _reorder(g.output, order, where)
+
+
+def _reorder(values, order: list[str], where: str) -> None:
+    """Put the graph inputs/outputs named in ``order`` first, in that order."""
+    by_name = {v.name: v for v in values}
+    missing = [n for n in order if n not in by_name]
+    if missing:
+        raise StageError(f"{where}: the converted graph lacks {missing}; it has {sorted(by_name)}")
+    rest = [v for v in values if v.name not in order]
+    ordered = [type(v)() for v in [by_name[n] for n in order] + rest]
+    for dst, src in zip(ordered, [by_name[n] for n in order] + rest):
+        dst.CopyFrom(src)
+    del values[:]
+    values.extend(ordered)
+
+
+def name_dynamic_dims(proto, inputs) -> None:
+    """Give the inputs' dynamic axes the recipe's names (tf2onnx calls them unk__N), everywhere they appear."""
+    g = proto.graph
+    renames = {}
+    by_name = {v.name: v for v in g.input}
+    for spec in inputs:
+        dims = by_name[spec.name].type.tensor_type.shape.dim
+        for d, want in zip(dims, spec.shape):
+            if isinstance(want, str) and d.HasField("dim_param") and d.dim_param != want:
+                renames[d.dim_param] = want
+    if not renames:
+        return
+    for v in list(g.input) + list(g.output) + list(g.value_info):
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param in renames:
+                d.dim_param = renames[d.dim_param]
+
+
+def _check_names(proto, ins: list[str], outs: list[str]) -> None:
+    graph_ins = {v.name for v in proto.graph.input}
+    graph_outs = {v.name for v in proto.graph.output}
+    lost = [n for n in ins if n not in graph_ins] + [n for n in outs if n not in graph_outs]
+    if lost:
+        raise StageError(f"tensors {lost} are not inputs/outputs of the exported graph "
+                         f"(inputs {sorted(graph_ins)}, outputs {sorted(graph_outs)})")
+
+
+def convert(ctx: ConvertContext) -> Converted:
+    fmt = ctx.model.format
+    path = Path(ctx.source.path)
+    check_container(path, fmt)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    record: dict = {"exporter": None, "fallbacks": [], "layout": "kept from the source (no transpose inserted)"}
+    opset = ctx.model.opset
+    if opset > TF2ONNX_MAX_OPSET:
+        record["opset"] = {"requested": opset, "used": TF2ONNX_MAX_OPSET, "reason": f"tf2onnx supports opset <= {TF2ONNX_MAX_OPSET}"}
+        opset = TF2ONNX_MAX_OPSET
+    makers = {ModelFormat.KERAS: keras_source, ModelFormat.SAVED_MODEL: saved_model_source, ModelFormat.TFLITE: tflite_source}
+    src: Source = makers[fmt](path, ctx.workdir, record)
+    mapping = _map_inputs(ctx, src)
+    named = _run_source(ctx, src, mapping)
+    src_names = [n for n, _ in named[0]]
+    out_names = list(ctx.output_names) or src_names
+    if len(out_names) != len(src_names):
+        raise BadInputError(f"{ctx.source_where}.outputs: {len(out_names)} name(s) given but {src.label} has {len(src_names)} output(s): {src_names}",
+                            hint="give one name per model output, in the model's output order")
+    record["renamed_inputs"] = {k: r for r, k in mapping.items() if r != k}  # source name -> ONNX name
+    record["renamed_outputs"] = {n: o for n, o in zip(src_names, out_names) if n != o}
+    errors = []
+    for label, export in src.exporters:
+        try:
+            proto, in_tensors, out_tensors = export(mapping, opset)
+            _check_names(proto, [in_tensors[r] for r in mapping], [out_tensors.get(n, f"<{n}>") for n in src_names])
+            record["exporter"] = label
+            break
+        except BadInputError:
+            raise
+        except Exception as e:  # an exporter failure: try the next one, and say why
+            text = str(e).strip()
+            reason = f"{e.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}"
+            errors.append(f"{label}: {reason}")
+            record["fallbacks"].append({"exporter": label, "failed_because": reason})
+    if record["exporter"] is None:
+        raise StageError(f"every ONNX exporter failed for {path.name}: " + " | ".join(errors), hint="see the stage log for tf2onnx's messages")
+    rename = {in_tensors[r]: r for r in mapping}
+    rename.update({out_tensors[n]: o for n, o in zip(src_names, out_names)})
+    rename_tensors(proto, rename, out_names, f"{ctx.source_where}")
+    _reorder(proto.graph.input, [i.name for i in ctx.model.inputs], ctx.source_where)
+    name_dynamic_dims(proto, ctx.model.inputs)
+    out = ctx.workdir / "exported.onnx"
+    tmp = out.with_suffix(".onnx.tmp")
+    tmp.write_bytes(proto.SerializeToString())
+    tmp.replace(out)
+    source_outputs = [[np.asarray(a) for _, a in sample] for sample in named]
+    return Converted(out, source_outputs, record)

@@ -276,6 +276,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
                 "inputs": [s.to_json() for s in artifacts[tid].inputs],
                 "outputs": [s.to_json() for s in artifacts[tid].outputs],
                 "runner": {k: v for k, v in artifacts[tid].meta.items() if k in ("input_map", "output_perms", "output_order", "runner_options")},
+                "toolchain": target_stages[tid].toolchain(),  # converters/runtimes this target's compile stage used
                 "validated_on": [d for d, v in targets[tid]["devices"].items() if v.get("status") == "ok"],
             }
             for tid in built_ok

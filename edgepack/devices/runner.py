@@ -55,6 +55,166 @@ class OnnxRuntimeAdapter:
         return self.sess.run(None, feeds)
 
 
+def _first_module(*names):
+    import importlib.util
+
+    for n in names:
+        try:
+            if importlib.util.find_spec(n) is not None:
+                return n
+        except (ImportError, ValueError):
+            pass
+    return names[0]
+
+
+def _capture_fd2(fn):
+    """Run fn() with the C-level stderr captured (runtimes log delegate use there); return (result, text)."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    sys.stderr.write(text)
+    return result, text
+
+
+class TFLiteAdapter:
+    """LiteRT / TFLite interpreter: ai_edge_litert, else tflite_runtime, else tensorflow.lite.
+
+    Float feeds for quantized (int8/uint8/int16) inputs are quantized with the tensor's scale and
+    zero point; quantized outputs are dequantized, so outputs compare with the FP32 reference.
+    Options: xnnpack (default true: the interpreter's default delegates, i.e. XNNPACK on CPU).
+    """
+
+    module = _first_module("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+    def _interpreter(self):
+        """(Interpreter class, OpResolverType enum) of the first runtime found."""
+        if self.module == "ai_edge_litert":
+            from ai_edge_litert import interpreter as m
+
+            return m.Interpreter, m.OpResolverType
+        if self.module == "tflite_runtime":
+            from tflite_runtime import interpreter as m
+
+            return m.Interpreter, m.OpResolverType
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+
+    def version(self):
+        from importlib.metadata import version
+
+        dist = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(self.module, self.module)
+        return f"{dist} {version(dist)}"
+
+    def load(self, path, threads, options):
+        interpreter, resolvers = self._interpreter()
+        xnnpack = options.get("xnnpack", True)
+        resolver = resolvers.AUTO if xnnpack else resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+        def make():
+            it = interpreter(model_path=path, num_threads=int(threads) if threads else None, experimental_op_resolver_type=resolver)
+            it.allocate_tensors()
+            return it
+
+        self.it, log = _capture_fd2(make)
+        self.ins = {d["name"]: d for d in self.it.get_input_details()}
+        self.outs = self.it.get_output_details()
+        return {
+            "interpreter": f"{self.module} ({self.version()})",
+            "op_resolver": "AUTO (default delegates)" if xnnpack else "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+            "xnnpack": "XNNPACK delegate" in log,
+            "xnnpack_evidence": next((ln.strip() for ln in log.splitlines() if "XNNPACK" in ln), None),
+            "quantized_inputs": [n for n, d in self.ins.items() if d["quantization"][0]],
+            "quantized_outputs": [d["name"] for d in self.outs if d["quantization"][0]],
+        }
+
+    def input_names(self):
+        return list(self.ins)
+
+    def run(self, feeds):
+        import numpy as np
+
+        for name, a in feeds.items():
+            d = self.ins[name]
+            scale, zero = d["quantization"]
+            if scale and a.dtype.kind == "f" and np.dtype(d["dtype"]).kind in "iu":
+                info = np.iinfo(d["dtype"])
+                a = np.clip(np.round(a / scale + zero), info.min, info.max).astype(d["dtype"])
+            self.it.set_tensor(d["index"], a)
+        self.it.invoke()
+        res = []
+        for d in self.outs:
+            o = self.it.get_tensor(d["index"])
+            scale, zero = d["quantization"]
+            if scale and o.dtype.kind in "iu":
+                o = (o.astype(np.float32) - zero) * scale
+            res.append(o)
+        return res
+
+
+class OpenVINOAdapter:
+    """OpenVINO runtime. The artifact is an IR folder (model.xml + model.bin) or the .xml itself.
+
+    Options: device (default CPU), inference_precision (default f32: pinned, never the plugin's
+    default, which is bf16 on CPUs with bf16/AMX support). The effective value is returned.
+    """
+
+    module = "openvino"
+
+    def version(self):
+        import openvino
+
+        return openvino.__version__
+
+    def load(self, path, threads, options):
+        import glob
+
+        import openvino as ov
+
+        xml = path
+        if os.path.isdir(path):
+            found = sorted(glob.glob(os.path.join(path, "*.xml")))
+            if not found:
+                raise RuntimeError(f"no .xml file in the OpenVINO IR folder {path}")
+            xml = found[0]
+        device = options.get("device", "CPU")
+        wanted = options.get("inference_precision", "f32")
+        config = {"INFERENCE_PRECISION_HINT": wanted, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        self.cm = core.compile_model(core.read_model(xml), device, config)
+        self.req = self.cm.create_infer_request()
+        info = {"device": device, "inference_precision_requested": wanted}
+        for key, prop in (("inference_precision", "INFERENCE_PRECISION_HINT"), ("num_threads", "INFERENCE_NUM_THREADS"),
+                          ("execution_devices", "EXECUTION_DEVICES")):
+            try:
+                value = self.cm.get_property(prop)
+                if hasattr(value, "to_string"):  # an openvino Type: 'f32', not "<Type: 'float32'>"
+                    value = value.to_string()
+                info[key] = value if isinstance(value, (int, float, list)) else str(value)
+            except Exception as e:  # a property the plugin does not expose
+                info[key] = f"unavailable: {e.__class__.__name__}"
+        return info
+
+    def input_names(self):
+        return [i.get_any_name() for i in self.cm.inputs]
+
+    def run(self, feeds):
+        self.req.infer(feeds)
+        return [self.req.get_output_tensor(k).data.copy() for k in range(len(self.cm.outputs))]
+
+
 class CoreMLAdapter:
     """Core ML (macOS only): an .mlpackage loaded with coremltools. Options: compute_units (default ALL)."""
 
@@ -298,6 +458,8 @@ class TensorRTAdapter:
 # runtime name -> adapter class. Targets add their adapter here (tflite, openvino, coreml, tensorrt).
 ADAPTERS = {
     "onnxruntime": OnnxRuntimeAdapter,
+    "tflite": TFLiteAdapter,
+    "openvino": OpenVINOAdapter,
     "coreml": CoreMLAdapter,
     "tensorrt": TensorRTAdapter,
 }

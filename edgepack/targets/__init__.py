@@ -18,6 +18,8 @@ from ..recipe import Target, TargetType
 # type -> ("module:Class", pip extra or None)
 TARGETS: dict[TargetType, tuple[str, str | None]] = {
     TargetType.ONNXRUNTIME: ("edgepack.targets.onnxruntime:OnnxRuntimeTarget", None),
+    TargetType.TFLITE: ("edgepack.targets.tflite:TFLiteTarget", "tflite"),
+    TargetType.OPENVINO: ("edgepack.targets.openvino:OpenVINOTarget", "openvino"),
     TargetType.COREML: ("edgepack.targets.coreml:CoreMLTarget", "coreml"),
     TargetType.TENSORRT: ("edgepack.targets.tensorrt:TensorRTTarget", "tensorrt"),
 }

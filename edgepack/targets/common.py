@@ -1,0 +1,116 @@
+"""Helpers shared by the targets that convert ONNX themselves (tflite, openvino): recipe checks,
+the ONNX model's I/O, calibration samples, and a one-sample comparison with ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError
+
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                 "MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits")
+
+
+def check_precision(where: str, value: str | None, allowed: tuple[str, ...], default: str) -> str:
+    """The target's precision, or a BadInputError naming targets[i].precision and the allowed values."""
+    if value is None:
+        return default
+    if value not in allowed:
+        import difflib
+
+        close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(allowed)}"
+        raise BadInputError(f"{where}.precision: '{value}' is not a precision of this target (allowed: {', '.join(allowed)})", hint=hint)
+    return value
+
+
+def check_options(where: str, options: dict, allowed: dict[str, tuple]) -> dict:
+    """Validate ``targets[i].options`` against {name: (list of choices, or a type / tuple of types, default)}.
+
+    Returns every option, defaults filled in."""
+    out = {}
+    for key in options:
+        if key not in allowed:
+            raise BadInputError(f"{where}.options.{key}: unknown option", hint=f"valid options: {', '.join(sorted(allowed))}")
+    for key, (kind, default) in allowed.items():
+        value = options.get(key, default)
+        if isinstance(kind, list):
+            if value not in kind:
+                raise BadInputError(f"{where}.options.{key}: {value!r} is not allowed", hint=f"use one of: {', '.join(map(str, kind))}")
+        elif value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise BadInputError(f"{where}.options.{key}: expected {names}, got {type(value).__name__} {value!r}")
+        elif value is not None and not isinstance(value, bool) and isinstance(value, (int, float)) and value <= 0:
+            raise BadInputError(f"{where}.options.{key}: must be positive, got {value}")
+        out[key] = value
+    return out
+
+
+def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
+    """[{name, shape, dtype}] of the graph inputs (initializers excluded) and outputs."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in m.graph.initializer}
+
+    def spec(v):
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        return {"name": v.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    return [spec(v) for v in m.graph.input if v.name not in init], [spec(v) for v in m.graph.output]
+
+
+def quantized_ops(path: Path) -> list[str]:
+    from ..optimize import count_ops
+
+    return [op for op in count_ops(path) if op in QUANTIZED_OPS]
+
+
+def source_names(onnx_inputs: list[dict], arrays: dict[str, np.ndarray] | None, recipe_inputs: list[str]) -> list[str]:
+    """For each ONNX input, the recipe/data input name that feeds it (same name, else same position)."""
+    out = []
+    for i, spec in enumerate(onnx_inputs):
+        if spec["name"] in recipe_inputs or (arrays and spec["name"] in arrays):
+            out.append(spec["name"])
+        elif i < len(recipe_inputs):
+            out.append(recipe_inputs[i])
+        else:
+            out.append(spec["name"])
+    return out
+
+
+def first_sample(onnx_inputs: list[dict], sources: list[str], arrays: dict | None, shapes: list[list[int]]) -> list[np.ndarray]:
+    """One input sample per ONNX input: calibration sample 0, or seeded random data when there is none."""
+    rng = np.random.default_rng(0)
+    out = []
+    for spec, src, shape in zip(onnx_inputs, sources, shapes):
+        if arrays is not None and src in arrays:
+            out.append(np.ascontiguousarray(arrays[src][:1]).astype(spec["dtype"]))
+        elif spec["dtype"].startswith("float"):
+            out.append(rng.random(shape).astype(spec["dtype"]))
+        else:
+            out.append(np.zeros(shape, dtype=spec["dtype"]))
+    return out
+
+
+def onnx_reference(path: Path, names: list[str], feeds: list[np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(zip(names, feeds)))
+
+
+def compare(reference: list[np.ndarray], outputs: list[np.ndarray]) -> list[dict]:
+    """Max abs error and cosine per output (one sample): recorded by the compile stage as a smoke check."""
+    res = []
+    for r, o in zip(reference, outputs):
+        r64, o64 = r.astype(np.float64).ravel(), np.asarray(o).astype(np.float64).ravel()
+        denom = float(np.linalg.norm(r64) * np.linalg.norm(o64))
+        res.append({
+            "max_abs_error": float(np.abs(r64 - o64).max()) if r64.size else 0.0,
+            "cosine": float(r64 @ o64 / denom) if denom > 0 else (1.0 if not r64.any() and not o64.any() else 0.0),
+        })
+    return res

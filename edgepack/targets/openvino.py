@@ -1,0 +1,163 @@
+"""OpenVINO IR target: ``openvino.convert_model`` + ``save_model``, INT8 through NNCF, in an isolated worker.
+
+Precisions: fp32, fp16 (weights compressed to float16 in the .bin; the CPU plugin still computes
+at the pinned inference precision), int8 (NNCF post-training quantization on the recipe's
+calibration data). The artifact is a folder holding model.xml + model.bin. Validation pins the CPU
+plugin's INFERENCE_PRECISION_HINT (``options.inference_precision``, default f32: the plugin's own
+default is bf16 on CPUs with bf16/AMX) and records the value the plugin reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import Artifact, TensorSpec
+from ..data import read_npz
+from ..engine import StageResult, package_versions
+from ..errors import BadInputError, StageError, require_backend
+from . import TargetStage
+from .common import check_options, check_precision, compare, first_sample, onnx_io, onnx_reference, quantized_ops, source_names
+
+PRECISIONS = ("fp32", "fp16", "int8")
+OPTIONS = {
+    "inference_precision": (["f32", "bf16", "f16"], "f32"),
+    "device": (str, "CPU"),
+    "subset_size": (int, 300),  # NNCF calibration samples (at most the calibration set)
+    "preset": (["performance", "mixed"], "performance"),  # NNCF: symmetric / asymmetric activations
+    "fast_bias_correction": (bool, True),
+    "timeout_s": ((int, float), None),
+}
+
+
+class OpenVINOTarget(TargetStage):
+    kind = "compile.openvino"
+    version = "1"
+    runtime = "openvino"
+    extra = "openvino"
+    isolated = True
+    timeout = 900.0
+
+    def __init__(self, target, ctx):
+        super().__init__(target, ctx)
+        self.precision = check_precision(ctx.where, target.precision, PRECISIONS, "fp32")
+        self.opts = check_options(ctx.where, target.options, OPTIONS)
+        if self.opts["timeout_s"]:
+            self.timeout = float(self.opts["timeout_s"])
+
+    def toolchain(self) -> dict[str, str]:
+        versions = package_versions("openvino", "onnx")
+        if self.precision == "int8":
+            versions.update(package_versions("nncf"))
+        return versions
+
+    def check_inputs(self, inputs):
+        if self.precision != "int8":
+            return
+        if "calibration" not in inputs:
+            raise BadInputError(f"{self.ctx.where}.precision: int8 (NNCF post-training quantization) needs calibration data",
+                                hint="add data.calibration to the recipe")
+        q = quantized_ops(inputs["model"].path)
+        if q:
+            raise BadInputError(f"{self.ctx.where}.input: precision int8 quantizes the model itself, but its input model is already quantized ({', '.join(q)})",
+                                hint="set 'input: fp32' on this target")
+
+    def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
+        require_backend("openvino", "openvino")
+        import openvino as ov
+
+        src = inputs["model"]
+        ins, outs = onnx_io(src.path)
+        arrays = read_npz(inputs["calibration"].path)[0] if "calibration" in inputs else None
+        sources = source_names(ins, arrays, [i.name for i in self.ctx.model.inputs])
+        record: dict = {"precision": self.precision, "converter": "openvino.convert_model", "notes": []}
+        if quantized_ops(src.path):
+            record["notes"].append(f"input model has quantized ops {quantized_ops(src.path)}: OpenVINO keeps them as FakeQuantize (int8 compute)")
+        try:
+            model = ov.convert_model(str(src.path))
+        except Exception as e:
+            raise StageError(f"openvino.convert_model failed: {e.__class__.__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
+        if self.precision == "int8":
+            model = self._quantize(model, ins, sources, arrays, record)
+        out = workdir / "openvino"
+        tmp = workdir / "openvino.tmp"
+        tmp.mkdir()
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=self.precision == "fp16")
+        tmp.rename(out)
+        record["compress_to_fp16"] = self.precision == "fp16"
+        record["ops"] = _op_histogram(ov.Core().read_model(str(out / "model.xml")))
+        if self.precision == "int8" and not record["ops"].get("FakeQuantize"):
+            record["notes"].append("NNCF inserted no FakeQuantize: the model stays float")
+
+        check = self._sample_check(out / "model.xml", src.path, ins, sources, arrays)
+        record["sample_check"] = check
+        specs_in = [TensorSpec(s["name"], tuple(s["shape"]), s["dtype"], _layout(self.ctx.model, src_name)) for s, src_name in zip(ins, sources)]
+        specs_out = [TensorSpec(s["name"], tuple(s["shape"]), s["dtype"]) for s in outs]
+        meta = {
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "input_map": [{"source": src_name, "name": s["name"], "dtype": s["dtype"]} for s, src_name in zip(ins, sources)],
+            "runner_options": {"inference_precision": self.opts["inference_precision"], "device": self.opts["device"]},
+            "files": sorted(p.name for p in out.iterdir()),
+        }
+        if not record["notes"]:
+            del record["notes"]
+        return StageResult({"artifact": Artifact(out, "openvino-ir", inputs=specs_in, outputs=specs_out, meta=meta)}, record)
+
+    def _quantize(self, model, ins, sources, arrays, record):
+        require_backend("nncf", "openvino")
+        import nncf
+
+        n = len(next(iter(arrays.values())))
+        items = [{s["name"]: np.ascontiguousarray(arrays[src][i : i + 1]).astype(s["dtype"]) for s, src in zip(ins, sources)} for i in range(n)]
+        subset = min(self.opts["subset_size"], n)
+        try:
+            q = nncf.quantize(
+                model,
+                nncf.Dataset(items),
+                preset=nncf.QuantizationPreset.PERFORMANCE if self.opts["preset"] == "performance" else nncf.QuantizationPreset.MIXED,
+                subset_size=subset,
+                fast_bias_correction=self.opts["fast_bias_correction"],
+            )
+        except Exception as e:
+            raise StageError(f"NNCF quantization failed: {e.__class__.__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}",
+                             hint="see the stage log") from e
+        record["nncf"] = {"samples": subset, "calibration_samples": n, "preset": self.opts["preset"],
+                          "fast_bias_correction": self.opts["fast_bias_correction"]}
+        if subset < n:
+            record["notes"].append(f"NNCF used {subset} of {n} calibration samples (options.subset_size)")
+        return q
+
+    def _sample_check(self, xml: Path, onnx_path: Path, ins, sources, arrays) -> dict:
+        import openvino as ov
+
+        shapes = [[1 if (d == 0 or not isinstance(x, int)) else x for d, x in enumerate(s["shape"])] for s in ins]
+        feeds = first_sample(ins, sources, arrays, shapes)
+        reference = onnx_reference(onnx_path, [s["name"] for s in ins], feeds)
+        cm = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": self.opts["inference_precision"]})
+        req = cm.create_infer_request()
+        req.infer({s["name"]: a for s, a in zip(ins, feeds)})
+        got = [req.get_output_tensor(k).data.copy() for k in range(len(cm.outputs))]
+        return {"vs": "ONNX Runtime, 1 sample", "inference_precision": _type_name(cm.get_property("INFERENCE_PRECISION_HINT")),
+                "outputs": compare(reference, got)}
+
+
+def _type_name(value) -> str:
+    """'f32' for an openvino Type (its str() is "<Type: 'float32'>")."""
+    return value.to_string() if hasattr(value, "to_string") else str(value)
+
+
+def _op_histogram(model) -> dict[str, int]:
+    hist: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        t = op.get_type_name()
+        hist[t] = hist.get(t, 0) + 1
+    return dict(sorted(hist.items()))
+
+
+def _layout(model_section, name: str) -> str | None:
+    for i in getattr(model_section, "inputs", []):
+        if i.name == name:
+            return i.layout
+    return None

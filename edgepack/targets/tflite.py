@@ -1,0 +1,218 @@
+"""TFLite / LiteRT target: ONNX -> TensorFlow -> .tflite with onnx2tf, in an isolated worker.
+
+Precisions: fp32, fp16 (float16 weights, float I/O), int8-dynamic (dynamic-range: int8 weights,
+float activations), int8 (full-integer, calibrated on the recipe's calibration data; I/O int8 by
+default, ``options.io_dtype`` uint8 or float32). onnx2tf never gets to download its MS-COCO sample
+images: calibration data always comes from the recipe (see ``_offline_stand_in``).
+
+onnx2tf makes 3-D/4-D/5-D inputs channels-last (NCHW -> NHWC) unless ``options.keep_nchw``; the
+artifact's ``meta.input_map`` carries the transpose for every runner and the manifest records it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..data import read_npz
+from ..engine import StageResult, package_versions
+from ..errors import BadInputError, StageError, require_backend
+from . import TargetStage
+from .common import check_options, check_precision, onnx_io, quantized_ops, source_names
+
+PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
+OPTIONS = {
+    "io_dtype": (["int8", "uint8", "float32", None], None),  # int8 precision only; default int8
+    "quant_type": (["per-channel", "per-tensor"], "per-channel"),
+    "keep_nchw": (bool, False),
+    "xnnpack": (bool, True),
+    "timeout_s": ((int, float), None),
+}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"  # onnx2tf's download name
+
+
+def channels_last(rank: int) -> list[int] | None:
+    return [0, *range(2, rank), 1] if 3 <= rank <= 5 else None
+
+
+class TFLiteTarget(TargetStage):
+    kind = "compile.tflite"
+    version = "1"
+    runtime = "tflite"
+    extra = "tflite"
+    isolated = True
+    timeout = 900.0
+
+    def __init__(self, target, ctx):
+        super().__init__(target, ctx)
+        self.precision = check_precision(ctx.where, target.precision, PRECISIONS, "fp32")
+        self.opts = check_options(ctx.where, target.options, OPTIONS)
+        if self.opts["io_dtype"] is not None and self.precision != "int8":
+            raise BadInputError(f"{ctx.where}.options.io_dtype: only applies to precision int8 (this target is {self.precision})",
+                                hint="remove io_dtype or set precision: int8")
+        if self.opts["timeout_s"]:
+            self.timeout = float(self.opts["timeout_s"])
+
+    def toolchain(self) -> dict[str, str]:
+        return package_versions("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnxruntime", "onnxsim", "ai-edge-litert")
+
+    def check_inputs(self, inputs):
+        if self.precision == "int8" and "calibration" not in inputs:
+            raise BadInputError(f"{self.ctx.where}.precision: int8 (full-integer) needs calibration data",
+                                hint="add data.calibration to the recipe, or use precision int8-dynamic")
+        if self.precision == "int8":
+            q = quantized_ops(inputs["model"].path)
+            if q:
+                raise BadInputError(f"{self.ctx.where}.input: precision int8 quantizes the model itself, but its input model is already quantized ({', '.join(q)})",
+                                    hint="set 'input: fp32' on this target")
+
+    def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
+        require_backend("onnx2tf", "tflite")
+        require_backend("tensorflow", "tflite")
+        src = inputs["model"]
+        ins, outs = onnx_io(src.path)
+        arrays = read_npz(inputs["calibration"].path)[0] if "calibration" in inputs else None
+        sources = source_names(ins, arrays, [i.name for i in self.ctx.model.inputs])
+        record: dict = {"precision": self.precision, "converter": "onnx2tf", "notes": []}
+        if quantized_ops(src.path):
+            record["notes"].append(f"input model already has quantized ops {quantized_ops(src.path)}; onnx2tf converts them as they are")
+        shapes = self._fixed_shapes(ins, sources, arrays, record)
+        keep = [s["name"] for s, shp in zip(ins, shapes) if self.opts["keep_nchw"] and channels_last(len(shp))]
+        perms = [None if s["name"] in keep else channels_last(len(shp)) for s, shp in zip(ins, shapes)]
+
+        scratch = (workdir / "_onnx2tf").resolve()  # absolute: onnx2tf runs with it as the working directory
+        scratch.mkdir()
+        calib_args = self._calibration_files(ins, sources, arrays, perms, scratch, record)
+        out_dir = scratch / "out"
+        kwargs = dict(
+            input_onnx_file_path=str(Path(src.path).resolve()),
+            output_folder_path=str(out_dir),
+            overwrite_input_shape=[f"{s['name']}:{','.join(map(str, shp))}" for s, shp in zip(ins, shapes)],
+            copy_onnx_input_output_names_to_tflite=False,  # renaming needs the flatc binary (a download); input_map maps names
+            output_dynamic_range_quantized_tflite=self.precision == "int8-dynamic",
+            output_integer_quantized_tflite=self.precision == "int8",
+            quant_type=self.opts["quant_type"],
+            input_quant_dtype=self.opts["io_dtype"] or "int8",
+            output_quant_dtype=self.opts["io_dtype"] or "int8",
+            custom_input_op_name_np_data_path=calib_args,
+            keep_ncw_or_nchw_or_ncdhw_input_names=keep or None,
+            verbosity="warn",
+        )
+        record["onnx2tf_args"] = {k: v for k, v in kwargs.items() if k not in ("input_onnx_file_path", "output_folder_path", "custom_input_op_name_np_data_path")}
+        self._convert(kwargs, scratch)
+        produced = sorted(p.name for p in out_dir.glob("*.tflite"))
+        stem = Path(src.path).stem
+        wanted = f"{stem}_{self._variant()}.tflite"
+        if wanted not in produced:
+            raise StageError(f"onnx2tf did not produce {wanted} (it produced: {', '.join(produced) or 'nothing'})",
+                             hint="onnx2tf logs quantization failures as warnings: see the stage log")
+        record["onnx2tf_produced"] = produced
+        record["onnx2tf_file"] = wanted
+        out = workdir / "model.tflite"
+        shutil.copyfile(out_dir / wanted, out)
+        shutil.rmtree(scratch)  # saved_model and the other variants: not part of the artifact
+
+        from .tflite_io import describe
+
+        specs_in, specs_out, meta, check = describe(out, src.path, ins, outs, sources, shapes, perms, arrays)
+        record.update(check)
+        kinds = record["tensor_dtypes"]
+        if self.precision == "int8-dynamic" and "int8" not in kinds:
+            record["notes"].append("no int8 tensors: TFLite's dynamic-range quantization skips weights below its size threshold (1024 elements); the model stays float")
+        if self.precision == "fp16" and "float16" not in kinds:
+            record["notes"].append("no float16 tensors in the model: weights stayed float32")
+        meta.update(runtime=self.runtime, precision=self.precision, runner_options={"xnnpack": self.opts["xnnpack"]})
+        if not record["notes"]:
+            del record["notes"]
+        return StageResult({"artifact": Artifact(out, "tflite", inputs=specs_in, outputs=specs_out, meta=meta)}, record)
+
+    # -- steps
+
+    def _variant(self) -> str:
+        if self.precision == "int8":
+            return "integer_quant" if self.opts["io_dtype"] == "float32" else "full_integer_quant"
+        return {"fp32": "float32", "fp16": "float16", "int8-dynamic": "dynamic_range_quant"}[self.precision]
+
+    def _fixed_shapes(self, ins, sources, arrays, record) -> list[list[int]]:
+        """Batch 1 (the runners feed one sample at a time); other symbolic dims from the calibration data."""
+        shapes = []
+        for spec, src in zip(ins, sources):
+            shape = []
+            for d, dim in enumerate(spec["shape"]):
+                if d == 0:
+                    shape.append(1)
+                elif isinstance(dim, int) and dim > 0:
+                    shape.append(dim)
+                elif arrays is not None and src in arrays:
+                    shape.append(int(arrays[src].shape[d]))
+                else:
+                    raise BadInputError(
+                        f"{self.ctx.where}: ONNX input '{spec['name']}' dimension {d} is dynamic ({dim!r}) and TFLite needs a fixed size",
+                        hint="give a fixed size in model.inputs[].shape, or add data.calibration so the size is taken from it",
+                    )
+            if spec["shape"] and spec["shape"][0] != 1:
+                record["notes"].append(f"input '{spec['name']}': batch dimension {spec['shape'][0]!r} fixed to 1")
+            shapes.append(shape)
+        return shapes
+
+    def _calibration_files(self, ins, sources, arrays, perms, scratch: Path, record) -> list | None:
+        """The recipe's calibration arrays as .npy in TF layout, for onnx2tf's -cind (never its sample images)."""
+        if arrays is None:
+            record["calibration"] = "none (no data.calibration): onnx2tf checks shapes with all-ones inputs"
+            return None
+        args = []
+        for spec, src, perm in zip(ins, sources, perms):
+            a = arrays[src].astype(np.float32) if spec["dtype"].startswith("float") else arrays[src]
+            if perm:
+                a = np.transpose(a, perm)
+            path = scratch / f"calib_{len(args)}.npy"
+            np.save(path, np.ascontiguousarray(a))
+            args.append([spec["name"], str(path), 0.0, 1.0])  # mean 0, std 1: the data is already normalized
+            if a.ndim == 4 and a.shape[-1] == 3:
+                self._offline_stand_in(a, scratch, record)
+        record["calibration"] = {"samples": int(len(next(iter(arrays.values())))), "normalization": "none (mean 0, std 1)"}
+        return args
+
+    @staticmethod
+    def _offline_stand_in(nhwc: np.ndarray, scratch: Path, record) -> None:
+        """onnx2tf fetches 20 MS-COCO images for any 3-channel 4-D input, even with -cind; it reads
+        ./SAMPLE_FILE first. We put the recipe's own calibration images there (tiled to 20), so
+        nothing is downloaded; onnx2tf uses them only for its internal shape check."""
+        if (scratch / SAMPLE_FILE).exists():
+            return
+        reps = int(np.ceil(20 / len(nhwc)))
+        data = np.concatenate([nhwc] * reps, axis=0)[:20].astype(np.float32)
+        np.save(scratch / SAMPLE_FILE, data)
+        record["notes"].append("onnx2tf's sample-image download replaced by the recipe's calibration images")
+
+    def _convert(self, kwargs: dict, scratch: Path) -> None:
+        import onnx2tf
+
+        buf = io.StringIO()
+        cwd = os.getcwd()
+        os.chdir(scratch)  # onnx2tf looks for SAMPLE_FILE in the working directory (worker process: safe)
+        try:
+            with contextlib.redirect_stdout(buf):
+                onnx2tf.convert(**kwargs)
+        except SystemExit as e:  # onnx2tf reports bad input with error(...) then sys.exit(1)
+            raise StageError(f"onnx2tf stopped (exit {e.code}): {_last_error(buf.getvalue())}", hint="see the stage log for onnx2tf's output") from e
+        except Exception as e:
+            raise StageError(f"onnx2tf failed: {e.__class__.__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
+                             hint="see the stage log for onnx2tf's output") from e
+        finally:
+            os.chdir(cwd)
+            print(ANSI.sub("", buf.getvalue()))  # into the stage log
+
+
+def _last_error(text: str) -> str:
+    lines = [ANSI.sub("", ln).strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "ERROR" in ln.upper()]
+    return (errors or lines or ["no output"])[-1][:300]

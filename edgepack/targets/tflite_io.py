@@ -1,0 +1,141 @@
+"""What onnx2tf made: the .tflite's inputs and outputs matched to the ONNX model's, by name and shape,
+and checked on one sample against ONNX Runtime.
+
+The result tells every runner how to feed the artifact (``input_map``: source name, tflite name,
+transpose) and how to put the outputs back into the ONNX model's order and layout
+(``output_order``, ``output_perms``). Output matching is numeric: onnx2tf reorders and renames
+outputs, and channels-last outputs are indistinguishable by shape when dimensions are equal.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import TensorSpec
+from ..errors import StageError
+from .common import compare, first_sample, onnx_reference
+
+
+def load_interpreter(path: Path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    it = Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    return it
+
+
+def _norm(name: str) -> str:
+    name = re.sub(r"^serving_default_", "", name)
+    name = re.sub(r":\d+$", "", name)
+    return re.sub(r"[^0-9a-zA-Z]", "", name).lower()
+
+
+def _quantize(a: np.ndarray, d: dict) -> np.ndarray:
+    scale, zero = d["quantization"]
+    if scale and np.dtype(d["dtype"]).kind in "iu":
+        info = np.iinfo(d["dtype"])
+        return np.clip(np.round(a / scale + zero), info.min, info.max).astype(d["dtype"])
+    return a.astype(d["dtype"])
+
+
+def _dequantize(o: np.ndarray, d: dict) -> np.ndarray:
+    scale, zero = d["quantization"]
+    return (o.astype(np.float32) - zero) * scale if scale and o.dtype.kind in "iu" else o
+
+
+def match_inputs(details: list[dict], ins: list[dict], shapes, perms) -> list[dict]:
+    """The tflite input detail for each ONNX input: same (normalized) name, else the same position."""
+    by_name = {_norm(d["name"]): d for d in details}
+    chosen = []
+    for k, spec in enumerate(ins):
+        d = by_name.get(_norm(spec["name"]))
+        if d is None and len(details) == len(ins):
+            d = details[k]
+        if d is None:
+            raise StageError(f"the .tflite has no input matching ONNX input '{spec['name']}' (inputs: {[x['name'] for x in details]})")
+        want = list(np.transpose(np.empty(shapes[k]), perms[k]).shape) if perms[k] else shapes[k]
+        if list(d["shape"]) != want:
+            raise StageError(f"ONNX input '{spec['name']}' {shapes[k]} became tflite input '{d['name']}' {list(d['shape'])}, expected {want}",
+                             hint="onnx2tf changed the input layout unexpectedly; try options.keep_nchw: true")
+        chosen.append(d)
+    return chosen
+
+
+def match_outputs(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[list[int], list[list[int] | None]]:
+    """For each ONNX output: the tflite output index and transpose that reproduce it best (same shape, least error)."""
+    order, perms, used = [], [], set()
+    for k, ref in enumerate(reference):
+        best = None
+        for j, o in enumerate(got):
+            if j in used:
+                continue
+            r = o.ndim
+            for perm in ([None, [0, r - 1, *range(1, r - 1)]] if 3 <= r <= 5 else [None]):
+                cand = np.transpose(o, perm) if perm else o
+                if cand.shape != ref.shape:
+                    continue
+                err = float(np.abs(cand.astype(np.float64) - ref.astype(np.float64)).max()) if ref.size else 0.0
+                if best is None or err < best[0]:
+                    best = (err, j, perm)
+        if best is None:
+            raise StageError(f"no .tflite output has the shape of ONNX output {k} {list(ref.shape)} (tflite: {[list(o.shape) for o in got]})")
+        used.add(best[1])
+        order.append(best[1])
+        perms.append(best[2])
+    return order, perms
+
+
+def describe(path: Path, onnx_path: Path, ins, outs, sources, shapes, perms, arrays):
+    """(input specs, output specs, runner meta, record) for the .tflite at ``path``."""
+    it = load_interpreter(path)
+    in_details = match_inputs(it.get_input_details(), ins, shapes, perms)
+    out_details = it.get_output_details()
+    feeds = first_sample(ins, sources, arrays, shapes)
+    reference = onnx_reference(onnx_path, [s["name"] for s in ins], feeds)
+    for d, a, perm in zip(in_details, feeds, perms):
+        it.set_tensor(d["index"], _quantize(np.transpose(a, perm) if perm else a, d))
+    it.invoke()
+    got = [_dequantize(it.get_tensor(d["index"]), d) for d in out_details]
+    order, out_perms = match_outputs(reference, got)
+
+    def layout(shape, perm):
+        return ("NHWC" if perm else "NCHW") if len(shape) == 4 else None
+
+    specs_in = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name, layout(shp, p))
+                for d, shp, p in zip(in_details, shapes, perms)]
+    specs_out = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name,
+                            ("NHWC" if out_perms[order.index(j)] else None) if len(d["shape"]) == 4 and j in order else None)
+                 for j, d in enumerate(out_details)]
+    input_map = []
+    for src, d, p in zip(sources, in_details, perms):
+        m = {"source": src, "name": d["name"], "perm": p}
+        if np.dtype(d["dtype"]).kind == "f":
+            m["dtype"] = np.dtype(d["dtype"]).name
+        elif d["quantization"][0]:
+            m["quantization"] = {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+        input_map.append(m)
+    meta = {
+        "input_map": input_map,
+        "output_order": order,
+        "output_perms": out_perms,
+        "layout": sorted({s.layout for s in specs_in if s.layout}) or None,
+        "quantized_io": any(np.dtype(d["dtype"]).kind in "iu" and d["quantization"][0] for d in in_details + out_details),
+    }
+    dtypes: dict[str, int] = {}
+    for t in it.get_tensor_details():
+        dt = np.dtype(t["dtype"]).name
+        dtypes[dt] = dtypes.get(dt, 0) + 1
+    record = {
+        "tensor_dtypes": dict(sorted(dtypes.items())),
+        "io": {"inputs": [s.to_json() for s in specs_in], "outputs": [s.to_json() for s in specs_out]},
+        "sample_check": {"vs": "ONNX Runtime, 1 sample", "outputs": compare([reference[k] for k in range(len(order))],
+                                                                         [np.transpose(got[j], p) if p else got[j] for j, p in zip(order, out_perms)])},
+    }
+    return specs_in, specs_out, meta, record

@@ -1,0 +1,109 @@
+"""OpenVINO IR target (convert_model/save_model, NNCF INT8), validated by the real runner with the CPU
+plugin's inference precision pinned; plus a whole `edgepack build` with tflite and openvino targets."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from edgepack.artifact import Artifact
+from edgepack.errors import BadInputError
+from edgepack.recipe import Target, TargetType
+from edgepack.targets import TargetContext, make_target
+
+from conftest import REPO, run_cli, tiny_onnx
+from test_target_tflite import WHERE, compile_and_validate, images, model_section, tiny_mlp_onnx
+
+
+def test_cnn_int8_nncf(tmp_path):
+    onnx_path = tiny_onnx(tmp_path / "cnn.onnx")
+    art, rec, val = compile_and_validate(tmp_path, "openvino", "int8", onnx_path, model_section("input", ["batch", 1, 8, 8], "NCHW"),
+                                         images(32, 1), images(24, 2))
+    assert art.format == "openvino-ir" and art.path.is_dir()
+    assert sorted(p.name for p in art.path.iterdir()) == ["model.bin", "model.xml"]
+    assert rec["ops"].get("FakeQuantize", 0) >= 3 and rec["nncf"]["samples"] == 32
+    assert art.inputs[0].layout == "NCHW" and art.meta["input_map"] == [{"source": "input", "name": "input", "dtype": "float32"}]
+    # validated with the pinned precision, and the effective one recorded
+    assert val["load"]["inference_precision_requested"] == "f32" and val["load"]["inference_precision"] == "f32"
+    fid = val["accuracy"]["fidelity"]
+    assert fid["samples"] == 24 and fid["cosine"] > 0.98 and fid["top1_agreement"] >= 0.9
+    assert fid["max_abs_error"] > 1e-4  # really quantized
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_mlp_float_precisions(tmp_path, precision):
+    onnx_path = tiny_mlp_onnx(tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(3)
+    calib, val = rng.standard_normal((16, 16), dtype=np.float32), rng.standard_normal((20, 16), dtype=np.float32)
+    art, rec, v = compile_and_validate(tmp_path, "openvino", precision, onnx_path, model_section("x", ["batch", 16]), calib, val,
+                                       options={"inference_precision": "f32"})
+    assert rec["compress_to_fp16"] is (precision == "fp16")
+    assert art.inputs[0].shape == ("batch", 16)  # OpenVINO keeps the dynamic batch
+    assert "FakeQuantize" not in rec["ops"]
+    xml = (art.path / "model.xml").read_text()
+    assert ('element_type="f16"' in xml) is (precision == "fp16")
+    fid = v["accuracy"]["fidelity"]
+    assert fid["top1_agreement"] == 1.0
+    assert fid["max_abs_error"] < (1e-5 if precision == "fp32" else 5e-3)
+
+
+def _stage(precision=None, options=None):
+    return make_target(Target(type=TargetType.OPENVINO, precision=precision, options=options or {}),
+                       TargetContext(WHERE, REPO, model_section("input", ["batch", 1, 8, 8])))
+
+
+def test_bad_input_names_the_field(tmp_path):
+    with pytest.raises(BadInputError) as e:
+        _stage("int8-dynamic")
+    assert "targets[1].precision: 'int8-dynamic' is not a precision of this target (allowed: fp32, fp16, int8)" in e.value.message
+    with pytest.raises(BadInputError) as e:
+        _stage("fp32", {"inference_precision": "fp32"})
+    assert "targets[1].options.inference_precision: 'fp32' is not allowed" in e.value.message and "f32" in e.value.hint
+    with pytest.raises(BadInputError) as e:
+        _stage("int8", {"subset_size": 0})
+    assert "targets[1].options.subset_size: must be positive" in e.value.message
+    model = Artifact(tiny_onnx(tmp_path / "cnn.onnx"), "onnx")
+    with pytest.raises(BadInputError) as e:
+        _stage("int8").check_inputs({"model": model})
+    assert "needs calibration data" in e.value.message
+    _stage("fp16").check_inputs({"model": model})
+
+
+def test_int8_refuses_an_already_quantized_model(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = tiny_onnx(tmp_path / "cnn.onnx")
+    quantize_dynamic(str(src), str(tmp_path / "q.onnx"), weight_type=QuantType.QInt8)
+    with pytest.raises(BadInputError) as e:
+        _stage("int8").check_inputs({"model": Artifact(tmp_path / "q.onnx", "onnx"), "calibration": Artifact(src, "npz")})
+    assert "targets[1].input: precision int8 quantizes the model itself" in e.value.message
+    assert "input: fp32" in e.value.hint
+
+
+def test_build_digits_edge_tflite_and_openvino(tmp_path):
+    """`edgepack build` of recipes/digits-edge (TFLite full-integer + OpenVINO NNCF INT8): per-target accuracy in the report."""
+    out = tmp_path / "bundle"
+    env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = run_cli("build", REPO / "recipes" / "digits-edge" / "recipe.yaml", "-o", out, "--no-publish",
+                   "--target", "tflite-int8", "--target", "openvino-int8", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    manifest = json.loads((out / "edgepack.json").read_text())
+    assert set(report["targets"]) == {"tflite-int8", "openvino-int8"}
+    for tid, runtime in (("tflite-int8", "tflite"), ("openvino-int8", "openvino")):
+        dev = report["targets"][tid]["devices"]["local"]
+        assert dev["status"] == "ok" and dev["runtime"] == runtime
+        acc = dev["accuracy"]
+        assert acc["top1"] > 0.95 and acc["accuracy_drop"] <= 0.02 and acc["fidelity"]["cosine"] > 0.98
+        assert manifest["targets"][tid]["precision"] == "int8" and manifest["targets"][tid]["validated_on"] == ["local"]
+    tfl = manifest["targets"]["tflite-int8"]
+    assert tfl["inputs"][0]["layout"] == "NHWC" and tfl["inputs"][0]["dtype"] == "int8"
+    assert tfl["runner"]["input_map"][0]["perm"] == [0, 2, 3, 1]
+    assert {"onnx2tf", "tensorflow", "ai-edge-litert"} <= set(tfl["toolchain"])
+    assert {"openvino", "nncf"} <= set(manifest["targets"]["openvino-int8"]["toolchain"])
+    assert report["targets"]["tflite-int8"]["devices"]["local"]["load"]["xnnpack"] is True
+    assert report["targets"]["openvino-int8"]["devices"]["local"]["load"]["inference_precision"] == "f32"
+    assert (out / "targets" / "openvino-int8" / "openvino" / "model.xml").is_file()

@@ -1,0 +1,148 @@
+"""TFLite / LiteRT target: real onnx2tf conversions of a tiny CNN and a tiny MLP, run by the real
+device runner (ai-edge-litert interpreter with XNNPACK) and compared with ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepack.artifact import Artifact
+from edgepack.cache import StageCache
+from edgepack.data import freeze
+from edgepack.devices import LOCAL
+from edgepack.engine import Engine
+from edgepack.errors import BadInputError
+from edgepack.recipe import Benchmark, InputSpec, ModelSection, Target, TargetType
+from edgepack.targets import TargetContext, make_target
+from edgepack.validate import ReferenceStage, ValidateStage
+
+from conftest import tiny_onnx
+
+WHERE = "recipe.yaml:30:5 targets[1]"
+
+
+def tiny_mlp_onnx(path: Path, seed: int = 0) -> Path:
+    """A 2-layer MLP (input 'x' [batch,16], output 'y' [batch,5]) with a dynamic batch axis."""
+    import onnx
+    import torch
+
+    torch.manual_seed(seed)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5)).eval()
+    torch.onnx.export(mlp, (torch.randn(1, 16),), str(path), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    m = onnx.load(str(path))
+    for v in (m.graph.input[0], m.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_param = "batch"  # what a dynamic-batch export looks like
+    onnx.save(m, str(path))
+    return path
+
+
+def model_section(name: str, shape: list, layout=None) -> ModelSection:
+    return ModelSection(format="onnx", path="model.onnx", inputs=[InputSpec(name=name, shape=shape, layout=layout)])
+
+
+def compile_and_validate(tmp_path: Path, typ: str, precision: str, onnx_path: Path, section: ModelSection, calib: np.ndarray,
+                         val: np.ndarray, options: dict | None = None):
+    """compile -> validate on this host through the real runner; returns (artifact, compile record, validate record)."""
+    name = section.inputs[0].name
+    target = Target(type=typ, precision=precision, options=options or {})
+    stage = make_target(target, TargetContext(WHERE, tmp_path, section))
+    engine = Engine(StageCache(tmp_path / "cache"), log_dir=tmp_path / "logs")
+    data = tmp_path / "data"
+    calibration = freeze({name: calib}, None, data, "calibration")
+    labels = np.zeros(len(val), dtype=np.int64)
+    validation = freeze({name: val}, labels, data, "validation")
+    model = Artifact(onnx_path, "onnx")
+    res = engine.run(f"compile {typ}", stage, {"model": model, "calibration": calibration})
+    art = res.outputs["artifact"]
+    reference = engine.run("reference", ReferenceStage(), {"model": model, "validation": validation}).outputs["outputs"]
+    bench = Benchmark(warmup_runs=2, warmup_seconds=0, runs=5, min_seconds=0, threads=1)
+    vres = engine.run(f"validate {typ}", ValidateStage(LOCAL, bench, [name]), {"artifact": art, "validation": validation, "reference": reference})
+    return art, res.record, vres.record
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+
+
+def test_cnn_full_integer_int8_nhwc(tmp_path):
+    onnx_path = tiny_onnx(tmp_path / "cnn.onnx")
+    art, rec, val = compile_and_validate(tmp_path, "tflite", "int8", onnx_path, model_section("input", ["batch", 1, 8, 8], "NCHW"),
+                                         images(32, 1), images(24, 2))
+    assert art.format == "tflite" and art.path.suffix == ".tflite" and art.path.is_file()
+    assert rec["onnx2tf_file"].endswith("_full_integer_quant.tflite")
+    assert rec["calibration"]["samples"] == 32
+    # 1-channel input: no stand-in for onnx2tf's sample images needed; the dynamic batch is pinned, and said
+    assert rec["notes"] == ["input 'input': batch dimension 'batch' fixed to 1"]
+    # the artifact's contract: int8 NHWC input fed through a transpose, int8 output
+    assert [(s.shape, s.dtype, s.layout) for s in art.inputs] == [((1, 8, 8, 1), "int8", "NHWC")]
+    assert art.outputs[0].dtype == "int8"
+    assert art.meta["input_map"][0]["perm"] == [0, 2, 3, 1] and art.meta["input_map"][0]["source"] == "input"
+    assert art.meta["quantized_io"] is True and art.meta["precision"] == "int8"
+    assert rec["tensor_dtypes"].get("int8", 0) > 0 and "float32" not in rec["tensor_dtypes"]
+    # the real runner: XNNPACK recorded, outputs dequantized and close to FP32 ONNX
+    assert val["runtime"] == "tflite" and val["load"]["xnnpack"] is True
+    assert val["load"]["quantized_inputs"] == [art.inputs[0].name]
+    fid = val["accuracy"]["fidelity"]
+    assert fid["samples"] == 24 and fid["cosine"] > 0.98 and fid["top1_agreement"] >= 0.9
+    assert fid["max_abs_error"] > 0  # it really is quantized
+
+
+def test_mlp_dynamic_batch_dynamic_range(tmp_path):
+    onnx_path = tiny_mlp_onnx(tmp_path / "mlp.onnx")
+    rng = np.random.default_rng(3)
+    calib, val = rng.standard_normal((16, 16), dtype=np.float32), rng.standard_normal((20, 16), dtype=np.float32)
+    art, rec, v = compile_and_validate(tmp_path, "tflite", "int8-dynamic", onnx_path, model_section("x", ["batch", 16]), calib, val)
+    assert rec["onnx2tf_file"].endswith("_dynamic_range_quant.tflite")
+    assert rec["onnx2tf_args"]["overwrite_input_shape"] == ["x:1,16"]  # dynamic batch pinned to 1, and said
+    assert "input 'x': batch dimension 'batch' fixed to 1" in rec["notes"]
+    assert art.inputs[0].shape == (1, 16) and art.meta["input_map"][0]["perm"] is None and art.inputs[0].layout is None
+    # 16x32 and 32x5 weights are below TFLite's dynamic-range threshold: the model stays float, and says so
+    assert "int8" not in rec["tensor_dtypes"]
+    assert any("dynamic-range" in n for n in rec["notes"])
+    fid = v["accuracy"]["fidelity"]
+    assert fid["max_abs_error"] < 1e-4 and fid["top1_agreement"] == 1.0
+
+
+def test_cnn_fp16(tmp_path):
+    onnx_path = tiny_onnx(tmp_path / "cnn.onnx", seed=1)
+    art, rec, v = compile_and_validate(tmp_path, "tflite", "fp16", onnx_path, model_section("input", ["batch", 1, 8, 8], "NCHW"),
+                                       images(8, 4), images(16, 5))
+    assert rec["tensor_dtypes"].get("float16", 0) > 0
+    assert art.inputs[0].dtype == "float32" and art.inputs[0].layout == "NHWC"
+    fid = v["accuracy"]["fidelity"]
+    assert 0 < fid["max_abs_error"] < 1e-2 and fid["top1_agreement"] == 1.0
+
+
+def _stage(precision=None, options=None, **kw):
+    return make_target(Target(type=TargetType.TFLITE, precision=precision, options=options or {}, **kw),
+                       TargetContext(WHERE, Path("."), model_section("input", ["batch", 1, 8, 8])))
+
+
+@pytest.mark.parametrize(
+    "precision, options, expect",
+    [
+        ("int4", {}, "targets[1].precision: 'int4' is not a precision of this target (allowed: fp32, fp16, int8-dynamic, int8)"),
+        ("fp32", {"io_dtype": "int8"}, "targets[1].options.io_dtype: only applies to precision int8"),
+        ("int8", {"io_type": "int8"}, "targets[1].options.io_type: unknown option"),
+        ("int8", {"io_dtype": "int16"}, "targets[1].options.io_dtype: 'int16' is not allowed"),
+        ("int8", {"keep_nchw": "yes"}, "targets[1].options.keep_nchw: expected bool"),
+    ],
+)
+def test_bad_precision_and_options_name_the_field(precision, options, expect):
+    with pytest.raises(BadInputError) as e:
+        _stage(precision, options)
+    assert expect in e.value.message and e.value.message.startswith("recipe.yaml:30:5 ")
+    assert "\n" not in e.value.one_line()
+
+
+def test_int8_needs_calibration_and_an_unquantized_model(tmp_path):
+    stage = _stage("int8")
+    model = Artifact(tiny_onnx(tmp_path / "cnn.onnx"), "onnx")
+    with pytest.raises(BadInputError) as e:
+        stage.check_inputs({"model": model})
+    assert "targets[1].precision: int8 (full-integer) needs calibration data" in e.value.message
+    assert "data.calibration" in e.value.hint
+    _stage("int8-dynamic").check_inputs({"model": model})  # no calibration needed
+    assert _stage().precision == "fp32"  # the default

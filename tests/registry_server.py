@@ -9,7 +9,6 @@ locate the stored data so tamper tests can corrupt it on disk.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -111,4 +110,3 @@ class RegistryServer:
 
     def __exit__(self, *exc):
         self.stop()
-        os.environ.get("KEEP_REGISTRY_LOGS")  # logs stay in tmp for pytest's failure output

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -185,7 +186,7 @@ class RemoteStore:
                           headers={"Content-Type": "application/octet-stream"})
             return True
         offset = 0
-        with open(src, "rb") as f:
+        with (io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")) as f:
             while True:
                 block = f.read(step)
                 if not block:

@@ -24,7 +24,7 @@ from .errors import BadInputError, EdgepackError, ExitCode, StageError
 from .recipe import Benchmark
 
 SCHEMA = "edgepack-bench/1"
-KEPT = ("runtime", "runtime_version", "host", "threads", "cold_load_ms", "first_inference_ms", "latency", "noisy",
+KEPT = ("runtime", "runtime_version", "host", "threads", "cold_load_ms", "first_inference_ms", "latency", "noisy", "timed",
         "samples_ms", "warmup", "load", "transport")
 
 
@@ -48,8 +48,10 @@ def open_bundle(ref: str, workdir: Path, key: Path | None = None) -> tuple[Path,
         manifest = read_manifest(p)
         check_files(p, manifest)
         return p, manifest, "digests checked against edgepack.json"
-    if p.exists() or (":" not in ref and "/" not in ref):
-        raise BadInputError(f"{ref}: not a bundle folder or registry reference", hint="pass a folder made by `edgepack build` or layout:PATH:TAG")
+    looks_like_ref = ref.startswith("layout:") or ((":" in ref or "@" in ref) and not ref.startswith(("/", ".", "~")))
+    if p.exists() or not looks_like_ref:
+        raise BadInputError(f"{ref}: not a bundle folder or registry reference",
+                            hint="pass a folder made by `edgepack build`, layout:PATH:TAG or HOST/REPO:TAG")
     from .registry import pull
     from .registry.refs import parse_ref
 

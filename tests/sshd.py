@@ -154,3 +154,40 @@ Subsystem sftp internal-sftp
             doc["transport"]["remote_dir"] = str(remote_dir)
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
+
+
+# ------------------------------------------------------------------ tiny models and bundles for device tests
+
+
+def tiny_onnx_model(path: Path, features: int = 64, hidden: int = 32, classes: int = 10, seed: int = 0) -> Path:
+    """input [batch, features] -> MatMul -> Relu -> MatMul -> logits [batch, classes], built with onnx.helper."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((features, hidden)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def tiny_bundle(dest: Path, features: int = 64, hidden: int = 32) -> Path:
+    """An (unsigned) bundle with one onnxruntime target 'ort', written with the real bundle writer."""
+    from edgepack.bundle.manifest import write_bundle
+
+    model = tiny_onnx_model(dest.parent / f"{dest.name}-model.onnx", features, hidden)
+    spec_in = {"name": "input", "shape": ["batch", features], "dtype": "float32", "layout": None}
+    spec_out = {"name": "logits", "shape": ["batch", 10], "dtype": "float32", "layout": None}
+    manifest = {"name": "tiny", "version": "0.1", "targets": {"ort": {
+        "type": "onnxruntime", "path": "targets/ort/model.onnx", "format": "onnx", "runtime": "onnxruntime",
+        "precision": "fp32", "inputs": [spec_in], "outputs": [spec_out], "runner": {}, "validated_on": []}}}
+    return write_bundle(dest, {"targets/ort/model.onnx": model}, manifest, {"targets": {}})

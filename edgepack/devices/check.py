@@ -13,15 +13,14 @@ def check_device(profile: DeviceProfile) -> dict:
     """Probe the device with the runner; compare with what the profile declares."""
     probe = transport_for(profile).execute({"mode": "probe"}, {}, {})
     runtimes = probe.get("runtimes") or {}
-    usable = {k: v for k, v in runtimes.items() if v and not str(v).startswith("error:")}
+    usable = {k: v for k, v in runtimes.items() if v and not str(v).startswith(("error:", "unusable:"))}
     problems = []
     if probe.get("numpy") is None:
         problems.append("numpy is not installed in the device's Python (the runner needs it)")
     for name in profile.runtimes:
         if name not in usable:
             why = runtimes.get(name) or "not installed"
-            problems.append(f"the profile lists runtime '{name}' but the device has it {why}"
-                            if str(why).startswith("error:") else f"the profile lists runtime '{name}' but it is {why}")
+            problems.append(f"the profile lists runtime '{name}' but on the device it is {why}")
     arch = (probe.get("host") or {}).get("arch")
     if profile.arch and arch and profile.arch != arch:
         problems.append(f"the profile says arch {profile.arch}, the device reports {arch}")

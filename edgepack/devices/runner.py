@@ -534,6 +534,10 @@ def _mem_free_mb():
     return None
 
 
+# runtime -> the only sys.platform where it can run models
+ONLY_ON = {"coreml": "darwin"}
+
+
 def probe(job):
     import importlib.util
     import shutil
@@ -542,6 +546,15 @@ def probe(job):
     for name, cls in ADAPTERS.items():
         if importlib.util.find_spec(cls.module) is None:
             runtimes[name] = None
+            continue
+        if name in ONLY_ON and sys.platform != ONLY_ON[name]:  # don't import it (coremltools pulls in torch: ~1 min)
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                v = version(cls.module)
+            except PackageNotFoundError:
+                v = "?"
+            runtimes[name] = f"unusable: needs {ONLY_ON[name]} ({cls.module} {v} is installed)"
             continue
         try:
             runtimes[name] = cls().version()
@@ -633,11 +646,13 @@ def bench(job):
     first_ms = (time.perf_counter() - t0) * 1e3
 
     warm_count, warm_s = int(proto.get("warmup_runs", 10)), float(proto.get("warmup_seconds", 0.2))
-    t_end = time.perf_counter() + warm_s
+    t_warm = time.perf_counter()
+    t_end = t_warm + warm_s
     done = 0
     while done < warm_count or time.perf_counter() < t_end:
         adapter.run(first)
         done += 1
+    warm_elapsed = time.perf_counter() - t_warm
     runs, min_s = int(proto.get("runs", 50)), float(proto.get("min_seconds", 0.5))
     max_runs = int(proto.get("max_runs", 100000))
     samples = []
@@ -646,6 +661,7 @@ def bench(job):
         t0 = time.perf_counter()
         adapter.run(first)
         samples.append((time.perf_counter() - t0) * 1e3)
+    timed_s = time.perf_counter() - t_start
 
     result = {
         "runner_version": RUNNER_VERSION,
@@ -654,7 +670,8 @@ def bench(job):
         "load": load_info,
         "host": host_info(),
         "threads": threads,
-        "warmup": {"runs": done, "seconds": warm_s},
+        "warmup": {"runs": done, "seconds": warm_s, "elapsed_s": warm_elapsed},
+        "timed": {"runs": len(samples), "elapsed_s": timed_s, "hit_max_runs": len(samples) >= max_runs},
         "cold_load_ms": cold_load_ms,
         "first_inference_ms": first_ms,
         "latency": stats(samples),

@@ -46,6 +46,7 @@ def tf_models(tmp_path_factory) -> dict[str, Path]:
     mlp.save(d / "mlp.keras")
     dict_mlp.save(d / "dict_mlp.keras")
     mlp.export(str(d / "mlp_saved_model"), verbose=False)
+    cnn.export(str(d / "cnn_saved_model"), verbose=False)
     (d / "cnn.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(cnn).convert())
     (d / "mlp.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(mlp).convert())
     rng = np.random.default_rng(0)
@@ -175,6 +176,14 @@ def test_saved_model_single_input_is_renamed(tf_models, tmp_path):
     assert list(res.record["max_abs_diff"]) == ["output_0", "output_1"]
 
 
+@pytest.mark.parametrize("fmt, model", [("keras", "cnn.keras"), ("saved-model", "cnn_saved_model"), ("tflite", "cnn.tflite")])
+def test_nchw_recipe_input_gets_a_transpose(tf_models, tmp_path, fmt, model):
+    res = _convert(fmt, tf_models[model], [{"name": "x", "shape": ["batch", 1, 8, 8], "layout": "NCHW"}], tmp_path / "w", outputs=["y"])
+    assert [i.shape for i in res.outputs["model"].inputs] == [("batch", 1, 8, 8)]
+    assert res.record["layout"] == {"x": "NCHW, transposed to the source's NHWC inside the ONNX model"}
+    assert res.record["max_abs_diff"]["y"] < 1e-4  # the source ran on the same samples, transposed to NHWC
+
+
 def test_keras_saved_model_route(tf_models, tmp_path):
     """The fallback exporter (Keras -> SavedModel -> tf2onnx), run directly, matches the Keras model."""
     import onnxruntime as ort
@@ -187,7 +196,7 @@ def test_keras_saved_model_route(tf_models, tmp_path):
         label, export = src.exporters[1]
         assert label == "Keras -> SavedModel -> tf2onnx"
         (tmp_path / name).mkdir()
-        proto, ins, outs = export({"a": "a", "b": "b"}, 17)
+        proto, ins, outs = export({"a": "a", "b": "b"}, 17, set())
         names = list(outs)
         rename_tensors(proto, {outs[n]: n for n in names}, names, "test")
         feed = {"a": np.ones((2, 4), np.float32), "b": np.full((2, 3), 0.5, np.float32)}
@@ -202,10 +211,12 @@ def test_keras_saved_model_route(tf_models, tmp_path):
     "model, inputs, outputs, match",
     [
         ("mlp.keras", [{"name": "a", "shape": ["n", 4]}, {"name": "zzz", "shape": ["n", 3]}], None, r"inputs: \['zzz'\] not among"),
-        ("cnn.keras", [{"name": "image", "shape": ["n", 1, 8, 8], "layout": "NCHW"}], None, r"inputs\[0\]\.shape: .* has shape \['\?', 8, 8, 1\]"),
+        ("cnn.keras", [{"name": "image", "shape": ["n", 1, 8, 8]}], None, r"inputs\[0\]\.shape: .* has shape \['\?', 8, 8, 1\]"),
+        ("cnn.keras", [{"name": "image", "shape": ["n", 8, 1, 8], "layout": "NCHW"}], None, r"inputs\[0\]\.shape"),
         ("cnn.keras", [{"name": "image", "shape": ["n", 8, 8, 1], "dtype": "int32"}], None, r"inputs\[0\]\.dtype: int32 .* is float32"),
         ("cnn.keras", CNN_INPUTS, ["a", "b"], r"outputs: 2 name\(s\) given but .* has 1 output"),
         ("mlp.keras", MLP_INPUTS[:1], None, r"inputs: 1 input\(s\) given but .* has 2"),
+        ("mlp.keras", MLP_INPUTS, ["b", "y"], r"name 'b' would be given to two tensors"),
         ("mlp_saved_model", [{"name": "a", "shape": ["n", 4]}, {"name": "c", "shape": ["n", 3]}], None, r"\['c'\] not among"),
     ],
 )

@@ -2,7 +2,7 @@
 
 Each ``*_source`` loads a model and returns a ``Source``: its inputs (key -> shape, dtype, tensor
 name), a ``run(feed)`` giving named outputs in the source's order, and exporters in the order to try.
-An exporter takes (recipe name -> source input key, opset) and returns (ModelProto, recipe name ->
+An exporter takes (recipe name -> source input key, opset, source keys to feed NCHW) and returns (ModelProto, recipe name ->
 ONNX input name, source output name -> ONNX output name). TensorFlow is imported inside functions.
 """
 
@@ -26,7 +26,7 @@ class Source:
     exporters: list[tuple[str, Callable]] = field(default_factory=list)
 
 
-def _first_line(e: BaseException, n: int = 200) -> str:
+def first_line(e: BaseException, n: int = 200) -> str:
     text = str(e).strip()
     return f"{e.__class__.__name__}: {text.splitlines()[0][:n] if text else ''}"
 
@@ -60,12 +60,12 @@ def _load_keras(path: Path, record: dict):
 
             model = tf_keras.models.load_model(str(path), compile=False)
             record["loader"] = f"tf_keras {tf_keras.__version__}"
-            record["fallbacks"].append({"loader": "keras 3", "failed_because": _first_line(first, 300)})
+            record["fallbacks"].append({"loader": "keras 3", "failed_because": first_line(first, 300)})
             return model
         except Exception as e:  # noqa: BLE001
             first = e
     raise BadInputError(
-        f"{path} (model.path): cannot load as a Keras model ({_first_line(first)})",
+        f"{path} (model.path): cannot load as a Keras model ({first_line(first)})",
         hint="custom layers must be registered with keras.saving.register_keras_serializable; Lambda layers need a SavedModel export",
     ) from first
 
@@ -119,7 +119,7 @@ def keras_source(path: Path, workdir: Path, record: dict) -> Source:
     try:
         tensors = list(model.inputs)
     except (AttributeError, ValueError) as e:
-        raise BadInputError(f"{path} (model.path): the Keras model has no defined inputs ({_first_line(e)})",
+        raise BadInputError(f"{path} (model.path): the Keras model has no defined inputs ({first_line(e)})",
                             hint="build the model with keras.Input(...) before saving it") from e
     names = [t.name.split("/")[0].split(":")[0] for t in tensors]
     inputs = {n: {"shape": _shape(t.shape), "dtype": _dtype(t.dtype), "tensor": n} for n, t in zip(names, tensors)}
@@ -129,15 +129,16 @@ def keras_source(path: Path, workdir: Path, record: dict) -> Source:
         args = [tf.constant(feed[n]) for n in names]
         return _name_outputs(model(args if len(args) > 1 else args[0], training=False), out_names)
 
-    def from_keras(mapping, opset):
+    def from_keras(mapping, opset, nchw):
         import tf2onnx
 
         inv = {k: r for r, k in mapping.items()}
         sig = [tf.TensorSpec(inputs[n]["shape"], inputs[n]["dtype"], name=inv[n]) for n in names]
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=sig, opset=opset)
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=sig, opset=opset,
+                                              inputs_as_nchw=[inv[k] for k in nchw] or None)
         return proto, {r: r for r in mapping}, {n: n for n in out_names}
 
-    def via_saved_model(mapping, opset):
+    def via_saved_model(mapping, opset, nchw):
         dest = workdir / "keras_saved_model"
         _export_keras_saved_model(model, dest)
         sm = saved_model_source(dest, workdir, {})
@@ -145,7 +146,7 @@ def keras_source(path: Path, workdir: Path, record: dict) -> Source:
         sm_map = {r: (k if k in sm.inputs else keys[0] if len(keys) == 1 else None) for r, k in mapping.items()}
         if None in sm_map.values():
             raise StageError(f"the exported SavedModel's inputs {keys} do not match the Keras inputs {names}")
-        proto, ins, outs = sm.exporters[0][1](sm_map, opset)
+        proto, ins, outs = sm.exporters[0][1](sm_map, opset, {sm_map[r] for r, k in mapping.items() if k in nchw})
         keys = _sorted_keys(outs)  # keras export: output_0, ... for lists, the dict keys for dicts
         if len(keys) != len(out_names):
             raise StageError(f"the exported SavedModel's outputs {keys} do not match the Keras outputs {out_names}")
@@ -164,7 +165,7 @@ def saved_model_source(path: Path, workdir: Path, record: dict) -> Source:
     try:
         imported = tf.saved_model.load(str(path))
     except Exception as e:
-        raise BadInputError(f"{path} (model.path): cannot load the SavedModel ({_first_line(e)})",
+        raise BadInputError(f"{path} (model.path): cannot load the SavedModel ({first_line(e)})",
                             hint="the directory may be incomplete or corrupted; export it again") from e
     sigs = sorted(s for s in imported.signatures.keys() if not s.startswith("_"))
     if "serving_default" not in imported.signatures:
@@ -180,7 +181,7 @@ def saved_model_source(path: Path, workdir: Path, record: dict) -> Source:
         y = imported.signatures["serving_default"](**{k: tf.constant(v) for k, v in feed.items()})
         return [(k, y[k].numpy()) for k in out_keys]
 
-    def from_saved_model(mapping, opset):
+    def from_saved_model(mapping, opset, nchw):
         import tf2onnx
         from tf2onnx import tf_loader
 
@@ -190,7 +191,7 @@ def saved_model_source(path: Path, workdir: Path, record: dict) -> Source:
         if tables:
             raise StageError(f"the SavedModel uses {len(tables)} lookup table(s), which this converter does not carry over")
         proto, _ = tf2onnx.convert.from_graph_def(graph_def, name=path.name, input_names=ins, output_names=outs,
-                                                  opset=opset, tensors_to_rename=renames)
+                                                  opset=opset, tensors_to_rename=renames, inputs_as_nchw=sorted(nchw) or None)
         return proto, dict(mapping), {k: k for k in out_keys}
 
     return Source(f"{path.name} (SavedModel serving_default)", inputs, run, [("tf2onnx saved-model", from_saved_model)])
@@ -209,61 +210,17 @@ def _interpreter(record: dict):
         import tensorflow as tf
 
         record["source_runtime"] = "tf.lite.Interpreter"
-        record["fallbacks"].append({"interpreter": "ai_edge_litert", "failed_because": _first_line(e)})
+        record["fallbacks"].append({"interpreter": "ai_edge_litert", "failed_because": first_line(e)})
         return tf.lite.Interpreter
 
 
-def verify_tflite(path: Path) -> None:
-    """Walk the flatbuffer in Python (bounds-checked) before the C++ interpreter reads it: it does not verify
-    the file, and a truncated or corrupted one can crash the process instead of raising."""
-    import struct
-
-    from tf2onnx.tflite.Model import Model
-
-    buf = path.read_bytes()
-    try:
-        m = Model.GetRootAsModel(buf, 0)
-        n_codes, n_buffers = m.OperatorCodesLength(), m.BuffersLength()
-        for i in range(n_codes):
-            m.OperatorCodes(i).BuiltinCode()
-        for i in range(n_buffers):
-            b = m.Buffers(i)
-            if b.DataLength():
-                b.DataAsNumpy()
-            if b.Offset() > 1 and b.Offset() + b.Size() > len(buf):
-                raise ValueError(f"buffer {i} lies beyond the end of the file")
-        if m.SubgraphsLength() == 0:
-            raise ValueError("no subgraphs")
-        for k in range(m.SubgraphsLength()):
-            g = m.Subgraphs(k)
-            n_tensors = g.TensorsLength()
-            for i in range(n_tensors):
-                t = g.Tensors(i)
-                t.ShapeAsNumpy(), t.Name(), t.Type()
-                if not 0 <= t.Buffer() < max(n_buffers, 1):
-                    raise ValueError(f"tensor {i} refers to buffer {t.Buffer()} of {n_buffers}")
-            ios = list(g.InputsAsNumpy()) + list(g.OutputsAsNumpy())
-            for i in range(g.OperatorsLength()):
-                op = g.Operators(i)
-                if not 0 <= op.OpcodeIndex() < n_codes:
-                    raise ValueError(f"operator {i} has opcode index {op.OpcodeIndex()} of {n_codes}")
-                ios += list(op.InputsAsNumpy()) + list(op.OutputsAsNumpy())
-            bad = [int(j) for j in ios if not -1 <= int(j) < n_tensors]
-            if bad:
-                raise ValueError(f"subgraph {k} refers to tensor(s) {bad[:3]} of {n_tensors}")
-    except (struct.error, IndexError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise BadInputError(f"{path} (model.path): not a valid TFLite model ({_first_line(e)})",
-                            hint="the file may be truncated or corrupted; re-export it with tf.lite.TFLiteConverter") from e
-
-
 def tflite_source(path: Path, workdir: Path, record: dict) -> Source:
-    verify_tflite(path)
-    Interpreter = _interpreter(record)
+    Interpreter = _interpreter(record)  # the file passed tensorflow.verify_tflite first
     try:
         it = Interpreter(model_path=str(path), num_threads=1)
         it.allocate_tensors()
     except Exception as e:
-        raise BadInputError(f"{path} (model.path): the TFLite interpreter cannot load it ({_first_line(e)})",
+        raise BadInputError(f"{path} (model.path): the TFLite interpreter cannot load it ({first_line(e)})",
                             hint="the file may be truncated or corrupted; re-export it with tf.lite.TFLiteConverter") from e
     sigs = it.get_signature_list()
     key = "serving_default" if "serving_default" in sigs else (next(iter(sigs)) if len(sigs) == 1 else None)
@@ -296,10 +253,10 @@ def tflite_source(path: Path, workdir: Path, record: dict) -> Source:
             return [(d["name"], np.array(it.get_tensor(d["index"]))) for d in outd]
     record["tflite_signature"] = key
 
-    def from_tflite(mapping, opset):
+    def from_tflite(mapping, opset, nchw):
         import tf2onnx
 
-        proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
+        proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset, inputs_as_nchw=[inputs[k]["tensor"] for k in nchw] or None)
         return proto, {r: inputs[k]["tensor"] for r, k in mapping.items()}, out_tensors
 
     label = f"{path.name} (TFLite{' signature ' + key if key else ''})"

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import BadInputError, StageError
 from ..recipe import ModelFormat
 from . import ConvertContext, Converted
-from ._tf_sources import Source, keras_source, saved_model_source, tflite_source
+from ._tf_sources import Source, first_line, keras_source, saved_model_source, tflite_source
 
 TF2ONNX_MAX_OPSET = 18  # tf2onnx 1.17 constants.OPSET_TO_IR_VERSION
 
@@ -60,8 +60,59 @@ def check_container(path: Path, fmt: ModelFormat) -> None:
                             hint="save the model with model.save('model.keras')")
 
 
-def _map_inputs(ctx: ConvertContext, src: Source) -> dict[str, str]:
-    """recipe input name -> source input key; by name, or positionally for a single input."""
+def verify_tflite(path: Path) -> None:
+    """Walk the flatbuffer in Python (bounds-checked) before the C++ interpreter reads it: it does not verify
+    the file, and a truncated or corrupted one can crash the process instead of raising."""
+    import struct
+
+    from tf2onnx.tflite.Model import Model
+
+    buf = path.read_bytes()
+    try:
+        m = Model.GetRootAsModel(buf, 0)
+        n_codes, n_buffers = m.OperatorCodesLength(), m.BuffersLength()
+        for i in range(n_codes):
+            m.OperatorCodes(i).BuiltinCode()
+        for i in range(n_buffers):
+            b = m.Buffers(i)
+            if b.DataLength():
+                b.DataAsNumpy()
+            if b.Offset() > 1 and b.Offset() + b.Size() > len(buf):
+                raise ValueError(f"buffer {i} lies beyond the end of the file")
+        if m.SubgraphsLength() == 0:
+            raise ValueError("no subgraphs")
+        for k in range(m.SubgraphsLength()):
+            g = m.Subgraphs(k)
+            n_tensors = g.TensorsLength()
+            for i in range(n_tensors):
+                t = g.Tensors(i)
+                t.ShapeAsNumpy(), t.Name(), t.Type()
+                if not 0 <= t.Buffer() < max(n_buffers, 1):
+                    raise ValueError(f"tensor {i} refers to buffer {t.Buffer()} of {n_buffers}")
+            ios = list(g.InputsAsNumpy()) + list(g.OutputsAsNumpy())
+            for i in range(g.OperatorsLength()):
+                op = g.Operators(i)
+                if not 0 <= op.OpcodeIndex() < n_codes:
+                    raise ValueError(f"operator {i} has opcode index {op.OpcodeIndex()} of {n_codes}")
+                ios += list(op.InputsAsNumpy()) + list(op.OutputsAsNumpy())
+            bad = [int(j) for j in ios if not -1 <= int(j) < n_tensors]
+            if bad:
+                raise ValueError(f"subgraph {k} refers to tensor(s) {bad[:3]} of {n_tensors}")
+    except (struct.error, IndexError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{path} (model.path): not a valid TFLite model ({first_line(e)})",
+                            hint="the file may be truncated or corrupted; re-export it with tf.lite.TFLiteConverter") from e
+
+
+def _fits(want: list, shape: list | None) -> bool:
+    return shape is None or (len(shape) == len(want) and not any(
+        isinstance(w, int) and g is not None and g > 0 and w != g for w, g in zip(want, shape)))
+
+
+def _map_inputs(ctx: ConvertContext, src: Source) -> tuple[dict[str, str], set[str]]:
+    """(recipe input name -> source input key, source keys fed NCHW). By name, or by position for one input.
+
+    A recipe input declared ``layout: NCHW`` whose shape is the source's NHWC shape permuted gets a
+    transpose inside the ONNX model (tf2onnx ``inputs_as_nchw``)."""
     recipe = [i.name for i in ctx.model.inputs]
     keys = list(src.inputs)
     if len(recipe) != len(keys):
@@ -78,25 +129,28 @@ def _map_inputs(ctx: ConvertContext, src: Source) -> dict[str, str]:
             raise BadInputError(f"{ctx.source_where}.inputs: {unknown} not among the inputs of {src.label}",
                                 hint=f"the model's inputs are {keys}")
         mapping = {r: aliases[r] for r in recipe}
+    nchw = set()
     for i, spec in enumerate(ctx.model.inputs):
         got = src.inputs[mapping[spec.name]]
         shape = got["shape"]
         want = spec.shape
-        if shape is not None and (len(shape) != len(want) or any(
-                isinstance(w, int) and g is not None and g > 0 and w != g for w, g in zip(want, shape))):
+        # declared NCHW and the source's (NHWC) shape permuted fits: transpose, even if the shape fits as is
+        if spec.layout == "NCHW" and shape is not None and len(shape) == 4 and _fits(want, [shape[k] for k in (0, 3, 1, 2)]):
+            nchw.add(mapping[spec.name])
+        elif not _fits(want, shape):
             shown = ["?" if g is None or g < 0 else g for g in shape]
             raise BadInputError(f"{ctx.source_where}.inputs[{i}].shape: {want} but {src.label} input '{mapping[spec.name]}' has shape {shown}",
-                                hint="TensorFlow models keep their own layout (usually NHWC): give the model's shape")
+                                hint="give the model's own (usually NHWC) shape, or layout: NCHW with the shape as [N, C, H, W]")
         if got["dtype"] != spec.dtype.value:
             raise BadInputError(f"{ctx.source_where}.inputs[{i}].dtype: {spec.dtype.value} but {src.label} input '{mapping[spec.name]}' is {got['dtype']}",
                                 hint=f"set dtype: {got['dtype']}")
-    return mapping
+    return mapping, nchw
 
 
-def _run_source(ctx: ConvertContext, src: Source, mapping: dict[str, str]) -> list[list[tuple[str, np.ndarray]]]:
+def _run_source(ctx: ConvertContext, src: Source, mapping: dict[str, str], nchw: set[str]) -> list[list[tuple[str, np.ndarray]]]:
     outs = []
     for s in ctx.samples:
-        feed = {mapping[k]: np.ascontiguousarray(v) for k, v in s.items() if k in mapping}
+        feed = {mapping[k]: np.ascontiguousarray(v.transpose(0, 2, 3, 1) if mapping[k] in nchw else v) for k, v in s.items() if k in mapping}
         try:
             outs.append(src.run(feed))
         except Exception as e:
@@ -112,10 +166,12 @@ def rename_tensors(proto, mapping: dict[str, str], order: list[str], where: str)
     """Rename tensors everywhere in ``proto`` (subgraphs too) and order the graph outputs as ``order`` (new names)."""
     g = proto.graph
     used = {n for node in g.node for n in node.output} | {v.name for v in g.input} | {i.name for i in g.initializer}
-    for old, new in mapping.items():
-        if new != old and new in used and new not in mapping:
-            raise BadInputError(f"{where}: name '{new}' is already used by a tensor inside the converted graph",
-                                hint="choose another name in model.inputs / model.outputs")
+    final: dict[str, str] = {}
+    for name in sorted(used):
+        new = mapping.get(name, name)
+        if final.setdefault(new, name) != name:
+            raise BadInputError(f"{where}: name '{new}' would be given to two tensors of the converted graph",
+                                hint="use distinct names in model.inputs / model.outputs")
 
     def fix(graph):
         for node in graph.node:
@@ -180,6 +236,8 @@ def convert(ctx: ConvertContext) -> Converted:
     fmt = ctx.model.format
     path = Path(ctx.source.path)
     check_container(path, fmt)
+    if fmt is ModelFormat.TFLITE:
+        verify_tflite(path)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     record: dict = {"exporter": None, "fallbacks": [], "layout": "kept from the source (no transpose inserted)"}
     opset = ctx.model.opset
@@ -188,8 +246,10 @@ def convert(ctx: ConvertContext) -> Converted:
         opset = TF2ONNX_MAX_OPSET
     makers = {ModelFormat.KERAS: keras_source, ModelFormat.SAVED_MODEL: saved_model_source, ModelFormat.TFLITE: tflite_source}
     src: Source = makers[fmt](path, ctx.workdir, record)
-    mapping = _map_inputs(ctx, src)
-    named = _run_source(ctx, src, mapping)
+    mapping, nchw = _map_inputs(ctx, src)
+    named = _run_source(ctx, src, mapping, nchw)
+    if nchw:
+        record["layout"] = {r: "NCHW, transposed to the source's NHWC inside the ONNX model" for r, k in mapping.items() if k in nchw}
     src_names = [n for n, _ in named[0]]
     out_names = list(ctx.output_names) or src_names
     if len(out_names) != len(src_names):
@@ -200,7 +260,7 @@ def convert(ctx: ConvertContext) -> Converted:
     errors = []
     for label, export in src.exporters:
         try:
-            proto, in_tensors, out_tensors = export(mapping, opset)
+            proto, in_tensors, out_tensors = export(mapping, opset, nchw)
             _check_names(proto, [in_tensors[r] for r in mapping], [out_tensors.get(n, f"<{n}>") for n in src_names])
             record["exporter"] = label
             break

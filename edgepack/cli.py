@@ -188,7 +188,7 @@ def pull(ref, output, key, cert_chain, device, target, plain_http):
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
 def ls(ref, plain_http, as_json):
     """List a registry's tags (or one tag) with targets, sizes and validation status."""
-    from .registry import list_tags
+    from .registry.remote import list_tags  # works on layout and remote references
 
     rows = list_tags(ref, plain_http=plain_http)
     if as_json:

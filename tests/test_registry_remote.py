@@ -365,3 +365,64 @@ def test_skopeo_and_oras_read_what_edgepack_pushed(reg, bundle, tmp_path):
     m_digest = index["manifests"][0]["digest"]
     oras.client.OrasClient(insecure=True).pull(target=f"{reg.host}/team/interop@{m_digest}", outdir=str(tmp_path / "oras"))
     assert (tmp_path / "oras" / "targets/ort/model.onnx").read_bytes() == (bundle / "targets/ort/model.onnx").read_bytes()
+
+
+# ------------------------------------------------------------------ company PKI
+
+
+def _pki(d: Path, name: str):
+    """A CA and a leaf signing certificate (digitalSignature) as PEM files."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+
+    def cert(subject, issuer, key, signer, ca):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                                          data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                                          encipher_only=False, decipher_only=False), critical=True))
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert(f"{name} CA", f"{name} CA", ca_key, ca_key, True)
+    leaf = cert(f"{name} signer", f"{name} CA", leaf_key, ca_key, False)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"ca": d / f"{name}-ca.pem", "leaf": d / f"{name}-leaf.pem", "key": d / f"{name}-leaf-key.pem"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["leaf"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    return paths
+
+
+def test_certificate_chain_trust(reg, bundle, tmp_path):
+    import shutil
+
+    from model_signing import signing
+
+    from edgepack.bundle.sign import _hashing_config
+    from edgepack.registry.sigcheck import Trust
+
+    acme, other = _pki(tmp_path / "pki", "acme"), _pki(tmp_path / "pki", "other")
+    b = tmp_path / "cert-bundle"
+    shutil.copytree(bundle, b)
+    (b / "signatures" / "model.sig").unlink()
+    cfg = signing.Config().use_certificate_signer(private_key=acme["key"], signing_certificate=acme["leaf"],
+                                                 certificate_chain=[acme["ca"]])
+    cfg.set_hashing_config(_hashing_config()).sign(b, tmp_path / "model.sig")
+    shutil.copy(tmp_path / "model.sig", b / "signatures" / "model.sig")
+    registry.push(b, f"{reg.host}/team/pki:1")
+    info = registry.pull(f"{reg.host}/team/pki:1", tmp_path / "out", Trust(cert_chain=(acme["ca"],)), target="ov")
+    assert info["targets"] == ["ov"] and (tmp_path / "out/targets/ov/model/model.bin").is_file()
+    with pytest.raises(VerificationError, match="not verified with certificate chain"):
+        registry.verify(f"{reg.host}/team/pki:1", Trust(cert_chain=(other["ca"],)))
+    r = run_cli("verify", f"{reg.host}/team/pki:1", "--cert-chain", acme["ca"])
+    assert r.returncode == 0, r.stderr

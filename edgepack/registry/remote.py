@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from edgepack.errors import BadInputError, VerificationError
+from edgepack.errors import BadInputError, EdgepackError, VerificationError
 from edgepack.registry import fetch
 from edgepack.registry.http import OCI_INDEX
 from edgepack.registry.index import (
@@ -32,6 +32,7 @@ from edgepack.registry.index import (
     list_referrers,
     plan_bundle,
     push_plan,
+    target_groups,
 )
 from edgepack.registry.refs import Ref, as_ref
 
@@ -98,11 +99,22 @@ def _describe(store, tag: str) -> dict:
             out["targets"].append({"target": a.get(A_TARGET), "precision": a.get(A_PRECISION), "runtime": a.get(A_RUNTIME),
                                    "validated_on": [d for d in (a.get(A_VALIDATED) or "").split(",") if d],
                                    "validation": validation, "size": sum(layers.values()), "digest": e["digest"]})
-    else:  # a single-manifest bundle (layout format): signature is a layer
-        blobs = {layer["digest"]: layer.get("size", 0) for layer in doc.get("layers") or []}
-        out["signed"] = out["signed"] or any((x.get("annotations") or {}).get(A_TITLE) == "signatures/model.sig"
-                                             for x in doc.get("layers") or [])
-        out["targets"] = [{"target": t} for t in (ann.get(A_TARGETS) or "").split(",") if t]
+    else:  # a single-manifest bundle (layout format): signature is a layer, details from edgepack.json
+        layers = {(x.get("annotations") or {}).get(A_TITLE): x for x in doc.get("layers") or []}
+        blobs = {x["digest"]: x.get("size", 0) for x in layers.values()}
+        out["signed"] = out["signed"] or "signatures/model.sig" in layers
+        try:
+            config = json.loads(fetch.small_blob(store, doc["config"], "edgepack.json"))
+            groups = target_groups(config)
+        except (EdgepackError, ValueError, KeyError, TypeError):
+            config, groups = {}, {t: [] for t in (ann.get(A_TARGETS) or "").split(",") if t}
+        grouped = {f for fs in groups.values() for f in fs} | {"signatures/model.sig"}
+        shared = sum(x.get("size", 0) for title, x in layers.items() if title not in grouped)
+        for tid, files in sorted(groups.items()):
+            t = (config.get("targets") or {}).get(tid) or {}
+            size = shared + sum(layers[f].get("size", 0) for f in files if f in layers)
+            out["targets"].append({"target": tid, "precision": t.get("precision"), "runtime": t.get("runtime"),
+                                   "validated_on": list(t.get("validated_on") or []), "size": size})
     out["size"] = sum(blobs.values())
     return out
 

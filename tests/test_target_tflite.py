@@ -105,16 +105,6 @@ def test_mlp_dynamic_batch_dynamic_range(tmp_path):
     assert fid["max_abs_error"] < 1e-4 and fid["top1_agreement"] == 1.0
 
 
-def test_cnn_fp16(tmp_path):
-    onnx_path = tiny_onnx(tmp_path / "cnn.onnx", seed=1)
-    art, rec, v = compile_and_validate(tmp_path, "tflite", "fp16", onnx_path, model_section("input", ["batch", 1, 8, 8], "NCHW"),
-                                       images(8, 4), images(16, 5))
-    assert rec["tensor_dtypes"].get("float16", 0) > 0
-    assert art.inputs[0].dtype == "float32" and art.inputs[0].layout == "NHWC"
-    fid = v["accuracy"]["fidelity"]
-    assert 0 < fid["max_abs_error"] < 1e-2 and fid["top1_agreement"] == 1.0
-
-
 def _stage(precision=None, options=None, **kw):
     return make_target(Target(type=TargetType.TFLITE, precision=precision, options=options or {}, **kw),
                        TargetContext(WHERE, Path("."), model_section("input", ["batch", 1, 8, 8])))

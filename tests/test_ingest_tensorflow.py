@@ -17,7 +17,7 @@ import pytest
 from conftest import run_cli, write_recipe
 
 from edgepack.artifact import Artifact
-from edgepack.errors import BadInputError
+from edgepack.errors import BadInputError, StageError
 from edgepack.ingest import ConvertStage
 from edgepack.recipe import ModelSection
 
@@ -47,6 +47,10 @@ def tf_models(tmp_path_factory) -> dict[str, Path]:
     dict_mlp.save(d / "dict_mlp.keras")
     mlp.export(str(d / "mlp_saved_model"), verbose=False)
     cnn.export(str(d / "cnn_saved_model"), verbose=False)
+    unsupported = tf.Module()  # Igamma has no ONNX conversion in tf2onnx
+    unsupported.f = tf.function(lambda x: {"y": tf.math.igamma(tf.abs(x) + 1.0, tf.abs(x) + 0.5)},
+                                input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    tf.saved_model.save(unsupported, str(d / "igamma_saved_model"), signatures={"serving_default": unsupported.f})
     (d / "cnn.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(cnn).convert())
     (d / "mlp.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(mlp).convert())
     rng = np.random.default_rng(0)
@@ -182,6 +186,11 @@ def test_nchw_recipe_input_gets_a_transpose(tf_models, tmp_path, fmt, model):
     assert [i.shape for i in res.outputs["model"].inputs] == [("batch", 1, 8, 8)]
     assert res.record["layout"] == {"x": "NCHW, transposed to the source's NHWC inside the ONNX model"}
     assert res.record["max_abs_diff"]["y"] < 1e-4  # the source ran on the same samples, transposed to NHWC
+
+
+def test_unconverted_tf_op_fails_naming_the_node(tf_models, tmp_path):
+    with pytest.raises(StageError, match=r"every ONNX exporter failed .*no ONNX conversion for TensorFlow op\(s\) Igamma \(node '.*Igamma'\)"):
+        _convert("saved-model", tf_models["igamma_saved_model"], [{"name": "x", "shape": ["batch", 4]}], tmp_path / "w")
 
 
 def test_keras_saved_model_route(tf_models, tmp_path):

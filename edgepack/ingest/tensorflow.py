@@ -223,7 +223,24 @@ def name_dynamic_dims(proto, inputs) -> None:
                 d.dim_param = renames[d.dim_param]
 
 
+def unconverted_ops(graph, found: dict[str, str] | None = None) -> dict[str, str]:
+    """op type -> first node name, for nodes tf2onnx left as TensorFlow ops (it converts with continue_on_error)."""
+    import onnx
+
+    found = {} if found is None else found
+    for node in graph.node:
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+            found.setdefault(node.op_type, node.name)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                unconverted_ops(sub, found)
+    return found
+
+
 def _check_names(proto, ins: list[str], outs: list[str]) -> None:
+    left = unconverted_ops(proto.graph)
+    if left:
+        raise StageError("no ONNX conversion for TensorFlow op(s) " + ", ".join(f"{t} (node '{n}')" for t, n in left.items()))
     graph_ins = {v.name for v in proto.graph.input}
     graph_outs = {v.name for v in proto.graph.output}
     lost = [n for n in ins if n not in graph_ins] + [n for n in outs if n not in graph_outs]
@@ -272,7 +289,8 @@ def convert(ctx: ConvertContext) -> Converted:
             errors.append(f"{label}: {reason}")
             record["fallbacks"].append({"exporter": label, "failed_because": reason})
     if record["exporter"] is None:
-        raise StageError(f"every ONNX exporter failed for {path.name}: " + " | ".join(errors), hint="see the stage log for tf2onnx's messages")
+        raise StageError(f"every ONNX exporter failed for {path.name}: " + " | ".join(errors),
+                         hint="replace unsupported ops in the model, or see the stage log for tf2onnx's messages")
     rename = {in_tensors[r]: r for r in mapping}
     rename.update({out_tensors[n]: o for n, o in zip(src_names, out_names)})
     rename_tensors(proto, rename, out_names, f"{ctx.source_where}")

@@ -107,6 +107,8 @@ publish: {enabled: false}
         assert devs[name]["status"] == "ok", devs[name]
         assert devs[name]["gates"]["passed"] and devs[name]["accuracy"]["fidelity"]["cosine"] > 0.9999
         assert devs[name]["latency"]["count"] >= 20
+    assert devs["loopback"]["transport"]["type"] == "ssh" and devs["loopback"]["transport"]["cleaned"] is True
+    assert devs["local"]["transport"]["type"] == "local" and devs["local"]["timed"]["runs"] >= 20
     assert devs["dead"]["status"] == "failed" and "unreachable" in devs["dead"]["error"]
     assert report["targets"]["ort"]["unvalidated_devices"] == ["dead"]
     manifest = json.loads((out / "edgepack.json").read_text())

@@ -100,6 +100,9 @@ class ValidateStage(Stage):
             "samples_ms": result["samples_ms"],
             "memory": {k: v for k, v in mem.items() if k != "ok"},
             "load": result.get("load", {}),
+            "warmup": result.get("warmup"),
+            "timed": result.get("timed"),
+            "transport": result.get("transport") or {"type": self.profile.transport.type.value},
         }
         outputs = read_outputs(out_path)
         reference = read_outputs(inputs["reference"].path) if "reference" in inputs else None

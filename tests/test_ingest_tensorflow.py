@@ -47,6 +47,11 @@ def tf_models(tmp_path_factory) -> dict[str, Path]:
     dict_mlp.save(d / "dict_mlp.keras")
     mlp.export(str(d / "mlp_saved_model"), verbose=False)
     cnn.export(str(d / "cnn_saved_model"), verbose=False)
+    import tf_keras
+
+    legacy_in = tf_keras.Input((8, 8, 1), name="image")
+    legacy = tf_keras.Model(legacy_in, tf_keras.layers.Dense(3, name="logits")(tf_keras.layers.Flatten()(legacy_in)))
+    legacy.save(d / "tf_keras.keras")  # tf.keras 2.x format: Keras 3 cannot read it
     unsupported = tf.Module()  # Igamma has no ONNX conversion in tf2onnx
     unsupported.f = tf.function(lambda x: {"y": tf.math.igamma(tf.abs(x) + 1.0, tf.abs(x) + 0.5)},
                                 input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
@@ -143,7 +148,7 @@ def test_tampered_models_name_the_file(tf_models, tmp_path):
         for item in src.namelist():
             data = src.read(item)
             dst.writestr(item, b'{"class_name": "NoSuchLayer", "config": {}}' if item == "config.json" else data)
-    with pytest.raises(BadInputError, match="cannot load as a Keras model") as e:
+    with pytest.raises(BadInputError, match=r"cannot load as a Keras model \(keras 3: .*NoSuchLayer.*; tf_keras: ") as e:
         _convert("keras", bad, CNN_INPUTS, tmp_path / "w1")
     assert str(bad) in e.value.message and e.value.__cause__ is not None
     blob = tf_models["cnn.tflite"].read_bytes()
@@ -163,6 +168,13 @@ def test_h5_and_multi_io_keras(tf_models, tmp_path):
     assert res.record["renamed_outputs"] == {"o1": "y1", "o2": "y2"}
     res = _convert("keras", tf_models["dict_mlp.keras"], MLP_INPUTS, tmp_path / "dict")
     assert max(res.record["max_abs_diff"].values()) < 1e-4
+
+
+def test_tf_keras_file_falls_back_to_tf_keras_and_says_why(tf_models, tmp_path):
+    res = _convert("keras", tf_models["tf_keras.keras"], CNN_INPUTS, tmp_path / "w")
+    assert res.record["loader"].startswith("tf_keras ")
+    assert res.record["fallbacks"][0]["loader"] == "keras 3" and "Functional" in res.record["fallbacks"][0]["failed_because"]
+    assert res.record["max_abs_diff"]["logits"] < 1e-4
 
 
 def test_tflite_multi_io_follows_the_signature(tf_models, tmp_path):

@@ -8,6 +8,7 @@ ONNX input name, source output name -> ONNX output name). TensorFlow is imported
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ def _shape(s) -> list | None:
 
 
 def _load_keras(path: Path, record: dict):
+    """Keras 3 first; files written by tf.keras 2.x that Keras 3 cannot read are retried with tf_keras."""
+    errors = []
     try:
         import keras
 
@@ -53,21 +56,21 @@ def _load_keras(path: Path, record: dict):
         record["loader"] = f"keras {keras.__version__}"
         return model
     except Exception as e:  # noqa: BLE001 - reported below, or after the tf_keras attempt
-        first = e
-    if path.suffix in (".h5", ".hdf5"):
+        errors.append(("keras 3", e))
+    if importlib.util.find_spec("tf_keras") is not None:
         try:
             import tf_keras
 
             model = tf_keras.models.load_model(str(path), compile=False)
             record["loader"] = f"tf_keras {tf_keras.__version__}"
-            record["fallbacks"].append({"loader": "keras 3", "failed_because": first_line(first, 300)})
+            record["fallbacks"].append({"loader": "keras 3", "failed_because": first_line(errors[0][1], 300)})
             return model
         except Exception as e:  # noqa: BLE001
-            first = e
+            errors.append(("tf_keras", e))
     raise BadInputError(
-        f"{path} (model.path): cannot load as a Keras model ({first_line(first)})",
+        f"{path} (model.path): cannot load as a Keras model (" + "; ".join(f"{w}: {first_line(e, 160)}" for w, e in errors) + ")",
         hint="custom layers must be registered with keras.saving.register_keras_serializable; Lambda layers need a SavedModel export",
-    ) from first
+    ) from errors[0][1]
 
 
 def _keras_output_names(model) -> list[str]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -167,12 +169,24 @@ def _from_onnx(ct, onnx_path: Path, in_specs, ct_inputs, out_names, kwargs, work
     import onnx2tf
     import tensorflow as tf
 
-    model = onnx2tf.convert(
-        input_onnx_file_path=str(onnx_path), output_folder_path=str(workdir / "_onnx2tf"), non_verbose=True,
-        overwrite_input_shape=[f"{s.name}:{','.join(map(str, s.shape))}" for s in in_specs],
-        keep_ncw_or_nchw_or_ncdhw_input_names=[s.name for s in in_specs if len(s.shape) in (3, 4, 5)],
-        disable_model_save=True,
-    )
+    scratch = workdir / "_onnx2tf"
+    scratch.mkdir(exist_ok=True)
+    # onnx2tf downloads 20 sample images (GitHub) for any [N,H,W,3] input unless ./SAMPLE exists in the
+    # working directory: a seeded stand-in keeps the build offline (only its internal check reads it).
+    np.save(scratch / "calibration_image_sample_data_20x128x128x3_float32.npy",
+            np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+    cwd = os.getcwd()
+    os.chdir(scratch)  # a worker process: changing its cwd touches nothing else
+    try:
+        model = onnx2tf.convert(
+            input_onnx_file_path=str(onnx_path), output_folder_path=str(scratch / "out"), non_verbose=True,
+            overwrite_input_shape=[f"{s.name}:{','.join(map(str, s.shape))}" for s in in_specs],
+            keep_ncw_or_nchw_or_ncdhw_input_names=[s.name for s in in_specs if len(s.shape) in (3, 4, 5)],
+            disable_model_save=True,
+        )
+    finally:
+        os.chdir(cwd)
+    shutil.rmtree(scratch, ignore_errors=True)
     layouts = getattr(model, "onnx_output_layouts", {}) or {}
     to_nchw = [bool(layouts.get(n)) for n in out_names]
     if any(to_nchw):

@@ -163,3 +163,10 @@ def test_prediction_matches_torch_on_macos(tmp_path):
     got = adapter.run({"input": x})[0]
     ref = cm_model.build()(torch.from_numpy(x)).detach().numpy()
     assert np.abs(got - ref).max() < 5e-2, json.dumps(r.record["structure"])
+
+
+def test_mac_profile_is_where_core_ml_validates():
+    from edgepack.devices import load_profile
+
+    p, _ = load_profile("mac")
+    assert p.os == "darwin" and "coreml" in p.runtimes and p.transport.type.value == "ssh"

@@ -73,13 +73,13 @@ def test_profile_keeps_dynamic_axis_and_dla(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     profile = {"input": {"min": [1, 1, 8, 8], "opt": [4, 1, 8, 8], "max": [8, 1, 8, 8]}}
-    res = _stage(tmp_path, "fp32", profile=profile, dla_core=0, workspace_mb=256).run({"model": src, "fp32": src}, work)
+    res = _stage(tmp_path, "fp16", profile=profile, dla_core=0, workspace_mb=256).run({"model": src, "fp32": src}, work)
     art = res.outputs["artifact"]
     assert _input_dims(art.path / "model.onnx")[0] == "batch"
     spec = json.loads((art.path / "build_spec.json").read_text())
     assert spec["profile"] == profile and spec["dla_core"] == 0
     assert "--minShapes=input:1x1x8x8" in spec["trtexec"] and "--maxShapes=input:8x1x8x8" in spec["trtexec"]
-    assert "--useDLACore=0" in spec["trtexec"] and "--allowGPUFallback" in spec["trtexec"] and "--fp16" not in spec["trtexec"]
+    assert "--useDLACore=0" in spec["trtexec"] and "--allowGPUFallback" in spec["trtexec"] and "--memPoolSize=workspace:256M" in spec["trtexec"]
 
 
 def test_int8_places_symmetric_qdq(tmp_path):
@@ -130,10 +130,14 @@ def test_asymmetric_qdq_input_is_rejected_naming_the_node(tmp_path):
     ({"profile": {"input": {"min": [4, 1, 8, 8], "opt": [2, 1, 8, 8], "max": [8, 1, 8, 8]}}}, r"min <= opt <= max"),
     ({"profile": {"input": {"min": [1, 1, 8, 8], "max": [8, 1, 8, 8]}}}, r"needs exactly min, opt and max"),
     ({"builder_optimization_level": 9}, r"builder_optimization_level: must be 0\.\.5"),
+    ({"timeout_s": 0}, r"options\.timeout_s: must be a positive number"),
+    ({"dla_core": 0, "precision": "fp32"}, r"options\.dla_core: the DLA runs fp16 or int8 only"),
 ])
 def test_bad_options_name_the_field(tmp_path, options, match):
+    options = dict(options)
+    precision = options.pop("precision", None)
     with pytest.raises(BadInputError, match=match):
-        _stage(tmp_path, **options)
+        _stage(tmp_path, precision, **options)
 
 
 def test_bad_precision_and_unknown_profile_input(tmp_path):
@@ -227,3 +231,12 @@ def test_engine_built_and_validated_on_a_gpu(tmp_path):
     assert info["engine"] == "built on device" and info["timing_cache_reused"] is False
     info = runner.TensorRTAdapter().load(str(art.path), None, {"engine_cache": str(tmp_path / "engines")})
     assert info["engine"] == "cached"
+
+
+def test_jetson_profile_runs_tensorrt_with_room_for_a_first_build():
+    from edgepack.devices import load_profile
+
+    p, path = load_profile("jetson-orin-nano")
+    assert path.name == "jetson-orin-nano.yaml" and p.arch == "aarch64"
+    assert p.runtimes[0] == "tensorrt" and p.transport.type.value == "ssh"
+    assert p.transport.step_timeout_s >= 1800  # the first runner job builds the engine on the device

@@ -401,8 +401,11 @@ class TensorRTAdapter:
             info["engine"] = "cached"
             return plan, info
         os.makedirs(entry, exist_ok=True)
-        info.update(trt_build(onnx_path, spec, plan, os.path.join(entry, "timing.cache")))
+        # one timing cache per TensorRT version + GPU + JetPack, shared by every model built there
+        timing = os.path.join(root, f"timing-{key.rsplit('-', 1)[0]}.cache")
+        info.update(trt_build(onnx_path, spec, plan, timing))
         info["engine"] = "built on device"
+        info["timing_cache"] = timing
         return plan, info
 
     def load(self, path, threads, options):

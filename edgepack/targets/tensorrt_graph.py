@@ -1,0 +1,135 @@
+"""TensorRT target, graph side: static shapes or an optimization profile, symmetric INT8 Q/DQ that
+TensorRT's explicit quantization takes, and a one-sample check of the prepared graph with ONNX Runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError, StageError
+
+QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def has_qdq(path: Path) -> bool:
+    from ..optimize import count_ops
+
+    return any(op in count_ops(path) for op in QDQ)
+
+
+def check_trt_qdq(path: Path, where: str) -> None:
+    """TensorRT takes int8 Q/DQ with zero points of 0 only (symmetric)."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path), load_external_data=False)
+    init = {i.name: i for i in m.graph.initializer}
+    for node in m.graph.node:
+        if node.op_type in QDQ and len(node.input) > 2 and node.input[2] in init:
+            zp = numpy_helper.to_array(init[node.input[2]])
+            if zp.dtype != np.int8 or np.any(zp != 0):
+                what = f"{zp.dtype} Q/DQ" if zp.dtype != np.int8 else f"zero point {zp.ravel()[:4].tolist()}"
+                raise BadInputError(
+                    f"{where}: node '{node.name}' has {what}: TensorRT takes int8 Q/DQ with zero point 0 only",
+                    hint="quantize with symmetric_activations: true, or use input: fp32 and let the TensorRT target place Q/DQ",
+                )
+
+
+def quantize_qdq(fp32: Path, calibration: Path, out: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from ..data import read_npz
+
+    arrays, _ = read_npz(calibration)
+    n = len(next(iter(arrays.values())))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{k: v[i : i + 1] for k, v in arrays.items()} for i in range(n)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    tmp = out.with_suffix(".tmp.onnx")
+    quantize_static(str(fp32), str(tmp), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    tmp.replace(out)
+
+
+def set_shapes(path: Path, opts: dict, where: str) -> dict:
+    """Fix dynamic input dims (options.shapes, else 1) unless options.profile covers the input."""
+    import onnx
+
+    m = onnx.load(str(path))
+    init = {i.name for i in m.graph.initializer}
+    inputs = [v for v in m.graph.input if v.name not in init]
+    names = [v.name for v in inputs]
+    for key in ("profile", "shapes"):
+        for name in opts[key] or {}:
+            if name not in names:
+                raise BadInputError(f"{where}.options.{key}.{name}: the model has no input '{name}'", hint=f"inputs: {', '.join(names)}")
+    fixed, profile = {}, {}
+    for v in inputs:
+        dims = v.type.tensor_type.shape.dim
+        cur = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+        if v.name in (opts["profile"] or {}):
+            p = opts["profile"][v.name]
+            _check_rank(where, f"profile.{v.name}", cur, p["min"])
+            for k in ("min", "opt", "max"):
+                for i, (c, x) in enumerate(zip(cur, p[k])):
+                    if isinstance(c, int) and c != x:
+                        raise BadInputError(f"{where}.options.profile.{v.name}.{k}: dimension {i} is fixed to {c} in the model, got {x}")
+            profile[v.name] = p
+            continue
+        want = (opts["shapes"] or {}).get(v.name)
+        if want is not None:
+            _check_rank(where, f"shapes.{v.name}", cur, want)
+        new = [want[i] if want is not None else (c if isinstance(c, int) else 1) for i, c in enumerate(cur)]
+        for i, (c, x) in enumerate(zip(cur, new)):
+            if isinstance(c, int) and c != x:
+                raise BadInputError(f"{where}.options.shapes.{v.name}: dimension {i} is fixed to {c} in the model, got {x}")
+            dims[i].ClearField("dim_param")
+            dims[i].dim_value = x
+        if new != cur:
+            fixed[v.name] = {"from": cur, "to": new}
+    if fixed:
+        del m.graph.value_info[:]
+        for o in m.graph.output:
+            o.type.tensor_type.ClearField("shape")
+        m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    tmp = path.with_suffix(".tmp.onnx")
+    onnx.save(m, str(tmp))
+    tmp.replace(path)
+    return {"fixed": fixed, "profile": profile, "static": not profile}
+
+
+def _check_rank(where, key, cur, want):
+    if len(want) != len(cur):
+        raise BadInputError(f"{where}.options.{key}: rank {len(want)} but the model input has rank {len(cur)} ({cur})")
+
+
+def check_with_ort(fp32: Path, prepared: Path, profile: dict | None, calibration: Path | None) -> dict:
+    """One sample (calibration sample 0, else seeded random) through the FP32 and the prepared model (smoke check, recorded)."""
+    import onnxruntime as ort
+
+    from ..data import read_npz
+
+    arrays = read_npz(calibration)[0] if calibration is not None else {}
+    sess = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = profile[i.name]["opt"] if profile and i.name in profile else [d if isinstance(d, int) else 1 for d in i.shape]
+        dtype = np.float32 if "float" in i.type else np.int64
+        if i.name in arrays and list(arrays[i.name].shape[1:]) == list(shape[1:]):
+            feeds[i.name] = np.ascontiguousarray(arrays[i.name][: shape[0]]).astype(dtype)
+        else:
+            feeds[i.name] = rng.random(shape).astype(dtype) if dtype is np.float32 else np.zeros(shape, dtype)
+    try:
+        got = sess.run(None, feeds)
+        ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feeds)
+    except Exception as e:
+        raise StageError(f"the TensorRT-ready ONNX model does not run in ONNX Runtime: {str(e).splitlines()[0][:240]}") from e
+    return {"max_abs_diff_vs_fp32": [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if a.size else 0.0
+                                     for a, b in zip(got, ref)]}

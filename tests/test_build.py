@@ -32,7 +32,7 @@ def test_digits_end_to_end_then_cached_then_one_target_changed(digits_recipe, ed
     manifest = json.loads((out / "edgepack.json").read_text())
     assert manifest["name"] == "digits" and manifest["version"] == "1.0.0"
     assert manifest["calibration_sha256"] and manifest["source"]["sha256"] and manifest["recipe_sha256"]
-    assert {f["path"] for f in manifest["files"]} == {"report.json", "targets/ort-int8/model.onnx", "targets/ort-fp32/model.onnx"}
+    assert {f["path"] for f in manifest["files"]} == {"report.json", "provenance.json", "targets/ort-int8/model.onnx", "targets/ort-fp32/model.onnx"}
     assert manifest["targets"]["ort-int8"]["inputs"][0]["name"] == "input"
     assert "onnxruntime" in manifest["toolchain"] and "torch" in manifest["toolchain"]
     report = json.loads((out / "report.json").read_text())

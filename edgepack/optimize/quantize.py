@@ -101,7 +101,10 @@ class QuantizeStage(Stage):
                     symmetric_weights=c.symmetric_weights, op_types=c.op_types, include=c.nodes, exclude=[*c.exclude_nodes, *exclude],
                 )
             except Exception as e:
-                raise StageError(f"{self.ctx.where}: static quantization failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+                hint = None
+                if c.format == "qoperator" and c.per_channel:
+                    hint = "ONNX Runtime 1.23's QOperator per-channel path fails re-quantizing Gemm weights for the bias scale: use format: qdq, or per_channel: false"
+                raise StageError(f"{self.ctx.where}: static quantization failed: {e.__class__.__name__}: {str(e)[:300]}", hint=hint) from e
 
         self._run(quantize, pre, out, workdir, validation, reference, record)
 

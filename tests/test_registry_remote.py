@@ -25,8 +25,8 @@ from edgepack.errors import BadInputError, EdgepackError, VerificationError
 from edgepack.registry.http import RemoteStore
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import run_cli  # noqa: E402
-from registry_server import PASSWORD, USER, RegistryServer, available  # noqa: E402
+from conftest import run_cli
+from registry_server import PASSWORD, USER, RegistryServer, available
 
 pytestmark = [pytest.mark.registry, pytest.mark.skipif(available() is not None, reason=available() or "")]
 
@@ -331,6 +331,22 @@ def test_htpasswd_auth_from_env_and_docker_config(reg_auth, bundle, keys, tmp_pa
     assert tree(tmp_path / "out") == tree(bundle) and info["digest"].startswith("sha256:")
     secret = PASSWORD.encode()
     assert not any(secret in p.read_bytes() for p in reg_auth.storage.rglob("*") if p.is_file())
+
+
+def test_bearer_token_auth_through_the_token_service(tmp_path_factory, bundle, keys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    for k in ("EDGEPACK_REGISTRY_USERNAME", "EDGEPACK_REGISTRY_PASSWORD", "EDGEPACK_REGISTRY_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    with RegistryServer(tmp_path_factory.mktemp("registry-token"), auth="token") as reg:
+        ref = f"{reg.host}/team/token:1"
+        with pytest.raises(BadInputError, match="401 unauthorized"):
+            registry.push(bundle, ref)
+        for k, v in reg.env.items():
+            monkeypatch.setenv(k, v)
+        registry.push(bundle, ref)
+        assert "repository:team/token:pull,push" in reg.tokens.requests  # the registry's scope, answered with a JWT
+        registry.pull(ref, tmp_path / "out", keys[0][1])
+        assert tree(tmp_path / "out") == tree(bundle)
 
 
 # ------------------------------------------------------------------ interoperability

@@ -16,9 +16,9 @@ import json
 import shutil
 from pathlib import Path
 
-from edgepack.bundle.provenance import PROVENANCE_NAME, verify_provenance
 from edgepack.bundle.fsutil import replace_dir, safe_relpath, temp_dir_beside
 from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME
+from edgepack.bundle.provenance import PROVENANCE_NAME, verify_provenance
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
 from edgepack.registry.http import OCI_INDEX
 from edgepack.registry.index import A_TARGET, A_TITLE, ARTIFACT_TYPE, SIG_REL, SIGNATURE_TYPE, list_referrers, target_groups
@@ -34,7 +34,7 @@ def _json(data: bytes, what: str):
 
 
 def manifest_at(store, digest: str, what: str) -> dict:
-    data, _, got = store.get_manifest(digest)
+    data, _, _ = store.get_manifest(digest)  # bytes already checked against the digest
     doc = _json(data, what)
     if not isinstance(doc, dict):
         raise VerificationError(f"{what} is not a JSON object")

@@ -9,7 +9,7 @@ ONNX input name, source output name -> ONNX output name). TensorFlow is imported
 from __future__ import annotations
 
 import importlib.util
-import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -101,8 +101,6 @@ def _sorted_keys(keys) -> list[str]:
 def _export_keras_saved_model(model, dest: Path) -> None:
     import tensorflow as tf
 
-    if dest.exists():
-        shutil.rmtree(dest)
     try:
         import keras
 
@@ -142,14 +140,15 @@ def keras_source(path: Path, workdir: Path, record: dict) -> Source:
         return proto, {r: r for r in mapping}, {n: n for n in out_names}
 
     def via_saved_model(mapping, opset, nchw):
-        dest = workdir / "keras_saved_model"
-        _export_keras_saved_model(model, dest)
-        sm = saved_model_source(dest, workdir, {})
-        keys = list(sm.inputs)
-        sm_map = {r: (k if k in sm.inputs else keys[0] if len(keys) == 1 else None) for r, k in mapping.items()}
-        if None in sm_map.values():
-            raise StageError(f"the exported SavedModel's inputs {keys} do not match the Keras inputs {names}")
-        proto, ins, outs = sm.exporters[0][1](sm_map, opset, {sm_map[r] for r, k in mapping.items() if k in nchw})
+        with tempfile.TemporaryDirectory(prefix="keras-saved-model-") as tmp:  # intermediate: not cached
+            dest = Path(tmp) / "saved_model"
+            _export_keras_saved_model(model, dest)
+            sm = saved_model_source(dest, workdir, {})
+            keys = list(sm.inputs)
+            sm_map = {r: (k if k in sm.inputs else keys[0] if len(keys) == 1 else None) for r, k in mapping.items()}
+            if None in sm_map.values():
+                raise StageError(f"the exported SavedModel's inputs {keys} do not match the Keras inputs {names}")
+            proto, ins, outs = sm.exporters[0][1](sm_map, opset, {sm_map[r] for r, k in mapping.items() if k in nchw})
         keys = _sorted_keys(outs)  # keras export: output_0, ... for lists, the dict keys for dicts
         if len(keys) != len(out_names):
             raise StageError(f"the exported SavedModel's outputs {keys} do not match the Keras outputs {out_names}")

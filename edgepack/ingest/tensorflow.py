@@ -237,7 +237,7 @@ def unconverted_ops(graph, found: dict[str, str] | None = None) -> dict[str, str
     return found
 
 
-def _check_names(proto, ins: list[str], outs: list[str]) -> None:
+def _check_export(proto, ins: list[str], outs: list[str]) -> None:
     left = unconverted_ops(proto.graph)
     if left:
         raise StageError("no ONNX conversion for TensorFlow op(s) " + ", ".join(f"{t} (node '{n}')" for t, n in left.items()))
@@ -278,7 +278,7 @@ def convert(ctx: ConvertContext) -> Converted:
     for label, export in src.exporters:
         try:
             proto, in_tensors, out_tensors = export(mapping, opset, nchw)
-            _check_names(proto, [in_tensors[r] for r in mapping], [out_tensors.get(n, f"<{n}>") for n in src_names])
+            _check_export(proto, [in_tensors[r] for r in mapping], [out_tensors.get(n, f"<{n}>") for n in src_names])
             record["exporter"] = label
             break
         except BadInputError:

@@ -178,6 +178,8 @@ def run_bench(ref: str, devices: list[str], targets: list[str] | None = None, da
             report["failures"].append(o.error)
         report["devices"][p.name] = dev
     ran = [1 for d in report["devices"].values() for t in (d.get("targets") or {}).values() if t["status"] == "ok"]
+    if not ran and not report["failures"]:
+        report["failures"].append("nothing ran: no selected device has the runtime of any selected target (see each 'skipped')")
     report["status"] = "ok" if not report["failures"] else ("partial" if ran else "failed")
     report["exit_code"] = {"ok": ExitCode.OK, "partial": ExitCode.PARTIAL, "failed": ExitCode.BUILD_ERROR}[report["status"]]
     return report

@@ -136,3 +136,15 @@ def test_bench_cli_json_then_compare_with_itself(tmp_path, cli):
     assert json.loads(cmp.stdout)["rows"][0]["ratio_p50"] == pytest.approx(1.0)
     res = cli("bench", tmp_path / "missing-bundle")
     assert res.returncode == 2 and "not a bundle folder or registry reference" in res.stderr
+
+
+def test_bench_with_no_runnable_target_is_a_failure_not_ok(tmp_path):
+    import yaml
+
+    bundle = tiny_bundle(tmp_path / "b")
+    prof = tmp_path / "tflite-only.yaml"
+    prof.write_text(yaml.safe_dump({"name": "tflite-only", "transport": {"type": "local"}, "runtimes": ["tflite"]}))
+    rep = run_bench(str(bundle), [str(prof)], overrides=FAST)
+    t = rep["devices"]["tflite-only"]["targets"]["ort"]
+    assert t["status"] == "skipped" and "no onnxruntime runtime" in t["reason"]
+    assert rep["status"] == "failed" and rep["exit_code"] == 1 and "nothing ran" in rep["failures"][0]

@@ -188,6 +188,10 @@ class SSHTransport(Transport):
                     answer = json.loads(line[len(MAGIC):])
                     for f in answer.get("files", []):
                         blobs[f["key"]] = proc.stdout.read(f["size"])
+                        if len(blobs[f["key"]]) != f["size"]:
+                            answer = {"ok": False, "cleaned": True, "error": f"the connection dropped while {f['key']} "
+                                      f"was coming back ({len(blobs[f['key']])} of {f['size']} bytes)"}
+                            break
                     break
                 noise.append(line)
         finally:

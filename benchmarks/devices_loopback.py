@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-import sshd  # noqa: E402
+import sshd
 
-from edgepack.bench import run_bench  # noqa: E402
+from edgepack.bench import run_bench
 
 
 def main() -> int:

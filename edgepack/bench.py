@@ -95,7 +95,7 @@ def make_inputs(entry: dict, tid: str, dest: Path, data: Path | None) -> dict:
         if missing:
             raise BadInputError(f"--data {data}: no array named {', '.join(missing)} (target {tid})",
                                 hint=f"save the inputs with np.savez(path, {'=..., '.join(sources)}=...)")
-        how = {"kind": "file", "path": str(data), "samples": int(len(next(iter(arrays.values()))))}
+        how = {"kind": "file", "path": str(data), "samples": len(next(iter(arrays.values())))}
     else:
         rng = np.random.default_rng(0)
         arrays = {}
@@ -160,7 +160,7 @@ def run_bench(ref: str, devices: list[str], targets: list[str] | None = None, da
         outcomes = run_fleet(profiles, lambda p: bench_device(p, bundle, manifest, chosen, inputs, overrides or {}),
                              timeout_s=timeout_s)
     report: dict = {
-        "schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "schema": SCHEMA, "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "bundle": {"ref": ref, "name": manifest.get("name"), "version": manifest.get("version"), "check": checked},
         "inputs": how, "devices": {}, "failures": [],
     }
@@ -257,7 +257,7 @@ def format_compare(cmp: dict) -> str:
     lines = [f"{'target':<14} {'device':<16} {'A p50 ms':>9} {'B p50 ms':>9} {'B/A p50':>8} {'B/A p90':>8} {'B/A mean':>9}"]
     lines.append("-" * len(lines[0]))
     for r in cmp["rows"]:
-        fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+        fmt = lambda v: f"{v:.3f}" if v is not None else "-"
         lines.append(f"{r['target']:<14} {r['device']:<16} {r['a_p50_ms']:9.3f} {r['b_p50_ms']:9.3f} {fmt(r['ratio_p50']):>8} "
                      f"{fmt(r['ratio_p90']):>8} {fmt(r['ratio_mean']):>9}{'  (noisy)' if r['noisy'] else ''}")
     if cmp["unmatched"]:

@@ -51,7 +51,7 @@ class SSHServer:
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def start(cls, root: Path) -> "SSHServer":
+    def start(cls, root: Path) -> SSHServer:
         root.mkdir(parents=True, exist_ok=True)
         server = cls(root)
         server._keys()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from edgepack.devices.runner import stats
 from edgepack.errors import BadInputError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sshd import tiny_bundle  # noqa: E402
+from sshd import tiny_bundle
 
 FAST = {"runs": 30, "min_seconds": 0.05, "warmup_runs": 3}
 

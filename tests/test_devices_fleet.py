@@ -16,7 +16,7 @@ from edgepack.devices.fleet import run_fleet
 from edgepack.errors import BadInputError, StageError
 
 sys.path.insert(0, str(Path(__file__).parent))
-import sshd  # noqa: E402
+import sshd
 
 
 def _dev(name, **transport):

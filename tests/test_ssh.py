@@ -24,7 +24,7 @@ from edgepack.devices.ssh import DeviceUnreachableError
 from edgepack.errors import StageError
 
 sys.path.insert(0, str(Path(__file__).parent))
-import sshd  # noqa: E402
+import sshd
 
 FAST = {"runs": 20, "min_seconds": 0.05, "warmup_runs": 2, "warmup_seconds": 0.0}
 

@@ -67,13 +67,13 @@ def _fp32(tmp_path: Path) -> Artifact:
     return Artifact(path, "onnx", inputs=ins, outputs=outs)
 
 
-def _run(tmp_path, recipe, i, fp32, name):
+def _run(tmp_path, recipe, i, fp32, name, model=None):
     from edgepack.ingest import source_artifact
 
     stage, lr = _stage(recipe, i)
     work = tmp_path / name
     work.mkdir()
-    return stage.run({"source": source_artifact(lr.recipe.model, lr), "fp32": fp32}, work)
+    return stage.run({"source": source_artifact(lr.recipe.model, lr), "fp32": fp32, "model": model or fp32}, work)
 
 
 def test_pytorch_source_fp16_fp32_int8_palettized(tmp_path):
@@ -83,7 +83,10 @@ def test_pytorch_source_fp16_fp32_int8_palettized(tmp_path):
   - {type: coreml, name: q8, precision: int8, options: {weight_threshold: 512}}
   - {type: coreml, name: lut, precision: palettized, options: {palette_bits: 4, weight_threshold: 512}}""")
     fp32 = _fp32(tmp_path)
-    res = {n: _run(tmp_path, recipe, i, fp32, n) for i, n in enumerate(("half", "full", "q8", "lut"))}
+    optimized = Artifact(tiny_onnx(tmp_path / "optimized.onnx"), "onnx")  # stands for an optimize chain's output
+    res = {n: _run(tmp_path, recipe, i, fp32, n, optimized if n == "half" else None) for i, n in enumerate(("half", "full", "q8", "lut"))}
+    assert any("optimize chain's model is not used" in n for n in res["half"].record["notes"])  # said, not silent
+    assert not any("optimize chain" in n for n in res["full"].record["notes"])
     for name, r in res.items():
         art, s = r.outputs["artifact"], r.record["structure"]
         assert art.path.name == "model.mlpackage" and art.path.is_dir() and art.format == "mlpackage"

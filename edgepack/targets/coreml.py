@@ -46,7 +46,7 @@ class CoreMLTarget(TargetStage):
     extra = "coreml"
     isolated = True
     timeout = 900.0
-    uses = ("source", "fp32")
+    uses = ("source", "fp32", "model")
 
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
@@ -89,6 +89,9 @@ class CoreMLTarget(TargetStage):
         out_names = [t.name for t in fp32.outputs]
         record: dict = {"frontend": self.frontend, "precision": self.precision, "notes": [],
                         "minimum_deployment_target": self.opts["minimum_deployment_target"]}
+        if "model" in inputs and inputs["model"].digest != fp32.digest:
+            record["notes"].append(f"the optimize chain's model is not used: Core ML converts the {'PyTorch source' if self.frontend == 'pytorch' else 'FP32 ONNX model'}"
+                                   f" and compresses with coremltools.optimize (precision {self.precision})")
         fixed = {t.name: list(t.shape) for t in fp32.inputs if any(not isinstance(d, int) for d in t.shape)}
         if fixed:
             record["notes"].append(f"dynamic dims fixed to 1 for Core ML: {fixed}")

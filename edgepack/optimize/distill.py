@@ -40,6 +40,7 @@ class DistillStage(Stage):
             "pass": self.cfg.model_dump(mode="json", by_alias=True),
             "student_code": digest_path(code) if code else None,
             "model": self.ctx.model.model_dump(mode="json"),
+            "gates": self.ctx.gates.model_dump(mode="json") if self.ctx.gates is not None else None,
         }
 
     def toolchain(self) -> dict[str, str]:

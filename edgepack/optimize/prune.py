@@ -34,6 +34,8 @@ class PruneStage(Stage):
         self.cfg = cfg
         self.ctx = ctx
         self.isolated = cfg.method == "channel"  # torch training runs in a spawned worker
+        if cfg.method != "channel":  # ONNX-level pruning reads neither the source nor the training data
+            self.uses = ("model", "validation")
 
     def config(self) -> dict:
         g = self.ctx.gates

@@ -96,6 +96,10 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     ref = parse_ref(f"{registry}:{r.version}")
     if publish and ref.kind == "layout":
         check_writable(Path(ref.path), "publish.registry")
+    if publish and ref.kind == "remote":  # reachable, TLS and credentials: fail now, not after the build
+        from .registry.remote import check_access
+
+        check_access(ref)
     key = _resolve_key(lr, opts, progress)
     from .bundle.sign import load_private_key
 

@@ -20,6 +20,7 @@ import pytest
 
 from edgepack import registry
 from edgepack.bundle import keygen, sign_bundle, write_bundle
+from edgepack.bundle.provenance import write_provenance
 from edgepack.devices import DeviceProfile
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
 from edgepack.registry.http import RemoteStore
@@ -83,7 +84,9 @@ def bundle(tmp_path_factory, keys):
         "ort": {"devices": {"local": {"status": "ok", "latency": {"p50_ms": 2.0}}, "pi5": {"status": "ok", "latency": {"p50_ms": 9.0}}}},
         "ort-int8": {"devices": {"local": {"status": "ok", "latency": {"p50_ms": 1.0}}}},
     }}
-    b = write_bundle(root / "bundle", files, manifest, report)
+    prov = write_provenance(root / "provenance.json", files, manifest, keys[0][0], "2026-01-02T03:00:00Z",
+                            "2026-01-02T03:04:05Z", "recipe.yaml")
+    b = write_bundle(root / "bundle", {**files, "provenance.json": prov}, manifest, report)
     sign_bundle(b, keys[0][0])
     return b
 
@@ -123,7 +126,7 @@ def test_push_makes_per_target_index_and_pull_is_byte_identical(reg, bundle, key
     assert by_target["ort-int8"]["annotations"]["dev.edgepack.precision"] == "int8"
     ov, _ = manifest_doc(reg, "team/tiny", by_target["ov"]["digest"])
     titles = [layer["annotations"]["org.opencontainers.image.title"] for layer in ov["layers"]]
-    assert titles == ["report.json", "targets/ov/model/model.bin", "targets/ov/model/model.xml"]  # full paths, no collisions
+    assert titles == ["provenance.json", "report.json", "targets/ov/model/model.bin", "targets/ov/model/model.xml"]  # full paths, no collisions
     cfg = store(reg, "team/tiny").read_blob(ov["config"]["digest"])
     assert cfg == (bundle / "edgepack.json").read_bytes()
     out = tmp_path / "pulled"
@@ -153,6 +156,7 @@ def test_pull_for_device_takes_only_the_best_validated_target(reg, bundle, keys,
     local = DeviceProfile(name="local", runtimes=["onnxruntime", "openvino"])
     info = registry.pull(f"{reg.host}/team/dev:1", tmp_path / "local", keys[0][1], device=local)
     assert info["targets"] == ["ort-int8"] and info["partial"] and info["selection"]["p50_ms"] == 1.0
+    assert info["provenance"] == "verified"
     got = tree(tmp_path / "local")
     assert "targets/ort-int8/model.onnx" in got and not any(k.startswith(("targets/ort/", "targets/ov/")) for k in got)
     pi = DeviceProfile(name="pi5", runtimes=["onnxruntime"])
@@ -173,7 +177,7 @@ def test_large_file_uploads_in_chunks(reg, bundle, keys, tmp_path, monkeypatch):
 def test_verify_remote_without_download_and_wrong_key(reg, bundle, keys):
     registry.push(bundle, f"{reg.host}/team/verify:1")
     info = registry.verify(f"{reg.host}/team/verify:1", keys[0][1])
-    assert info["targets"] == ["ort", "ort-int8", "ov"] and info["layers_checked"] == 6
+    assert info["targets"] == ["ort", "ort-int8", "ov"] and info["layers_checked"] == 7
     with pytest.raises(VerificationError, match="signed by a different key"):
         registry.verify(f"{reg.host}/team/verify:1", keys[1][1])
 
@@ -192,7 +196,8 @@ def test_ls_and_copy_preserve_digests(reg, bundle, keys, tmp_path):
     assert row["tag"] == "1.2.0" and row["signed"] and row["digest"] == res["digest"]
     t = {x["target"]: x for x in row["targets"]}
     assert t["ort"]["validated_on"] == ["local", "pi5"] and t["ov"]["validated_on"] == []
-    assert t["ort-int8"]["size"] == 3000 + (bundle / "report.json").stat().st_size
+    shared = sum((bundle / f).stat().st_size for f in ("report.json", "provenance.json"))
+    assert t["ort-int8"]["size"] == 3000 + shared
 
 
 # ------------------------------------------------------------------ faults
@@ -261,7 +266,7 @@ def test_missing_signature_wrong_key_exit_codes(reg, bundle, keys, tmp_path):
     r = run_cli("pull", ref, "-o", tmp_path / "out", "--key", keys[1][1])
     assert r.returncode == 4 and "signed by a different key" in r.stderr and not (tmp_path / "out").exists()
     r = run_cli("verify", ref, "--key", keys[0][1])
-    assert r.returncode == 0 and "6 layer digests match" in r.stdout
+    assert r.returncode == 0 and "7 layer digests match" in r.stdout
     fallback = "sha256-" + res["digest"].split(":")[1]
     s = store(reg, "team/nosig")
     _, _, fdigest = s.get_manifest(fallback)
@@ -344,9 +349,17 @@ def test_bearer_token_auth_through_the_token_service(tmp_path_factory, bundle, k
         for k, v in reg.env.items():
             monkeypatch.setenv(k, v)
         registry.push(bundle, ref)
-        assert "repository:team/token:pull,push" in reg.tokens.requests  # the registry's scope, answered with a JWT
+        scopes = [set(r.rsplit(":", 1)[1].split(",")) for r in reg.tokens.requests if r.startswith("repository:team/token:")]
+        assert {"pull", "push"} in scopes  # the registry's scope (actions in any order), answered with a JWT
         registry.pull(ref, tmp_path / "out", keys[0][1])
         assert tree(tmp_path / "out") == tree(bundle)
+
+
+def test_build_preflight_refuses_registry_before_any_stage(reg_auth, digits_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
+    r = run_cli("build", digits_recipe, "-o", tmp_path / "denied", "--registry", f"{reg_auth.host}/team/digits", cwd=tmp_path)
+    assert r.returncode == 2 and "401 unauthorized" in r.stderr and not (tmp_path / "denied").exists()
+    assert "convert" not in r.stdout  # no stage ran
 
 
 # ------------------------------------------------------------------ interoperability

@@ -137,6 +137,10 @@ class RemoteStore:
         self._auth = f"Bearer {token}"
         return True
 
+    def check_access(self) -> None:
+        """GET /v2/ (answering the auth challenge): reachable, TLS ok, credentials accepted."""
+        self._request("GET", self.base.split("/v2/")[0] + "/v2/", "checking access")
+
     # ------------------------------------------------------------ manifests
 
     def get_manifest(self, reference: str) -> tuple[bytes, str, str]:

@@ -57,6 +57,13 @@ def push(bundle_dir: Path, ref: str | Ref, plain_http: bool = False) -> dict:
     return {"ref": str(ref), "tag": ref.tag, **res}
 
 
+def check_access(ref: str | Ref, plain_http: bool = False) -> None:
+    """Build pre-flight: the registry answers and takes our credentials (before any long stage)."""
+    ref = as_ref(ref, require_tag=False)
+    if ref.kind == "remote":
+        store_for(ref, plain_http).check_access()
+
+
 def pull(ref: str | Ref, out_dir: Path, public_key, device=None, target: str | None = None, plain_http: bool = False) -> dict:
     ref = as_ref(ref)
     return fetch.pull(store_for(ref, plain_http), ref.reference, Path(out_dir), public_key, device=device, target=target)

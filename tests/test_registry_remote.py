@@ -192,6 +192,13 @@ def test_ls_and_copy_preserve_digests(reg, bundle, keys, tmp_path):
     for ref in (f"layout:{layout}:1.2.0", f"{reg.host}/mirror/copy:1.2.0"):
         registry.pull(ref, tmp_path / "out", keys[0][1])
         assert tree(tmp_path / "out") == tree(bundle)
+    legacy = registry.push(bundle, f"layout:{tmp_path / 'embedded'}:1.2.0")  # the embedded single-manifest form
+    c3 = registry.copy(f"layout:{tmp_path / 'embedded'}:1.2.0", f"{reg.host}/legacy/copy:1.2.0")
+    assert c3["digest"] == legacy["digest"] and registry.verify(f"{reg.host}/legacy/copy:1.2.0", keys[0][1])["kind"] == "single"
+    one = registry.pull(f"{reg.host}/legacy/copy:1.2.0", tmp_path / "one", keys[0][1], target="ov")
+    assert one["targets"] == ["ov"] and sorted(tree(tmp_path / "one")) == [
+        "edgepack.json", "provenance.json", "report.json", "signatures/model.sig", "targets/ov/model/model.bin",
+        "targets/ov/model/model.xml"]
     [row] = registry.list_tags(f"{reg.host}/mirror/copy")  # no sha256-* fallback tags listed
     assert row["tag"] == "1.2.0" and row["signed"] and row["digest"] == res["digest"]
     t = {x["target"]: x for x in row["targets"]}

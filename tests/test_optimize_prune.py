@@ -96,6 +96,12 @@ def test_channel_pruning_needs_pytorch_model_before_onnx_passes(digits_fp32, tmp
             run({"method": "channel"}, model, tmp_path, lr, validation=val)
     finally:
         model.meta.pop("passes")
+    from edgepack.recipe import ModelFormat
+
+    onnx_src = lr.recipe.model.model_copy(update={"format": ModelFormat.ONNX, "path": "m.onnx"})
+    stage = make_pass(PrunePass.model_validate({"pass": "prune", "method": "channel"}), PassContext(0, "r.yaml:20:5 optimize[0]", DIGITS, onnx_src, Gates()))
+    with pytest.raises(BadInputError, match="needs a PyTorch source"):
+        Engine(StageCache(tmp_path / "c2")).run("optimize[0] prune", stage, {"model": model, "validation": val})
 
 
 def test_channel_pruning_in_a_build(digits_recipe, tmp_path, monkeypatch):

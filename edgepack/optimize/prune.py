@@ -47,6 +47,10 @@ class PruneStage(Stage):
         return package_versions(*names)
 
     def check_inputs(self, inputs):
+        if self.cfg.method == "channel":
+            from .torch_model import check_torch_input
+
+            check_torch_input(inputs["model"], self.ctx, self.ctx.where)
         if self.cfg.finetune is not None and "training" not in inputs:
             raise BadInputError(f"{self.ctx.where}.finetune: needs training data", hint="add data.training to the recipe")
 

@@ -65,19 +65,12 @@ def resize_to(module, state: dict) -> None:
         raise StageError(f"cannot restore the pruned PyTorch model: {str(e).splitlines()[0][:200]}", hint="a layer type whose shape torch-pruning changed is not supported for chaining; put this pass first") from e
 
 
-def load_for_pass(inputs: dict[str, Artifact], ctx, where: str):
-    """The PyTorch module behind the model entering the pass: a previous torch pass's, or the source's."""
-    import torch
-
+def check_torch_input(model: Artifact, ctx, where: str) -> None:
+    """Fail early (before a worker starts) when no PyTorch model stands behind the pass's input."""
     from ..recipe import ModelFormat
 
-    model = inputs["model"]
-    info = model.meta.get("torch")
-    if info:
-        module = build_module(info["entrypoint"], Path(info["recipe_dir"]), f"{where} (entrypoint of an earlier pass)")
-        state = torch.load(Path(model.path).parent / info["state"], map_location="cpu", weights_only=True)
-        resize_to(module, state)
-        return module.eval(), info["entrypoint"]
+    if model.meta.get("torch"):
+        return
     passes = model.meta.get("passes")
     if passes:
         raise BadInputError(
@@ -89,6 +82,20 @@ def load_for_pass(inputs: dict[str, Artifact], ctx, where: str):
             f"{where}: needs a PyTorch source (model.format: pytorch with an entrypoint), got '{ctx.model.format.value}'",
             hint="use method: magnitude or 2:4 for other sources",
         )
+
+
+def load_for_pass(inputs: dict[str, Artifact], ctx, where: str):
+    """The PyTorch module behind the model entering the pass: a previous torch pass's, or the source's."""
+    import torch
+
+    model = inputs["model"]
+    info = model.meta.get("torch")
+    if info:
+        module = build_module(info["entrypoint"], Path(info["recipe_dir"]), f"{where} (entrypoint of an earlier pass)")
+        state = torch.load(Path(model.path).parent / info["state"], map_location="cpu", weights_only=True)
+        resize_to(module, state)
+        return module.eval(), info["entrypoint"]
+    check_torch_input(model, ctx, where)
     from ..ingest import ConvertContext
     from ..ingest.torch import _load_module
 

@@ -126,6 +126,10 @@ def test_dynamic_and_fp16(trained, tmp_path):
     assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # I/O kept in FP32
     assert any(i.data_type == TensorProto.FLOAT16 for i in m.graph.initializer)
     assert abs(fp16.record["after"]["accuracy"]["top1"] - fp16.record["before"]["accuracy"]["top1"]) < 0.01
+    full = run_pass({"mode": "fp16", "keep_io_types": False}, model, tmp_path, validation=val)  # float16 I/O, measured too
+    m = onnx.load(str(full.outputs["model"].path))
+    assert m.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    assert full.record["after"]["accuracy"]["cosine"] > 0.999
 
 
 def test_already_quantized_is_left_alone(trained, tmp_path):

@@ -27,9 +27,23 @@ def _session(path: Path, threads: int = 1):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+_ORT_TYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+def _cast(sess, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs in the dtype the model declares (an fp16 model without keep_io_types takes float16)."""
+    out = {}
+    for i in sess.get_inputs():
+        a = arrays[i.name]
+        want = _ORT_TYPES.get(i.type)
+        out[i.name] = a.astype(want) if want is not None and a.dtype != want else a
+    return out
+
+
 def run_model(path: Path, arrays: dict[str, np.ndarray], batch: int = 256) -> list[np.ndarray]:
     """All outputs of the model on all samples (batched when the first axis is dynamic)."""
     sess = _session(path, threads=2)
+    arrays = _cast(sess, arrays)
     names = [i.name for i in sess.get_inputs()]
     dynamic = all(not isinstance(i.shape[0], int) for i in sess.get_inputs())
     step = batch if dynamic else 1
@@ -37,12 +51,16 @@ def run_model(path: Path, arrays: dict[str, np.ndarray], batch: int = 256) -> li
     chunks: list[list[np.ndarray]] = []
     for i in range(0, n, step):
         chunks.append(sess.run(None, {k: arrays[k][i : i + step] for k in names}))
-    return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(chunks[0]))]
+    outs = []
+    for k in range(len(chunks[0])):
+        o = np.concatenate([c[k] for c in chunks], axis=0)
+        outs.append(o.astype(np.float32) if o.dtype == np.float16 else o)  # compare fp16 outputs in fp32
+    return outs
 
 
 def latency_ms(path: Path, sample: dict[str, np.ndarray], min_seconds: float = 0.3, max_runs: int = 300) -> dict:
     sess = _session(path, threads=1)
-    feed = {i.name: sample[i.name] for i in sess.get_inputs()}
+    feed = _cast(sess, sample)
     for _ in range(5):
         sess.run(None, feed)
     times = []

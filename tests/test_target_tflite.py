@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgepack.artifact import Artifact
+from edgepack.artifact import Artifact, digest_path
 from edgepack.cache import StageCache
 from edgepack.data import freeze
 from edgepack.devices import LOCAL
@@ -55,6 +55,7 @@ def compile_and_validate(tmp_path: Path, typ: str, precision: str, onnx_path: Pa
     validation = freeze({name: val}, labels, data, "validation")
     model = Artifact(onnx_path, "onnx")
     res = engine.run(f"compile {typ}", stage, {"model": model, "calibration": calibration})
+    assert digest_path(onnx_path) == model.digest  # the input artifact is never modified (onnx2tf rewrites its input file)
     art = res.outputs["artifact"]
     reference = engine.run("reference", ReferenceStage(), {"model": model, "validation": validation}).outputs["outputs"]
     bench = Benchmark(warmup_runs=2, warmup_seconds=0, runs=5, min_seconds=0, threads=1)
@@ -73,8 +74,10 @@ def test_cnn_full_integer_int8_nhwc(tmp_path):
     assert art.format == "tflite" and art.path.suffix == ".tflite" and art.path.is_file()
     assert rec["onnx2tf_file"].endswith("_full_integer_quant.tflite")
     assert rec["calibration"]["samples"] == 32
-    # 1-channel input: no stand-in for onnx2tf's sample images needed; the dynamic batch is pinned, and said
-    assert rec["notes"] == ["input 'input': batch dimension 'batch' fixed to 1"]
+    # 1-channel input: no stand-in for onnx2tf's sample images needed; the dynamic batch is pinned, and said;
+    # onnx2tf's own shape estimation did not run on 4-D -cind data, and said
+    assert rec["notes"][0] == "input 'input': batch dimension 'batch' fixed to 1" and len(rec["notes"]) == 2
+    assert rec["notes"][1].startswith("onnx2tf skipped its ONNX-side shape estimation")
     # the artifact's contract: int8 NHWC input fed through a transpose, int8 output
     assert [(s.shape, s.dtype, s.layout) for s in art.inputs] == [((1, 8, 8, 1), "int8", "NHWC")]
     assert art.outputs[0].dtype == "int8"

@@ -607,6 +607,10 @@ def _feeds(arrays, i, job, input_names):
         a = arrays[m["source"]][i : i + 1]
         if m.get("perm"):
             a = np.transpose(a, m["perm"])
+        q = m.get("quantization")  # quantized input (e.g. full-integer TFLite): done here, outside the timed runs
+        if q and a.dtype.kind == "f":
+            info = np.iinfo(q.get("dtype", "int8"))
+            a = np.clip(np.round(a / q["scale"] + q["zero_point"]), info.min, info.max).astype(info.dtype)
         if m.get("dtype"):
             a = a.astype(m["dtype"])
         feeds[m["name"]] = np.ascontiguousarray(a)

@@ -110,16 +110,18 @@ def describe(path: Path, onnx_path: Path, ins, outs, sources, shapes, perms, arr
 
     specs_in = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name, layout(shp, p))
                 for d, shp, p in zip(in_details, shapes, perms)]
-    specs_out = [TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name,
-                            ("NHWC" if out_perms[order.index(j)] else None) if len(d["shape"]) == 4 and j in order else None)
-                 for j, d in enumerate(out_details)]
+    specs_out = []
+    for j, d in enumerate(out_details):
+        perm = out_perms[order.index(j)] if j in order else None
+        specs_out.append(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name, layout(d["shape"], perm)))
     input_map = []
     for src, d, p in zip(sources, in_details, perms):
         m = {"source": src, "name": d["name"], "perm": p}
         if np.dtype(d["dtype"]).kind == "f":
             m["dtype"] = np.dtype(d["dtype"]).name
         elif d["quantization"][0]:
-            m["quantization"] = {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+            m["quantization"] = {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1]),
+                                 "dtype": np.dtype(d["dtype"]).name}
         input_map.append(m)
     meta = {
         "input_map": input_map,

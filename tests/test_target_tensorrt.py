@@ -218,6 +218,7 @@ def test_engine_built_and_validated_on_a_gpu(tmp_path):
     art = res.outputs["artifact"]
     assert art.meta["engine"] == "built here", res.record["engine"]
     assert (art.path / "model.plan").stat().st_size > 0 and (art.path / "timing.cache").stat().st_size > 0
+    assert res.record["engine_check"]["engine"] == "shipped" and res.record["engine_check"]["cosine_vs_fp32"][0] > 0.999
     adapter = runner.TensorRTAdapter()
     info = adapter.load(str(art.path), None, {"engine_cache": str(tmp_path / "engines")})
     assert info["engine"] == "shipped"

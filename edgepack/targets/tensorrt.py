@@ -20,6 +20,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 
 from ..artifact import Artifact
 from ..engine import StageResult, package_versions
@@ -83,11 +85,12 @@ class TensorRTTarget(TargetStage):
             shutil.copyfile(fp32.path, onnx_out)
         record["shapes"] = set_shapes(onnx_out, self.opts, self.ctx.where)
         calib = inputs["calibration"].path if "calibration" in inputs else None
-        record["check"] = check_with_ort(fp32.path, onnx_out, record["shapes"]["profile"] or None, calib)
+        record["check"], feeds, reference = check_with_ort(fp32.path, onnx_out, record["shapes"]["profile"] or None, calib)
         spec = _build_spec(self.opts, precision, record["shapes"]["profile"])
         built = _try_build(out, spec, record)
         if built:
             spec["built"] = built
+            record["engine_check"] = _engine_check(out, feeds, reference)
         (out / "build_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
         meta = {"runtime": self.runtime, "precision": precision, "engine": "built here" if built else "built on device"}
         if self.opts["engine_cache"]:
@@ -199,3 +202,23 @@ def _try_build(out: Path, spec: dict, record: dict) -> dict | None:
     key = trt_cache_key(spec, str(out / "model.onnx"), trt.__version__, cc, jetpack_release())
     record["engine"] = {"status": "built here", **facts, "compute_capability": cc}
     return {"cache_key": key, "tensorrt": trt.__version__, "compute_capability": cc}
+
+
+def _engine_check(folder: Path, feeds: dict, reference: list) -> dict:
+    """Run the engine just built (the device runner's own adapter, on this GPU) on the check sample."""
+    from ..devices.runner import TensorRTAdapter
+    from .tensorrt_graph import max_abs_diffs
+
+    adapter = TensorRTAdapter()
+    info = adapter.load(str(folder), None, {"engine_cache": str(folder / "_engines")})
+    got = adapter.run(feeds)
+    shutil.rmtree(folder / "_engines", ignore_errors=True)
+    cos = []
+    for g, r in zip(got, reference):
+        g64, r64 = np.asarray(g, np.float64).ravel(), np.asarray(r, np.float64).ravel()
+        denom = float(np.linalg.norm(g64) * np.linalg.norm(r64))
+        cos.append(float(g64 @ r64 / denom) if denom > 0 else 1.0)
+    if min(cos, default=1.0) < 0.9:
+        raise StageError(f"the TensorRT engine built here disagrees with the FP32 model (cosine {min(cos):.3f} on one sample)",
+                         hint="see the stage log; try precision fp32 to tell a precision problem from a parser one")
+    return {"engine": info.get("engine"), "max_abs_diff_vs_fp32": max_abs_diffs(got, reference), "cosine_vs_fp32": cos}

@@ -109,8 +109,9 @@ def _check_rank(where, key, cur, want):
         raise BadInputError(f"{where}.options.{key}: rank {len(want)} but the model input has rank {len(cur)} ({cur})")
 
 
-def check_with_ort(fp32: Path, prepared: Path, profile: dict | None, calibration: Path | None) -> dict:
-    """One sample (calibration sample 0, else seeded random) through the FP32 and the prepared model (smoke check, recorded)."""
+def check_with_ort(fp32: Path, prepared: Path, profile: dict | None, calibration: Path | None):
+    """One sample (calibration sample 0, else seeded random) through the FP32 and the prepared model
+    (smoke check, recorded). Returns (record, feeds, FP32 outputs) so an engine built here is checked on the same sample."""
     import onnxruntime as ort
 
     from ..data import read_npz
@@ -131,5 +132,9 @@ def check_with_ort(fp32: Path, prepared: Path, profile: dict | None, calibration
         ref = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, feeds)
     except Exception as e:
         raise StageError(f"the TensorRT-ready ONNX model does not run in ONNX Runtime: {str(e).splitlines()[0][:240]}") from e
-    return {"max_abs_diff_vs_fp32": [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if a.size else 0.0
-                                     for a, b in zip(got, ref)]}
+    return {"max_abs_diff_vs_fp32": max_abs_diffs(got, ref)}, feeds, ref
+
+
+def max_abs_diffs(got, ref) -> list[float]:
+    return [float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.asarray(b).size else 0.0
+            for a, b in zip(got, ref)]

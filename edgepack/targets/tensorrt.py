@@ -89,9 +89,10 @@ class TensorRTTarget(TargetStage):
         spec = _build_spec(self.opts, precision, record["shapes"]["profile"])
         built = _try_build(out, spec, record)
         if built:
-            spec["built"] = built
-            record["engine_check"] = _engine_check(out, feeds, reference)
+            spec["built"] = built  # the device runner uses model.plan only where its own key matches this one
         (out / "build_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+        if built:
+            record["engine_check"] = _engine_check(out, feeds, reference)
         meta = {"runtime": self.runtime, "precision": precision, "engine": "built here" if built else "built on device"}
         if self.opts["engine_cache"]:
             meta["runner_options"] = {"engine_cache": self.opts["engine_cache"]}

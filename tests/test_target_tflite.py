@@ -108,6 +108,33 @@ def test_mlp_dynamic_batch_dynamic_range(tmp_path):
     assert fid["max_abs_error"] < 1e-4 and fid["top1_agreement"] == 1.0
 
 
+def test_rgb_input_without_calibration_stays_offline(tmp_path, monkeypatch):
+    """A 3-channel image input makes onnx2tf fetch sample images from GitHub; with the network made
+    unreachable (a dead proxy for the worker) the conversion must still succeed, and say what it did."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 3)).eval()
+    onnx_path = tmp_path / "rgb.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 8, 8),), str(onnx_path), input_names=["image"], output_names=["scores"],
+                      opset_version=17, dynamo=False)
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    section = model_section("image", ["batch", 3, 8, 8], "NCHW")
+    stage = make_target(Target(type=TargetType.TFLITE, precision="fp32"), TargetContext(WHERE, tmp_path, section))
+    model = Artifact(onnx_path, "onnx")
+    res = Engine(StageCache(tmp_path / "cache"), log_dir=tmp_path / "logs").run("compile tflite", stage, {"model": model})
+    rec, art = res.record, res.outputs["artifact"]
+    assert "onnx2tf's sample-image download replaced by seeded random images (no calibration data)" in rec["notes"]
+    assert rec["calibration"].startswith("none")
+    assert art.inputs[0].shape == (1, 8, 8, 3) and art.inputs[0].layout == "NHWC"
+    check = rec["sample_check"]["outputs"][0]
+    assert check["cosine"] > 0.9999 and check["max_abs_error"] < 1e-4  # seeded random sample vs ONNX Runtime
+    assert digest_path(onnx_path) == model.digest
+
+
 def _stage(precision=None, options=None, **kw):
     return make_target(Target(type=TargetType.TFLITE, precision=precision, options=options or {}, **kw),
                        TargetContext(WHERE, Path("."), model_section("input", ["batch", 1, 8, 8])))

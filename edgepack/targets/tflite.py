@@ -91,6 +91,11 @@ class TFLiteTarget(TargetStage):
         scratch = (workdir / "_onnx2tf").resolve()  # absolute: onnx2tf runs with it as the working directory
         scratch.mkdir()
         calib_args = self._calibration_files(ins, sources, arrays, perms, scratch, record)
+        for src_name, shape, perm in zip(sources, shapes, perms):
+            tf_shape = [shape[i] for i in perm] if perm else shape
+            if len(tf_shape) == 4 and tf_shape[-1] == 3:  # what makes onnx2tf fetch its sample images
+                data = None if arrays is None or src_name not in arrays else arrays[src_name]
+                self._offline_stand_in(None if data is None else (np.transpose(data, perm) if perm else data), scratch, record)
         out_dir = scratch / "out"
         # onnx2tf rewrites its input file in place (simplified, shapes overwritten): give it a copy,
         # never the cached artifact
@@ -183,22 +188,26 @@ class TFLiteTarget(TargetStage):
             path = scratch / f"calib_{len(args)}.npy"
             np.save(path, np.ascontiguousarray(a))
             args.append([spec["name"], str(path), 0.0, 1.0])  # mean 0, std 1: the data is already normalized
-            if a.ndim == 4 and a.shape[-1] == 3:
-                self._offline_stand_in(a, scratch, record)
         record["calibration"] = {"samples": int(len(next(iter(arrays.values())))), "normalization": "none (mean 0, std 1)"}
         return args
 
     @staticmethod
-    def _offline_stand_in(nhwc: np.ndarray, scratch: Path, record) -> None:
-        """onnx2tf fetches 20 MS-COCO images for any 3-channel 4-D input, even with -cind; it reads
-        ./SAMPLE_FILE first. We put the recipe's own calibration images there (tiled to 20), so
-        nothing is downloaded; onnx2tf uses them only for its internal shape check."""
+    def _offline_stand_in(nhwc: np.ndarray | None, scratch: Path, record) -> None:
+        """onnx2tf fetches 20 MS-COCO images (GitHub) for any 4-D input whose last TF dimension is 3,
+        even with -cind; it reads ./SAMPLE_FILE first. We put the recipe's own calibration images there
+        (tiled to 20; seeded noise without calibration data), so nothing is downloaded; onnx2tf uses
+        them only for its internal shape check (it resizes them to the input size)."""
         if (scratch / SAMPLE_FILE).exists():
             return
-        reps = int(np.ceil(20 / len(nhwc)))
-        data = np.concatenate([nhwc] * reps, axis=0)[:20].astype(np.float32)
+        if nhwc is None:
+            data = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+            what = "seeded random images (no calibration data)"
+        else:
+            reps = int(np.ceil(20 / len(nhwc)))
+            data = np.concatenate([nhwc] * reps, axis=0)[:20].astype(np.float32)
+            what = "the recipe's calibration images"
         np.save(scratch / SAMPLE_FILE, data)
-        record["notes"].append("onnx2tf's sample-image download replaced by the recipe's calibration images")
+        record["notes"].append(f"onnx2tf's sample-image download replaced by {what}")
 
     def _convert(self, kwargs: dict, scratch: Path) -> str:
         """Run onnx2tf with its stdout captured (returned, and copied into the stage log)."""

@@ -135,6 +135,20 @@ def test_rgb_input_without_calibration_stays_offline(tmp_path, monkeypatch):
     assert digest_path(onnx_path) == model.digest
 
 
+def test_conversion_runs_isolated_with_its_timeout(tmp_path):
+    """options.timeout_s bounds the worker: a conversion that cannot finish fails that stage with one line."""
+    from edgepack.errors import StageError
+
+    section = model_section("input", ["batch", 1, 8, 8], "NCHW")
+    stage = make_target(Target(type=TargetType.TFLITE, precision="fp32", options={"timeout_s": 1}), TargetContext(WHERE, tmp_path, section))
+    assert stage.isolated and stage.timeout == 1.0
+    model = Artifact(tiny_onnx(tmp_path / "cnn.onnx"), "onnx")
+    with pytest.raises(StageError) as e:
+        Engine(StageCache(tmp_path / "cache"), log_dir=tmp_path / "logs").run("compile tflite", stage, {"model": model})
+    assert "compile tflite" in e.value.message and "timed out after 1s" in e.value.message
+    assert not list((tmp_path / "cache").rglob("*.tflite"))  # nothing half-written left in the cache
+
+
 def _stage(precision=None, options=None, **kw):
     return make_target(Target(type=TargetType.TFLITE, precision=precision, options=options or {}, **kw),
                        TargetContext(WHERE, Path("."), model_section("input", ["batch", 1, 8, 8])))

@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     import openvino as ov
 
-    xml = args.ir if args.ir.endswith(".xml") else sorted(glob.glob(os.path.join(args.ir, "*.xml")))[0]
+    xml = args.ir if args.ir.endswith(".xml") else min(glob.glob(os.path.join(args.ir, "*.xml")))
     core = ov.Core()
     cm = core.compile_model(core.read_model(xml), "CPU",
                             {"INFERENCE_PRECISION_HINT": args.precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})

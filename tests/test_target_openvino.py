@@ -8,14 +8,19 @@ import os
 
 import numpy as np
 import pytest
+from conftest import REPO, run_cli, tiny_onnx
+from test_target_tflite import (
+    WHERE,
+    compile_and_validate,
+    images,
+    model_section,
+    tiny_mlp_onnx,
+)
 
 from edgepack.artifact import Artifact
 from edgepack.errors import BadInputError
 from edgepack.recipe import Target, TargetType
 from edgepack.targets import TargetContext, make_target
-
-from conftest import REPO, run_cli, tiny_onnx
-from test_target_tflite import WHERE, compile_and_validate, images, model_section, tiny_mlp_onnx
 
 
 def test_cnn_int8_nncf(tmp_path):

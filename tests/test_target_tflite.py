@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_onnx
 
 from edgepack.artifact import Artifact, digest_path
 from edgepack.cache import StageCache
@@ -17,8 +18,6 @@ from edgepack.errors import BadInputError
 from edgepack.recipe import Benchmark, InputSpec, ModelSection, Target, TargetType
 from edgepack.targets import TargetContext, make_target
 from edgepack.validate import ReferenceStage, ValidateStage
-
-from conftest import tiny_onnx
 
 WHERE = "recipe.yaml:30:5 targets[1]"
 

@@ -203,7 +203,7 @@ class OpenVINOAdapter:
                 if hasattr(value, "to_string"):  # an openvino Type: 'f32', not "<Type: 'float32'>"
                     value = value.to_string()
                 info[key] = value if isinstance(value, (int, float, list)) else str(value)
-            except Exception as e:  # a property the plugin does not expose
+            except Exception as e:  # noqa: BLE001 - a property the plugin does not expose: recorded, not fatal
                 info[key] = f"unavailable: {e.__class__.__name__}"
         return info
 

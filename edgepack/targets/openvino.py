@@ -18,7 +18,16 @@ from ..data import read_npz
 from ..engine import StageResult, package_versions
 from ..errors import BadInputError, StageError, require_backend
 from . import TargetStage
-from .common import check_options, check_precision, compare, first_sample, onnx_io, onnx_reference, quantized_ops, source_names
+from .common import (
+    check_options,
+    check_precision,
+    compare,
+    first_sample,
+    onnx_io,
+    onnx_reference,
+    quantized_ops,
+    source_names,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 OPTIONS = {

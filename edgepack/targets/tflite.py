@@ -101,7 +101,7 @@ class TFLiteTarget(TargetStage):
         # never the cached artifact
         onnx_copy = scratch / Path(src.path).name
         shutil.copyfile(src.path, onnx_copy)
-        kwargs = dict(
+        kwargs = dict(  # noqa: C408 - onnx2tf.convert's keyword arguments, recorded below
             input_onnx_file_path=str(onnx_copy),
             output_folder_path=str(out_dir),
             overwrite_input_shape=[f"{s['name']}:{','.join(map(str, shp))}" for s, shp in zip(ins, shapes)],
@@ -188,7 +188,7 @@ class TFLiteTarget(TargetStage):
             path = scratch / f"calib_{len(args)}.npy"
             np.save(path, np.ascontiguousarray(a))
             args.append([spec["name"], str(path), 0.0, 1.0])  # mean 0, std 1: the data is already normalized
-        record["calibration"] = {"samples": int(len(next(iter(arrays.values())))), "normalization": "none (mean 0, std 1)"}
+        record["calibration"] = {"samples": len(next(iter(arrays.values()))), "normalization": "none (mean 0, std 1)"}
         return args
 
     @staticmethod

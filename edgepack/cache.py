@@ -81,5 +81,16 @@ class StageCache:
         os.rename(workdir, final)
         return {k: Artifact.from_json(v, base=final) for k, v in meta["outputs"].items()}
 
+    def evict_containing(self, path: Path) -> bool:
+        """Remove the cache entry that holds ``path`` (if it is inside this cache)."""
+        try:
+            rel = Path(path).resolve().relative_to(self.root.resolve())
+        except ValueError:
+            return False
+        if len(rel.parts) < 2 or rel.parts[0] == "tmp":
+            return False
+        shutil.rmtree(self.root / rel.parts[0] / rel.parts[1], ignore_errors=True)
+        return True
+
     def discard(self, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -88,6 +88,19 @@ class Progress:
             print(f"{prefix}  {name:<34} {status:<7} {seconds:6.1f}s{extra}", file=self.stream, flush=True)
 
 
+def _identity(a: Artifact) -> str:
+    """What an input contributes to a cache key: its content digest, plus its meta (which tells
+    runners how to feed it) without absolute paths, so keys do not depend on where files live."""
+    import hashlib
+    import json
+    import os
+
+    meta = {k: v for k, v in a.meta.items() if not (isinstance(v, str) and os.path.isabs(v))}
+    if not meta:
+        return a.digest
+    return a.digest + ":" + hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _run_stage(stage: Stage, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
     return stage.run(inputs, workdir)
 
@@ -100,7 +113,21 @@ class Engine:
         self.lineage: list[dict[str, Any]] = []
 
     def key_for(self, stage: Stage, inputs: dict[str, Artifact]) -> str:
-        return stage_key(stage.kind, stage.version, stage.config(), {k: a.digest for k, a in inputs.items()}, stage.toolchain())
+        return stage_key(stage.kind, stage.version, stage.config(), {k: _identity(a) for k, a in inputs.items()}, stage.toolchain())
+
+    def _check_inputs_unchanged(self, name: str, inputs: dict[str, Artifact]) -> None:
+        """A stage must never write to its inputs (some converters rewrite the file they are given:
+        onnx2tf does). Catch it, drop the corrupted cache entry, and fail loudly rather than let a
+        cache entry silently disagree with its digest."""
+        from .artifact import digest_path
+
+        for k, a in inputs.items():
+            if a.path.exists() and digest_path(a.path) != a.digest:
+                evicted = self.cache.evict_containing(a.path)
+                raise StageError(
+                    f"{name}: the stage modified its input '{k}' ({a.path.name}) in place",
+                    hint="this is an edgepack bug; " + ("the corrupted cache entry was removed, rerun the build" if evicted else "restore the file"),
+                )
 
     def run(self, name: str, stage: Stage, inputs: dict[str, Artifact]) -> StageResult:
         if stage.uses is not None:
@@ -132,6 +159,7 @@ class Engine:
                     )
                 else:
                     result = stage.run(inputs, workdir)
+                self._check_inputs_unchanged(name, inputs)
                 stage.check_outputs(inputs, result)
                 if stage.cacheable:
                     result.outputs = self.cache.commit(key, workdir, result.outputs, result.record)

@@ -61,7 +61,7 @@ def run_isolated(
         try:
             status, payload = parent.recv()
         except EOFError as e:
-            proc.join()
+            proc.join(timeout=10)  # a worker that closed the pipe but does not exit is killed below, not waited for
             raise StageError(
                 f"{what} crashed ({_exit_reason(proc.exitcode)})", hint=f"log: {log_path}" if log_path else None
             ) from e
@@ -101,4 +101,6 @@ def _exit_reason(code: int | None) -> str:
             return f"killed by {signal.Signals(-code).name}"
         except ValueError:
             return f"killed by signal {-code}"
+    if code is None:
+        return "closed its result pipe and did not exit"
     return f"exit code {code}"

@@ -178,11 +178,14 @@ def _from_onnx(ct, onnx_path: Path, in_specs, ct_inputs, out_names, kwargs, work
     # working directory: a seeded stand-in keeps the build offline (only its internal check reads it).
     np.save(scratch / "calibration_image_sample_data_20x128x128x3_float32.npy",
             np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32))
+    # onnx2tf rewrites the ONNX file it is given (onnxsim in place): hand it a copy, never the cached input
+    private = scratch / "input.onnx"
+    shutil.copyfile(onnx_path, private)
     cwd = os.getcwd()
     os.chdir(scratch)  # a worker process: changing its cwd touches nothing else
     try:
         model = onnx2tf.convert(
-            input_onnx_file_path=str(onnx_path), output_folder_path=str(scratch / "out"), non_verbose=True,
+            input_onnx_file_path=str(private), output_folder_path=str(scratch / "out"), non_verbose=True,
             overwrite_input_shape=[f"{s.name}:{','.join(map(str, s.shape))}" for s in in_specs],
             keep_ncw_or_nchw_or_ncdhw_input_names=[s.name for s in in_specs if len(s.shape) in (3, 4, 5)],
             disable_model_save=True,

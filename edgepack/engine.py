@@ -115,14 +115,22 @@ class Engine:
     def key_for(self, stage: Stage, inputs: dict[str, Artifact]) -> str:
         return stage_key(stage.kind, stage.version, stage.config(), {k: _identity(a) for k, a in inputs.items()}, stage.toolchain())
 
-    def _check_inputs_unchanged(self, name: str, inputs: dict[str, Artifact]) -> None:
+    @staticmethod
+    def _input_digests(inputs: dict[str, Artifact]) -> dict[str, str]:
+        """What each input's files hash to before the stage runs (an artifact's own digest may cover
+        more than its path, e.g. a PyTorch source's module + weights, or data hashed by array content)."""
+        from .artifact import digest_path
+
+        return {k: digest_path(a.path) for k, a in inputs.items() if a.path.exists()}
+
+    def _check_inputs_unchanged(self, name: str, inputs: dict[str, Artifact], before: dict[str, str]) -> None:
         """A stage must never write to its inputs (some converters rewrite the file they are given:
         onnx2tf does). Catch it, drop the corrupted cache entry, and fail loudly rather than let a
         cache entry silently disagree with its digest."""
         from .artifact import digest_path
 
         for k, a in inputs.items():
-            if a.path.exists() and digest_path(a.path) != a.digest:
+            if k in before and (not a.path.exists() or digest_path(a.path) != before[k]):
                 evicted = self.cache.evict_containing(a.path)
                 raise StageError(
                     f"{name}: the stage modified its input '{k}' ({a.path.name}) in place",
@@ -146,6 +154,7 @@ class Engine:
             except EdgepackError as e:
                 self.progress.done(name, "failed", time.perf_counter() - t0)
                 raise type(e)(f"{name}: {e.message}", e.hint) from e
+            before = self._input_digests(inputs)
             workdir = self.cache.new_workdir(key)
             log_path = None
             if self.log_dir is not None:
@@ -159,7 +168,7 @@ class Engine:
                     )
                 else:
                     result = stage.run(inputs, workdir)
-                self._check_inputs_unchanged(name, inputs)
+                self._check_inputs_unchanged(name, inputs, before)
                 stage.check_outputs(inputs, result)
                 if stage.cacheable:
                     result.outputs = self.cache.commit(key, workdir, result.outputs, result.record)

@@ -135,6 +135,28 @@ def _export_dynamo(module, example, names, out_names, dyn, opset, out: Path):
         kwargs["dynamic_shapes"] = tuple(shapes)
     prog = torch.onnx.export(module, example, **kwargs)
     prog.save(str(out))
+    _rename_dims(out, names, dyn)
+
+
+def _rename_dims(path: Path, names, dyn) -> None:
+    """torch.export names dynamic dims itself ('s77'); give them the recipe's names ('batch') everywhere."""
+    import onnx
+
+    m = onnx.load(str(path))
+    inputs = {i.name: i for i in m.graph.input}
+    rename = {}
+    for n in names:
+        for ax, sym in dyn.get(n, {}).items():
+            dims = inputs[n].type.tensor_type.shape.dim if n in inputs else []
+            if ax < len(dims) and dims[ax].dim_param and dims[ax].dim_param != sym:
+                rename[dims[ax].dim_param] = sym
+    if not rename:
+        return
+    for v in list(m.graph.input) + list(m.graph.output) + list(m.graph.value_info):
+        for d in v.type.tensor_type.shape.dim:
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+    onnx.save(m, str(path))
 
 
 def _export_torchscript(module, example, names, out_names, dyn, opset, out: Path):

@@ -87,7 +87,6 @@ def test_input_shape_the_model_rejects(tiny_recipe):
 
 
 def test_pytorch_input_shape_the_model_rejects(digits_recipe, tmp_path):
-    d = digits_recipe.parent
     _edit(digits_recipe, "shape: [batch, 1, 8, 8]", "shape: [batch, 1, 5, 5]")
     _edit(digits_recipe, "data:\n  calibration:\n    loader: digits_data:calibration\n  validation:\n    loader: digits_data:validation     # returns (inputs, labels)\n", "")
     _edit(digits_recipe, "optimize:\n  - pass: quantize\n    mode: static", "optimize:\n  - pass: quantize\n    mode: dynamic")

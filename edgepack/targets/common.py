@@ -69,6 +69,18 @@ def quantized_ops(path: Path) -> list[str]:
     return [op for op in count_ops(path) if op in QUANTIZED_OPS]
 
 
+def check_self_quantizing(where: str, inputs: dict, method: str, no_data_hint: str = "add data.calibration to the recipe") -> None:
+    """A target that quantizes to int8 itself needs calibration data and a float input model."""
+    if "calibration" not in inputs:
+        raise BadInputError(f"{where}.precision: int8 ({method}) needs calibration data", hint=no_data_hint)
+    q = quantized_ops(inputs["model"].path)
+    if q:
+        raise BadInputError(
+            f"{where}.input: precision int8 quantizes the model itself, but its input model is already quantized ({', '.join(q)})",
+            hint="set 'input: fp32' on this target",
+        )
+
+
 def source_names(onnx_inputs: list[dict], arrays: dict[str, np.ndarray] | None, recipe_inputs: list[str]) -> list[str]:
     """For each ONNX input, the recipe/data input name that feeds it (same name, else same position)."""
     out = []

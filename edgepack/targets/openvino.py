@@ -16,11 +16,12 @@ import numpy as np
 from ..artifact import Artifact, TensorSpec
 from ..data import read_npz
 from ..engine import StageResult, package_versions
-from ..errors import BadInputError, StageError, require_backend
+from ..errors import StageError, require_backend
 from . import TargetStage
 from .common import (
     check_options,
     check_precision,
+    check_self_quantizing,
     compare,
     first_sample,
     onnx_io,
@@ -62,15 +63,8 @@ class OpenVINOTarget(TargetStage):
         return versions
 
     def check_inputs(self, inputs):
-        if self.precision != "int8":
-            return
-        if "calibration" not in inputs:
-            raise BadInputError(f"{self.ctx.where}.precision: int8 (NNCF post-training quantization) needs calibration data",
-                                hint="add data.calibration to the recipe")
-        q = quantized_ops(inputs["model"].path)
-        if q:
-            raise BadInputError(f"{self.ctx.where}.input: precision int8 quantizes the model itself, but its input model is already quantized ({', '.join(q)})",
-                                hint="set 'input: fp32' on this target")
+        if self.precision == "int8":
+            check_self_quantizing(self.ctx.where, inputs, "NNCF post-training quantization")
 
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         require_backend("openvino", "openvino")

@@ -25,7 +25,7 @@ from ..data import read_npz
 from ..engine import StageResult, package_versions
 from ..errors import BadInputError, StageError, require_backend
 from . import TargetStage
-from .common import check_options, check_precision, onnx_io, quantized_ops, source_names
+from .common import check_options, check_precision, check_self_quantizing, onnx_io, quantized_ops, source_names
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
 OPTIONS = {
@@ -65,14 +65,9 @@ class TFLiteTarget(TargetStage):
         return package_versions("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnxruntime", "onnxsim", "ai-edge-litert")
 
     def check_inputs(self, inputs):
-        if self.precision == "int8" and "calibration" not in inputs:
-            raise BadInputError(f"{self.ctx.where}.precision: int8 (full-integer) needs calibration data",
-                                hint="add data.calibration to the recipe, or use precision int8-dynamic")
         if self.precision == "int8":
-            q = quantized_ops(inputs["model"].path)
-            if q:
-                raise BadInputError(f"{self.ctx.where}.input: precision int8 quantizes the model itself, but its input model is already quantized ({', '.join(q)})",
-                                    hint="set 'input: fp32' on this target")
+            check_self_quantizing(self.ctx.where, inputs, "full-integer",
+                                  no_data_hint="add data.calibration to the recipe, or use precision int8-dynamic")
 
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         require_backend("onnx2tf", "tflite")

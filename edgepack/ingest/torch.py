@@ -17,18 +17,26 @@ from ..recipe import ModelFormat
 from . import ConvertContext, Converted
 
 
+def build_module(entrypoint: str, recipe_dir: Path, where: str):
+    """Call a 'module:function' entrypoint and check it returns a torch.nn.Module."""
+    import torch
+
+    fn = resolve(entrypoint, recipe_dir, where)
+    try:
+        module = fn()
+    except Exception as e:
+        raise BadInputError(f"{where}: '{entrypoint}' raised {e.__class__.__name__}: {e}") from e
+    if not isinstance(module, torch.nn.Module):
+        raise BadInputError(f"{where}: '{entrypoint}' returned {type(module).__name__}, not a torch.nn.Module")
+    return module
+
+
 def _load_module(ctx: ConvertContext):
     import torch
 
     m = ctx.model
     if m.format is ModelFormat.PYTORCH:
-        build = resolve(m.entrypoint, ctx.recipe_dir, f"{ctx.source_where}.entrypoint")
-        try:
-            module = build()
-        except Exception as e:
-            raise BadInputError(f"{ctx.source_where}.entrypoint: '{m.entrypoint}' raised {e.__class__.__name__}: {e}") from e
-        if not isinstance(module, torch.nn.Module):
-            raise BadInputError(f"{ctx.source_where}.entrypoint: '{m.entrypoint}' returned {type(module).__name__}, not a torch.nn.Module")
+        module = build_module(m.entrypoint, ctx.recipe_dir, f"{ctx.source_where}.entrypoint")
         if m.weights:
             weights = Path(ctx.source.meta.get("weights") or ctx.source.path)
             try:

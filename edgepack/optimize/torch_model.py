@@ -15,23 +15,9 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import BadInputError, StageError
+from ..ingest.torch import build_module  # noqa: F401  (re-exported for the torch passes)
 
 STATE_FILE = "torch_state.pt"
-
-
-def build_module(entrypoint: str, recipe_dir: Path, where: str):
-    import torch
-
-    from ..entrypoints import resolve
-
-    fn = resolve(entrypoint, recipe_dir, where)
-    try:
-        module = fn()
-    except Exception as e:
-        raise BadInputError(f"{where}: '{entrypoint}' raised {e.__class__.__name__}: {e}") from e
-    if not isinstance(module, torch.nn.Module):
-        raise BadInputError(f"{where}: '{entrypoint}' returned {type(module).__name__}, not a torch.nn.Module")
-    return module
 
 
 def resize_to(module, state: dict) -> None:

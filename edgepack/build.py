@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import platform
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -298,8 +299,15 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         bundle = write_bundle(out_dir, {**files, PROVENANCE_NAME: prov}, manifest, report)
     finally:
         prov.unlink(missing_ok=True)
-    sign_bundle(bundle, key)
-    verify_bundle(bundle, _public_key_for(key))
+    pkg = r.package
+    cert = lr.resolve(pkg.certificate) if pkg.certificate else None
+    chain = [lr.resolve(c) for c in pkg.certificate_chain]
+    sign_bundle(bundle, key, certificate=cert, certificate_chain=chain)
+    if cert is not None and chain:
+        verify_bundle(bundle, cert_chain=chain)  # the certificate must chain to the recipe's CA
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgepack-pub-") as d:  # the public half of the key just used
+            verify_bundle(bundle, _public_pem(key, Path(d)))
     progress.done("package + sign", "ok", time.perf_counter() - t0)
     published = None
     if publish:
@@ -314,6 +322,20 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
 
 def _public_key_for(private: Path) -> Path:
     return private.with_name(private.stem + ".pub.pem")
+
+
+def _public_pem(private: Path, folder: Path) -> Path:
+    """Write the public half of ``private`` to ``folder`` (a user's key may have no .pub.pem beside it)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from .bundle.sign import load_private_key
+
+    pem = load_private_key(private).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    path = folder / "public.pem"
+    path.write_bytes(pem)
+    return path
 
 
 def _publish(bundle: Path, ref) -> dict:

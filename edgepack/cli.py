@@ -137,9 +137,9 @@ def verify(bundle, key, cert_chain, plain_http):
         return
     from .bundle.sign import verify_bundle
 
-    if cert_chain:
-        raise click.UsageError("--cert-chain works on registry references; verify a folder with --key")
-    info = verify_bundle(Path(bundle), key or _default_pub())
+    if key and cert_chain:
+        raise click.UsageError("give --key or --cert-chain, not both")
+    info = verify_bundle(Path(bundle), None if cert_chain else (key or _default_pub()), cert_chain=cert_chain)
     click.echo(f"OK: {bundle} ({info.get('files_checked', '?')} files, signer {info.get('signer_fingerprint', '')})")
 
 

@@ -255,7 +255,15 @@ class Gates(Strict):
 
 class Package(Strict):
     key: str | None = Field(None, description="EC private key (PEM). Default: $EDGEPACK_HOME/keys/signing-key.pem.")
+    certificate: str | None = Field(None, description="X.509 signing certificate of the key (PEM), for company-PKI trust.")
+    certificate_chain: list[str] = Field(default_factory=list, description="CA certificates (PEM) up to the root, for the certificate.")
     output: str | None = Field(None, description="Bundle directory (default dist/<name>-<version>).")
+
+    @model_validator(mode="after")
+    def _chain_needs_cert(self):
+        if self.certificate_chain and not self.certificate:
+            raise ValueError("certificate_chain needs 'certificate' (the signing certificate)")
+        return self
 
 
 class Publish(Strict):

@@ -136,3 +136,36 @@ def tiny_recipe(tmp_path) -> Path:
     np.savez(d / "val.npz", input=x)
     np.save(d / "labels.npy", y)
     return write_recipe(d / "recipe.yaml", TINY_RECIPE)
+
+
+def make_pki(d: Path, name: str):
+    """A CA and a leaf signing certificate (digitalSignature) as PEM files."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+
+    def cert(subject, issuer, key, signer, ca):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+             .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                                          data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
+                                          encipher_only=False, decipher_only=False), critical=True))
+        return b.sign(signer, hashes.SHA256())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert(f"{name} CA", f"{name} CA", ca_key, ca_key, True)
+    leaf = cert(f"{name} signer", f"{name} CA", leaf_key, ca_key, False)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = {"ca": d / f"{name}-ca.pem", "leaf": d / f"{name}-leaf.pem", "key": d / f"{name}-leaf-key.pem"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["leaf"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    return paths

@@ -137,8 +137,12 @@ def _hashing_config():
     )
 
 
-def sign_bundle(bundle_dir: Path, private_key: Path) -> Path:
-    """Sign the whole bundle (all but ``signatures/``); write ``signatures/model.sig`` atomically."""
+def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = None, certificate_chain=()) -> Path:
+    """Sign the whole bundle (all but ``signatures/``); write ``signatures/model.sig`` atomically.
+
+    With ``certificate`` (the key's X.509 signing certificate, PEM) and ``certificate_chain``
+    (intermediate/CA certificates), the signature carries the certificate for company-PKI trust
+    (``verify --cert-chain CA.pem``) instead of a bare public-key hint."""
     from model_signing import signing
 
     bundle_dir = Path(bundle_dir)
@@ -155,7 +159,17 @@ def sign_bundle(bundle_dir: Path, private_key: Path) -> Path:
         foreign = sorted(p.name for p in sig_dir.iterdir() if p.name != SIGNATURE_NAME)
         if foreign:
             raise BadInputError(f"{sig_dir / foreign[0]}: unexpected file; {SIGNATURES_DIR}/ may hold only {SIGNATURE_NAME}")
-        cfg = signing.Config().use_elliptic_key_signer(private_key=Path(private_key).expanduser())
+        if certificate is not None:
+            cert = Path(certificate).expanduser()
+            chain = [Path(c).expanduser() for c in certificate_chain]
+            for c in [cert, *chain]:
+                if not c.is_file():
+                    raise BadInputError(f"certificate {c} not found", hint="check package.certificate / package.certificate_chain")
+            cfg = signing.Config().use_certificate_signer(
+                private_key=Path(private_key).expanduser(), signing_certificate=cert, certificate_chain=chain
+            )
+        else:
+            cfg = signing.Config().use_elliptic_key_signer(private_key=Path(private_key).expanduser())
         cfg.set_hashing_config(_hashing_config()).sign(bundle_dir, tmp)
         atomic_write_bytes(sig_path, tmp.read_bytes())
     except OSError as e:
@@ -165,12 +179,14 @@ def sign_bundle(bundle_dir: Path, private_key: Path) -> Path:
     return sig_path
 
 
-def verify_bundle(bundle_dir: Path, public_key: Path) -> dict:
-    """Check the file list, then the signature. Return a summary dict; raise VerificationError."""
+def verify_bundle(bundle_dir: Path, public_key: Path | None = None, cert_chain=()) -> dict:
+    """Check the file list, then the signature: against an EC public key, or (``cert_chain``: CA
+    certificates, PEM) against the signing certificate the signature carries. Return a summary
+    dict; raise VerificationError."""
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise BadInputError(f"bundle {bundle_dir} is not a folder")
-    key = load_public_key(public_key)
+    key = load_public_key(public_key) if not cert_chain else None
     n = check_files(bundle_dir)
     sig_dir = bundle_dir / SIGNATURES_DIR
     sig_path = sig_dir / SIGNATURE_NAME
@@ -182,14 +198,17 @@ def verify_bundle(bundle_dir: Path, public_key: Path) -> dict:
     extra = sorted(p.name for p in sig_dir.iterdir() if p.name != SIGNATURE_NAME)
     if extra:
         raise VerificationError(f"{SIGNATURES_DIR}/{extra[0]}: unexpected file in {SIGNATURES_DIR}/")
-    _verify_signature(bundle_dir, sig_path, Path(public_key).expanduser())
+    if cert_chain:
+        _verify_with_chain(bundle_dir, sig_path, tuple(cert_chain))
+    else:
+        _verify_signature(bundle_dir, sig_path, Path(public_key).expanduser())
     manifest = read_manifest(bundle_dir)
     return {
         "bundle": str(bundle_dir),
         "name": manifest.get("name"),
         "version": manifest.get("version"),
         "files_checked": n,
-        "signer_fingerprint": fingerprint(key),
+        "signer_fingerprint": fingerprint(key) if key is not None else "certificate",
         "signature": f"{SIGNATURES_DIR}/{SIGNATURE_NAME}",
     }
 
@@ -220,6 +239,32 @@ def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path) -> Non
 
 
 
+def _verify_with_chain(bundle_dir: Path, sig_path: Path, cert_chain: tuple) -> None:
+    """Certificate trust: the signature must chain to ``cert_chain``; then every file must match it."""
+    from ..registry.sigcheck import Trust, check_trust, signed_digests
+
+    trust = Trust(cert_chain=cert_chain)
+    check_trust(trust)
+    signed = signed_digests(sig_path.read_bytes(), trust)
+    actual = {f["path"]: f["sha256"] for f in list_files(bundle_dir)}
+    actual[MANIFEST_NAME] = sha256_file(bundle_dir / MANIFEST_NAME)
+    detail = _diff(signed, actual)
+    if detail:
+        raise VerificationError(f"bundle contents do not match {SIGNATURES_DIR}/{SIGNATURE_NAME}: {detail}")
+
+
+def _diff(signed: dict[str, str], actual: dict[str, str]) -> str | None:
+    parts = []
+    for rel in sorted(set(signed) | set(actual)):
+        if rel not in actual:
+            parts.append(f"{rel}: signed but missing")
+        elif rel not in signed:
+            parts.append(f"{rel}: not covered by the signature")
+        elif signed[rel] != actual[rel]:
+            parts.append(f"{rel}: content differs from the signed content")
+    return "; ".join(parts) or None
+
+
 def _signed_diff(bundle_dir: Path, sig_path: Path) -> str | None:
     """'path: what' for each file differing from the signed payload, or None if unknown.
 
@@ -237,12 +282,4 @@ def _signed_diff(bundle_dir: Path, sig_path: Path) -> str | None:
     actual = {f["path"]: f["sha256"] for f in list_files(bundle_dir)}
     if (bundle_dir / MANIFEST_NAME).is_file():
         actual[MANIFEST_NAME] = sha256_file(bundle_dir / MANIFEST_NAME)
-    parts = []
-    for rel in sorted(set(signed) | set(actual)):
-        if rel not in actual:
-            parts.append(f"{rel}: signed but missing")
-        elif rel not in signed:
-            parts.append(f"{rel}: not covered by the signature")
-        elif signed[rel] != actual[rel]:
-            parts.append(f"{rel}: content differs from the signed content")
-    return "; ".join(parts) or None
+    return _diff(signed, actual)

@@ -176,7 +176,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         except EdgepackError as e:
             entry.update(status="failed", error=e.one_line())
             failures.append(e.one_line())
-            log = engine.log_dir / f"compile_{tid.replace('/', '_').replace(' ', '_')}.log" if engine.log_dir else None
+            log = engine.log_path(f"compile {tid}")
             if log is not None and log.exists():  # an isolated stage's log: kept beside the bundle, its tail in the report
                 from .worker import log_tail
 
@@ -235,7 +235,6 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         "source": {"format": r.model.format.value, "sha256": source.digest},
         "conversion": {**next((s for s in engine.lineage if s["name"] == "convert"), {}), "record": conversion.record},
         "stages": engine.lineage,
-        "records": {},
         "optimize": optimize_records,
         "targets": targets,
         "gates": {"config": r.gates.model_dump(mode="json"), "passed": not gate_failures, "failures": gate_failures},

@@ -112,6 +112,12 @@ class Engine:
         self.log_dir = log_dir
         self.lineage: list[dict[str, Any]] = []
 
+    def log_path(self, name: str) -> Path | None:
+        """Where an executed stage's log goes (isolated stages write their worker's output there)."""
+        if self.log_dir is None:
+            return None
+        return self.log_dir / f"{name.replace('/', '_').replace(' ', '_')}.log"
+
     def key_for(self, stage: Stage, inputs: dict[str, Artifact]) -> str:
         return stage_key(stage.kind, stage.version, stage.config(), {k: _identity(a) for k, a in inputs.items()}, stage.toolchain())
 
@@ -159,7 +165,7 @@ class Engine:
             log_path = None
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
-                log_path = self.log_dir / f"{name.replace('/', '_').replace(' ', '_')}.log"
+                log_path = self.log_path(name)
                 log_path.unlink(missing_ok=True)
             try:
                 if stage.isolated:

@@ -3,7 +3,7 @@
 Usage: python benchmarks/registry_pull.py [--targets 3] [--mb 20] [--repeat 3]
 Prints bytes and median seconds per mode and the ratios to a whole-bundle pull; also oras-py's
 pull of one target manifest (no re-hash, no signature) next to edgepack's verified one.
-Needs /usr/bin/docker-registry (scripts/test.sh installs it).
+Needs /usr/bin/docker-registry (scripts/setup-tests.sh installs it).
 """
 
 from __future__ import annotations

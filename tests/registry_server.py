@@ -26,7 +26,7 @@ USER, PASSWORD = "ci-user", "s3cret-Pa55"
 def available() -> str | None:
     """None when the registry and htpasswd are installed, else the reason to skip."""
     if not Path(REGISTRY_BIN).is_file():
-        return "docker-registry is not installed (scripts/test.sh installs it with apt-get)"
+        return "docker-registry is not installed (scripts/setup-tests.sh installs it with apt-get)"
     if shutil.which("htpasswd") is None:
         return "htpasswd is not installed (apt-get install apache2-utils)"
     return None

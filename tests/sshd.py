@@ -1,4 +1,4 @@
-"""A real OpenSSH server on 127.0.0.1 for device tests (Debian's openssh-server, see scripts/test.sh).
+"""A real OpenSSH server on 127.0.0.1 for device tests (Debian's openssh-server, see scripts/setup-tests.sh).
 
 ``SSHServer.start(tmp)`` generates a host key and a user key with ssh-keygen, writes an sshd_config
 that accepts only that user key, starts ``/usr/sbin/sshd -D`` on a free port as the current user and
@@ -26,7 +26,7 @@ SSHD = "/usr/sbin/sshd"
 def available() -> str | None:
     """None when a test sshd can run here, else the reason."""
     if not Path(SSHD).exists():
-        return "openssh-server is not installed (scripts/test.sh installs it: apt-get install openssh-server)"
+        return "openssh-server is not installed (scripts/setup-tests.sh installs it: apt-get install openssh-server)"
     for tool in ("ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (openssh-client)"

@@ -376,7 +376,7 @@ def test_skopeo_and_oras_read_what_edgepack_pushed(reg, bundle, tmp_path):
     import shutil
 
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed (scripts/test.sh installs it)")
+        pytest.skip("skopeo is not installed (scripts/setup-tests.sh installs it)")
     res = registry.push(bundle, f"{reg.host}/team/interop:1")
     out = tmp_path / "skopeo"
     r = subprocess.run(["skopeo", "copy", "--all", "--src-tls-verify=false", f"docker://{reg.host}/team/interop:1", f"oci:{out}:1"],

@@ -81,6 +81,17 @@ def check_self_quantizing(where: str, inputs: dict, method: str, no_data_hint: s
         )
 
 
+def model_io_and_calibration(inputs: dict, recipe_inputs) -> tuple:
+    """(model artifact, ONNX inputs, ONNX outputs, calibration arrays or None, the recipe input that
+    feeds each ONNX input): what every converting target reads first."""
+    from ..data import read_npz
+
+    src = inputs["model"]
+    ins, outs = onnx_io(src.path)
+    arrays = read_npz(inputs["calibration"].path)[0] if "calibration" in inputs else None
+    return src, ins, outs, arrays, source_names(ins, arrays, [i.name for i in recipe_inputs])
+
+
 def source_names(onnx_inputs: list[dict], arrays: dict[str, np.ndarray] | None, recipe_inputs: list[str]) -> list[str]:
     """For each ONNX input, the recipe/data input name that feeds it (same name, else same position)."""
     out = []

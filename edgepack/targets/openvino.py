@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, TensorSpec
-from ..data import read_npz
 from ..engine import StageResult, package_versions
 from ..errors import StageError, require_backend
 from . import TargetStage
@@ -24,10 +23,9 @@ from .common import (
     check_self_quantizing,
     compare,
     first_sample,
-    onnx_io,
+    model_io_and_calibration,
     onnx_reference,
     quantized_ops,
-    source_names,
 )
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -70,10 +68,7 @@ class OpenVINOTarget(TargetStage):
         require_backend("openvino", "openvino")
         import openvino as ov
 
-        src = inputs["model"]
-        ins, outs = onnx_io(src.path)
-        arrays = read_npz(inputs["calibration"].path)[0] if "calibration" in inputs else None
-        sources = source_names(ins, arrays, [i.name for i in self.ctx.model.inputs])
+        src, ins, outs, arrays, sources = model_io_and_calibration(inputs, self.ctx.model.inputs)
         record: dict = {"precision": self.precision, "converter": "openvino.convert_model", "notes": []}
         if quantized_ops(src.path):
             record["notes"].append(f"input model has quantized ops {quantized_ops(src.path)}: OpenVINO keeps them as FakeQuantize (int8 compute)")

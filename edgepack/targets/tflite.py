@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact
-from ..data import read_npz
 from ..engine import StageResult, package_versions
 from ..errors import BadInputError, StageError, require_backend
 from . import TargetStage
-from .common import check_options, check_precision, check_self_quantizing, onnx_io, quantized_ops, source_names
+from .common import check_options, check_precision, check_self_quantizing, model_io_and_calibration, quantized_ops
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
 OPTIONS = {
@@ -72,10 +71,7 @@ class TFLiteTarget(TargetStage):
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         require_backend("onnx2tf", "tflite")
         require_backend("tensorflow", "tflite")
-        src = inputs["model"]
-        ins, outs = onnx_io(src.path)
-        arrays = read_npz(inputs["calibration"].path)[0] if "calibration" in inputs else None
-        sources = source_names(ins, arrays, [i.name for i in self.ctx.model.inputs])
+        src, ins, outs, arrays, sources = model_io_and_calibration(inputs, self.ctx.model.inputs)
         record: dict = {"precision": self.precision, "converter": "onnx2tf", "notes": []}
         if quantized_ops(src.path):
             record["notes"].append(f"input model already has quantized ops {quantized_ops(src.path)}; onnx2tf converts them as they are")

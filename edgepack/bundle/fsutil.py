@@ -6,12 +6,13 @@ reader (or a crash) never sees a half-written file or directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from edgepack.errors import BadInputError
+from edgepack.errors import BadInputError, EdgepackError
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> Path:
@@ -44,6 +45,20 @@ def temp_dir_beside(dest: Path, what: str) -> Path:
             hint="choose a folder you can write to",
         ) from e
     return tmp
+
+
+@contextlib.contextmanager
+def staged_dir(dest: Path, what: str):
+    """A temp folder beside ``dest`` to build ``what`` in; the caller renames it into place with
+    ``replace_dir``. An OSError becomes one EdgepackError; whatever is left is removed."""
+    tmp = temp_dir_beside(dest, what)
+    try:
+        yield tmp
+    except OSError as e:
+        raise EdgepackError(f"cannot write {what} next to {dest}: {e.strerror or e}") from e
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(new: Path, dest: Path, what: str) -> Path:

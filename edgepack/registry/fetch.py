@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
-from edgepack.bundle.fsutil import replace_dir, safe_relpath, temp_dir_beside
+from edgepack.bundle.fsutil import replace_dir, safe_relpath, staged_dir
 from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME
 from edgepack.bundle.provenance import PROVENANCE_NAME, verify_provenance
-from edgepack.errors import BadInputError, EdgepackError, VerificationError
+from edgepack.errors import BadInputError, VerificationError
 from edgepack.registry.http import OCI_INDEX
 from edgepack.registry.index import A_TARGET, A_TITLE, ARTIFACT_TYPE, SIG_REL, SIGNATURE_TYPE, list_referrers, target_groups
 from edgepack.registry.select import choose_target
@@ -199,9 +198,8 @@ class Artifact:
 def download(art: Artifact, layers: dict[str, dict], out_dir: Path, check=None) -> int:
     """Stream every layer into a temp folder beside ``out_dir``, re-hashing; ``check(tmp)``; rename into place."""
     out_dir = Path(out_dir)
-    tmp = temp_dir_beside(out_dir, "the pulled bundle")
     total = 0
-    try:
+    with staged_dir(out_dir, "the pulled bundle") as tmp:
         (tmp / MANIFEST_NAME).write_bytes(small_blob(art.store, art.config_desc, MANIFEST_NAME))
         for rel, layer in sorted(layers.items()):
             dest = tmp / rel
@@ -221,11 +219,6 @@ def download(art: Artifact, layers: dict[str, dict], out_dir: Path, check=None) 
         if check is not None:
             check(tmp)
         replace_dir(tmp, out_dir, "the pulled bundle")
-    except OSError as e:
-        raise EdgepackError(f"cannot write the pulled bundle next to {out_dir}: {e.strerror or e}") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return total
 
 

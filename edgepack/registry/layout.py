@@ -14,17 +14,16 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from edgepack.artifact import CHUNK, sha256_file
-from edgepack.bundle.fsutil import atomic_write_bytes, replace_dir, safe_relpath, temp_dir_beside
+from edgepack.bundle.fsutil import atomic_write_bytes, replace_dir, safe_relpath, staged_dir
 from edgepack.bundle.manifest import MANIFEST_NAME, SIGNATURES_DIR, check_files, read_manifest
 from edgepack.bundle.sign import SIGNATURE_NAME, load_public_key, verify_bundle
-from edgepack.errors import BadInputError, EdgepackError, VerificationError
+from edgepack.errors import BadInputError, VerificationError
 from edgepack.registry.refs import DIGEST_RE, Ref, as_ref
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -285,8 +284,7 @@ def pull(ref: str | Ref, out_dir: Path, public_key: Path) -> dict:
     root, desc = resolve(ref)
     doc = _load_manifest(root, desc, str(ref))
     out_dir = Path(out_dir)
-    tmp = temp_dir_beside(out_dir, "the pulled bundle")
-    try:
+    with staged_dir(out_dir, "the pulled bundle") as tmp:
         (tmp / MANIFEST_NAME).write_bytes(_read_blob(root, doc["config"], MANIFEST_NAME))
         seen = set()
         for layer in doc["layers"]:
@@ -301,11 +299,6 @@ def pull(ref: str | Ref, out_dir: Path, public_key: Path) -> dict:
             _copy_checked(root, layer, tmp / rel, rel)
         summary = verify_bundle(tmp, public_key)
         replace_dir(tmp, out_dir, "the pulled bundle")
-    except OSError as e:
-        raise EdgepackError(f"cannot write the pulled bundle next to {out_dir}: {e.strerror or e}") from e
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     summary.update(bundle=str(out_dir), ref=str(ref), digest=desc["digest"])
     return summary
 

@@ -13,7 +13,8 @@ QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMa
                  "MatMulInteger", "DynamicQuantizeLinear", "MatMulNBits")
 
 
-def check_precision(where: str, value: str | None, allowed: tuple[str, ...], default: str) -> str:
+def check_precision(where: str, value: str | None, allowed: tuple[str, ...], default: str,
+                    noun: str = "a precision of this target") -> str:
     """The target's precision, or a BadInputError naming targets[i].precision and the allowed values."""
     if value is None:
         return default
@@ -22,7 +23,7 @@ def check_precision(where: str, value: str | None, allowed: tuple[str, ...], def
 
         close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(allowed)}"
-        raise BadInputError(f"{where}.precision: '{value}' is not a precision of this target (allowed: {', '.join(allowed)})", hint=hint)
+        raise BadInputError(f"{where}.precision: '{value}' is not {noun} (allowed: {', '.join(allowed)})", hint=hint)
     return value
 
 

@@ -24,6 +24,7 @@ from ..engine import StageResult, package_versions
 from ..errors import BadInputError, StageError, require_backend
 from ..recipe import ModelFormat
 from . import TargetStage
+from .common import check_precision
 from .coreml_inspect import check_io, inspect_mlpackage
 
 PRECISIONS = ("fp16", "fp32", "int8", "palettized")
@@ -51,9 +52,7 @@ class CoreMLTarget(TargetStage):
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
         self.opts = _check_options(ctx.where, dict(target.options))
-        if target.precision is not None and target.precision not in PRECISIONS:
-            raise BadInputError(f"{ctx.where}.precision: '{target.precision}' is not a Core ML precision", hint=f"use one of: {', '.join(PRECISIONS)}")
-        self.precision = target.precision or "fp16"
+        self.precision = check_precision(ctx.where, target.precision, PRECISIONS, "fp16", noun="a Core ML precision")
         dt = self.opts["minimum_deployment_target"]
         if self.precision in ("int8", "palettized") and dt in ("iOS15", "macOS12"):
             raise BadInputError(f"{ctx.where}.options.minimum_deployment_target: {self.precision} weights need iOS16 / macOS13 or newer, got {dt}",

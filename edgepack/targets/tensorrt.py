@@ -27,6 +27,7 @@ from ..artifact import Artifact
 from ..engine import StageResult, package_versions
 from ..errors import BadInputError, StageError
 from . import TargetStage
+from .common import check_precision
 from .tensorrt_graph import check_trt_qdq, check_with_ort, has_qdq, quantize_qdq, set_shapes
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -44,9 +45,7 @@ class TensorRTTarget(TargetStage):
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
         self.opts = _check_options(ctx.where, dict(target.options))
-        if target.precision is not None and target.precision not in PRECISIONS:
-            raise BadInputError(f"{ctx.where}.precision: '{target.precision}' is not a TensorRT precision",
-                                hint=f"use one of: {', '.join(PRECISIONS)}")
+        check_precision(ctx.where, target.precision, PRECISIONS, None, noun="a TensorRT precision")  # None: from the model
         if self.opts["dla_core"] is not None and (target.precision or "fp16") == "fp32":
             raise BadInputError(f"{ctx.where}.options.dla_core: the DLA runs fp16 or int8 only, this target is fp32",
                                 hint="set precision: fp16 or int8, or leave dla_core out")

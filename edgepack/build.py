@@ -20,7 +20,7 @@ from .artifact import Artifact
 from .cache import StageCache, edgepack_home
 from .data import freeze, load_source
 from .engine import Engine, Progress, package_versions
-from .errors import EdgepackError, GateFailedError, StageError
+from .errors import BadInputError, EdgepackError, GateFailedError, StageError
 from .ingest import ConvertStage, source_artifact
 from .optimize import PassContext, make_pass
 from .paths import check_writable, write_json_atomic
@@ -134,22 +134,15 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     converted = conversion.outputs["model"]
     fp32 = converted
 
-    # Optimize
-    model = fp32
-    optimize_records: list[dict] = []  # each pass's effect, in recipe order (report.json "optimize")
-    for i, cfg in enumerate(r.optimize):
-        ctx = PassContext(i, lr.where("optimize", i), lr.dir, r.model, r.gates)
-        stage = make_pass(cfg, ctx)
-        inputs = {"model": model, "source": source, **data}
-        pres = engine.run(f"optimize[{i}] {cfg.pass_}", stage, inputs)
-        model = pres.outputs["model"]
-        optimize_records.append({"index": i, "pass": cfg.pass_, "cached": pres.cached, **pres.record})
+    # Optimize (a failing pass fails alone: the targets that need its model fail, `input: fp32` ones go on)
+    model, optimize_records, pass_error = _optimize(engine, lr, fp32, source, data)
 
     # Pre-flight op coverage: per target, the nodes it cannot convert, before any conversion starts
     from .targets.coverage import preflight
     from .targets.coverage import summary as coverage_summary
 
-    coverage = {tid: preflight(stage, model, fp32) for tid, stage in target_stages.items()}
+    coverage = {tid: preflight(stage, _target_model(stage.target, fp32, model), fp32)
+                for tid, stage in target_stages.items() if _target_model(stage.target, fp32, model) is not None}
 
     # Compile, then validate each target on each device
     reference = None
@@ -157,13 +150,16 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         reference = engine.run("reference fp32", ReferenceStage(), {"model": fp32, "validation": data["validation"]}).outputs["outputs"]
     targets: dict[str, dict] = {}
     artifacts: dict[str, Artifact] = {}
-    failures: list[str] = []
+    failures: list[str] = [pass_error] if pass_error else []  # a failed pass makes the build partial at best
     gate_failures: list[dict] = []
     for tid, stage in target_stages.items():
         t = stage.target
         entry: dict = {"type": t.type.value, "input": t.input.value, "status": "ok", "devices": {}}
         targets[tid] = entry
-        src_model = fp32 if t.input is TargetInput.FP32 else model
+        src_model = _target_model(t, fp32, model)
+        if src_model is None:  # its optimized model does not exist: the pass's own error, once per target
+            entry.update(status="failed", error=pass_error)  # listed once in failures (below)
+            continue
         entry["coverage"] = coverage[tid]
         if coverage[tid]["unsupported"]:
             err = StageError(f"compile {tid}: {coverage_summary(tid, coverage[tid])}",
@@ -317,6 +313,36 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     report_path = bundle / "report.json"
     status = "partial" if failures else "ok"
     return BuildResult(status, 5 if failures else 0, bundle, report_path, report, published, failures)
+
+
+def _optimize(engine: Engine, lr: LoadedRecipe, fp32: Artifact, source: Artifact, data: dict) -> tuple[Artifact | None, list[dict], str | None]:
+    """Run the recipe's passes in order: (optimized model or None when a pass failed, records, that pass's error).
+
+    A pass that fails (an error inside it, a missed budget) stops the chain; its record (what it had
+    measured, accuracy-aware sensitivities included) is kept. Bad input (a recipe problem) still stops the build.
+    """
+    r = lr.recipe
+    model = fp32
+    records: list[dict] = []  # each pass's effect, in recipe order (report.json "optimize")
+    for i, cfg in enumerate(r.optimize):
+        ctx = PassContext(i, lr.where("optimize", i), lr.dir, r.model, r.gates)
+        try:
+            pres = engine.run(f"optimize[{i}] {cfg.pass_}", make_pass(cfg, ctx), {"model": model, "source": source, **data})
+        except BadInputError:
+            raise
+        except EdgepackError as e:
+            records.append({"index": i, "pass": cfg.pass_, "status": "failed", "error": e.one_line(), **(getattr(e, "record", None) or {})})
+            records.extend({"index": j, "pass": c.pass_, "status": "skipped", "reason": f"optimize[{i}] {cfg.pass_} failed"}
+                           for j, c in enumerate(r.optimize) if j > i)
+            return None, records, e.one_line()
+        model = pres.outputs["model"]
+        records.append({"index": i, "pass": cfg.pass_, "status": "ok", "cached": pres.cached, **pres.record})
+    return model, records, None
+
+
+def _target_model(target, fp32: Artifact, optimized: Artifact | None) -> Artifact | None:
+    """The model a target compiles: the FP32 conversion for `input: fp32`, else the optimized one (None: a pass failed)."""
+    return fp32 if target.input is TargetInput.FP32 else optimized
 
 
 def _public_key_for(private: Path) -> Path:

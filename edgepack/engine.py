@@ -159,7 +159,7 @@ class Engine:
                 stage.check_inputs(inputs)
             except EdgepackError as e:
                 self.progress.done(name, "failed", time.perf_counter() - t0)
-                raise type(e)(f"{name}: {e.message}", e.hint) from e
+                raise e.prefixed(name) from e
             before = self._input_digests(inputs)
             workdir = self.cache.new_workdir(key)
             log_path = None
@@ -183,7 +183,7 @@ class Engine:
                 self.progress.done(name, "failed", time.perf_counter() - t0)
                 if e.message.startswith(f"{name}:"):
                     raise
-                raise type(e)(f"{name}: {e.message}", e.hint) from e
+                raise e.prefixed(name) from e
             except Exception as e:
                 self.cache.discard(workdir)
                 self.progress.done(name, "failed", time.perf_counter() - t0)

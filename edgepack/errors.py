@@ -37,6 +37,15 @@ class EdgepackError(Exception):
     def __reduce__(self):
         return (self.__class__, (self.message, self.hint))
 
+    def prefixed(self, prefix: str) -> "EdgepackError":
+        """The same error (same class, same extra fields) with ``prefix: `` before its message."""
+        import copy
+
+        e = copy.copy(self)  # through __reduce__: subclasses keep their fields
+        e.message = f"{prefix}: {self.message}"
+        e.args = (e.message,)
+        return e
+
 
 class BadInputError(EdgepackError):
     exit_code = ExitCode.BAD_INPUT
@@ -48,6 +57,18 @@ class RecipeError(BadInputError):
 
 class StageError(EdgepackError):
     exit_code = ExitCode.BUILD_ERROR
+
+
+class PassFailedError(StageError):
+    """An optimize pass failed (an error inside it, or a missed budget). ``record`` is what the pass had
+    measured when it failed (effect, accuracy-aware sensitivities and steps): the build keeps it in the report."""
+
+    def __init__(self, message: str, hint: str | None = None, record: dict | None = None):
+        super().__init__(message, hint)
+        self.record = record or {}
+
+    def __reduce__(self):  # picklable across the worker boundary, record included
+        return (self.__class__, (self.message, self.hint, self.record))
 
 
 class BackendMissingError(EdgepackError):

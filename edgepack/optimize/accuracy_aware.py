@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BadInputError, StageError
+from ..errors import BadInputError, PassFailedError
 from ..recipe import AccuracyAware, AccuracyMetric
 from .effect import run_model, scores
 
@@ -130,10 +130,11 @@ def search(
     rec["result"] = {"drop": best[0], "met": met, "float_nodes": len(best[1])}
     if not met:
         names = ", ".join(best[1][:8]) + (" ..." if len(best[1]) > 8 else "")
-        raise StageError(
+        raise PassFailedError(
             f"{where}.accuracy_aware: no configuration meets {cfg.metric.value} drop <= {cfg.max_accuracy_drop:g}; "
             f"best found: drop {best[0]:.4g} with {len(best[1])} node(s) in float ({names or 'none'}), fully quantized drop {full['drop']:.4g}",
             hint="raise max_accuracy_drop or max_float_nodes, try per_channel / calibration: entropy / percentile, or use more calibration data",
+            record=rec,
         )
     shutil.move(best[2], out)
     return rec

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..artifact import Artifact
 from ..engine import Stage, StageResult, package_versions
-from ..errors import BadInputError, StageError
+from ..errors import BadInputError, EdgepackError, PassFailedError, StageError
 from ..recipe import QuantizeMode, QuantizePass
 from . import PassContext, count_ops
 from .effect import budget_check, measure
@@ -49,10 +49,23 @@ class QuantizeStage(Stage):
             raise BadInputError(f"{self.ctx.where}.accuracy_aware: needs validation data to measure accuracy", hint="add data.validation to the recipe")
 
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
+        record: dict = {"mode": self.cfg.mode.value, "preprocess": []}
+        try:
+            return self._quantize(inputs, workdir, record)
+        except BadInputError:
+            raise
+        except PassFailedError as e:  # e.g. the accuracy-aware search: its record is already in ``record``
+            raise PassFailedError(e.message, e.hint, record={**record, **e.record}) from e
+        except EdgepackError as e:
+            raise PassFailedError(e.message, e.hint, record=record) from e
+        except Exception as e:  # an ONNX Runtime error inside the quantizer or while measuring its output
+            raise PassFailedError(f"{self.ctx.where}: {e.__class__.__name__}: {' '.join(str(e).split())[:300]}",
+                                  hint="rerun with --verbose for the traceback", record=record) from e
+
+    def _quantize(self, inputs: dict[str, Artifact], workdir: Path, record: dict) -> StageResult:
         src: Artifact = inputs["model"]
         out = workdir / "model.onnx"
         validation = inputs["validation"].path if "validation" in inputs else None
-        record: dict = {"mode": self.cfg.mode.value, "preprocess": []}
         if "calibration" in inputs and self.cfg.mode is QuantizeMode.STATIC:
             record["calibration_sha256"] = inputs["calibration"].digest
             record["calibration_samples"] = inputs["calibration"].meta.get("samples")
@@ -150,7 +163,11 @@ class QuantizeStage(Stage):
         fmt = c.format if c.mode is QuantizeMode.STATIC else "qoperator"
         types = c.op_types or (DYNAMIC_OPS if c.mode is QuantizeMode.DYNAMIC else None)
         candidates = ort_static.candidate_nodes(model_in, types, fmt, c.nodes, c.exclude_nodes)
-        record["accuracy_aware"] = search(quantize, candidates, model_in, validation, reference, c.accuracy_aware, out, workdir, self.ctx.where)
+        try:
+            record["accuracy_aware"] = search(quantize, candidates, model_in, validation, reference, c.accuracy_aware, out, workdir, self.ctx.where)
+        except PassFailedError as e:
+            record["accuracy_aware"] = e.record  # sensitivities and steps, kept in the report
+            raise
 
     def _int4(self, src: Path, out: Path, record: dict) -> None:
         import onnx

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
+from .recipe_evaluate import METRIC_TAGS, CosineGate, Metric, MetricGate, MinCosine, metric_model_for
 
 # ---------------------------------------------------------------- enums
 
@@ -245,12 +246,37 @@ class Target(Strict):
 # ---------------------------------------------------------------- gates, package, publish
 
 
+GATE_NAMES = ("max_accuracy_drop", "min_cosine", "max_p90_ms", "max_size_mb")
+
+
 class Gates(Strict):
-    max_accuracy_drop: float | None = Field(None, ge=0, description="Top-1 drop vs FP32, as a fraction (0.01 = 1 point).")
-    min_cosine: float | None = Field(None, ge=-1, le=1)
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Top-1 drop vs FP32 on the classifier output, as a fraction (0.01 = 1 point).")
+    min_cosine: CosineGate | None = Field(None, description="Centred cosine to FP32 (a number: the mean over samples).")
     max_p90_ms: float | None = Field(None, gt=0)
     max_size_mb: float | None = Field(None, gt=0)
-    waive: list[Literal["max_accuracy_drop", "min_cosine", "max_p90_ms", "max_size_mb"]] = Field(default_factory=list)
+    metrics: dict[str, MetricGate] = Field(default_factory=dict, description="Per `evaluate:` metric name: max_drop, min, max.")
+    waive: list[str] = Field(default_factory=list, description=f"Gates reported but not enforced: {', '.join(GATE_NAMES)} or metrics.NAME.")
+
+    @field_validator("min_cosine")
+    @classmethod
+    def _cos_range(cls, v):
+        if isinstance(v, (int, float)) and not -1 <= v <= 1:
+            raise ValueError("min_cosine must be between -1 and 1")
+        return v
+
+    @field_validator("waive")
+    @classmethod
+    def _waivable(cls, v):
+        for w in v:
+            if w not in GATE_NAMES and not w.startswith("metrics."):
+                raise ValueError(f"cannot waive '{w}': give one of {', '.join(GATE_NAMES)} or metrics.NAME")
+        return v
+
+    @property
+    def cosine(self) -> MinCosine | None:
+        """min_cosine as its full form (a bare number is the mean over samples)."""
+        v = self.min_cosine
+        return MinCosine(min=v) if isinstance(v, (int, float)) else v
 
 
 class Package(Strict):
@@ -289,6 +315,7 @@ class Recipe(Strict):
     optimize: list[OptimizePass] = Field(default_factory=list)
     targets: list[Target] = Field(default_factory=lambda: [Target(type=TargetType.ONNXRUNTIME)])
     devices: list[str] = Field(default_factory=lambda: ["local"], description="Device profiles (names or paths).")
+    evaluate: list[Metric] = Field(default_factory=list, description="Named task metrics, computed on FP32 and every target.")
     gates: Gates = Gates()
     benchmark: Benchmark = Benchmark()
     package: Package = Package()
@@ -404,6 +431,8 @@ def _inner_model(ann, node):
 
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
+    if isinstance(node, dict) and ("type" in node or "fn" in node) and metric_model_for(node) is not None and "FnMetric" in str(ann):
+        return metric_model_for(node)
     args = typing.get_args(ann)
     if isinstance(node, dict) and "pass" in node:  # optimize passes: pick the model named by 'pass'
         for a in args:
@@ -421,7 +450,7 @@ def _clean_loc(loc: tuple) -> tuple:
     """Drop pydantic's union/discriminator tags ('quantize', 'function-after[...]') from a location."""
     out = []
     for part in loc:
-        if isinstance(part, str) and (part in ("quantize", "prune", "distill") or "[" in part or part.startswith("function-")):
+        if isinstance(part, str) and (part in ("quantize", "prune", "distill") or part in METRIC_TAGS or "[" in part or part.startswith("function-")):
             continue
         out.append("pass" if part == "pass_" else part)
     return tuple(out)

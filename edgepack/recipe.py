@@ -86,6 +86,7 @@ class ModelSection(Strict):
     outputs: list[str] | None = Field(None, description="Output names (default output_0, ...).")
     opset: int = Field(18, ge=13, le=23)
     tolerance: float = Field(1e-3, gt=0, description="Max abs difference allowed between source and ONNX.")
+    trust_code: bool = Field(False, description="Let code and file I/O inside the model file run (Keras lambdas, TF file/Python ops): docs/security.md.")
 
     @model_validator(mode="after")
     def _source(self):

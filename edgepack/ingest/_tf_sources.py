@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BadInputError, StageError
+from ._tf_safety import check_saved_model, check_tflite
 
 
 @dataclass
@@ -46,13 +47,16 @@ def _shape(s) -> list | None:
 # ---------------------------------------------------------------- Keras
 
 
-def _load_keras(path: Path, record: dict):
-    """Keras 3 first; files written by tf.keras 2.x that Keras 3 cannot read are retried with tf_keras."""
+def _load_keras(path: Path, record: dict, trust_code: bool = False):
+    """Keras 3 first; files written by tf.keras 2.x that Keras 3 cannot read are retried with tf_keras.
+
+    Both load in safe mode (no Python lambdas from the file) unless ``model.trust_code``; tf_keras ignores
+    ``safe_mode`` for .h5 files, so its loader also runs inside a ``SafeModeScope``."""
     errors = []
     try:
         import keras
 
-        model = keras.saving.load_model(str(path), compile=False)
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=not trust_code)
         record["loader"] = f"keras {keras.__version__}"
         return model
     except Exception as e:  # noqa: BLE001 - reported below, or after the tf_keras attempt
@@ -60,8 +64,10 @@ def _load_keras(path: Path, record: dict):
     if importlib.util.find_spec("tf_keras") is not None:
         try:
             import tf_keras
+            from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-            model = tf_keras.models.load_model(str(path), compile=False)
+            with SafeModeScope(not trust_code):
+                model = tf_keras.models.load_model(str(path), compile=False, safe_mode=not trust_code)
             record["loader"] = f"tf_keras {tf_keras.__version__}"
             record["fallbacks"].append({"loader": "keras 3", "failed_because": first_line(errors[0][1], 300)})
             return model
@@ -69,7 +75,8 @@ def _load_keras(path: Path, record: dict):
             errors.append(("tf_keras", e))
     raise BadInputError(
         f"{path} (model.path): cannot load as a Keras model (" + "; ".join(f"{w}: {first_line(e, 160)}" for w, e in errors) + ")",
-        hint="custom layers must be registered with keras.saving.register_keras_serializable; Lambda layers need a SavedModel export",
+        hint="custom layers must be registered with keras.saving.register_keras_serializable; a Lambda layer runs code from the file: "
+             "export a SavedModel, or set model.trust_code: true if you trust it (docs/security.md)",
     ) from errors[0][1]
 
 
@@ -113,10 +120,10 @@ def _export_keras_saved_model(model, dest: Path) -> None:
         tf.saved_model.save(model, str(dest))
 
 
-def keras_source(path: Path, workdir: Path, record: dict) -> Source:
+def keras_source(path: Path, workdir: Path, record: dict, trust_code: bool = False) -> Source:
     import tensorflow as tf
 
-    model = _load_keras(path, record)
+    model = _load_keras(path, record, trust_code)
     try:
         tensors = list(model.inputs)
     except (AttributeError, ValueError) as e:
@@ -143,7 +150,7 @@ def keras_source(path: Path, workdir: Path, record: dict) -> Source:
         with tempfile.TemporaryDirectory(prefix="keras-saved-model-") as tmp:  # intermediate: not cached
             dest = Path(tmp) / "saved_model"
             _export_keras_saved_model(model, dest)
-            sm = saved_model_source(dest, workdir, {})
+            sm = saved_model_source(dest, workdir, {}, trust_code)
             keys = list(sm.inputs)
             sm_map = {r: (k if k in sm.inputs else keys[0] if len(keys) == 1 else None) for r, k in mapping.items()}
             if None in sm_map.values():
@@ -161,9 +168,10 @@ def keras_source(path: Path, workdir: Path, record: dict) -> Source:
 # ---------------------------------------------------------------- SavedModel
 
 
-def saved_model_source(path: Path, workdir: Path, record: dict) -> Source:
+def saved_model_source(path: Path, workdir: Path, record: dict, trust_code: bool = False) -> Source:
     import tensorflow as tf
 
+    check_saved_model(path, trust_code)  # before tf.saved_model.load runs anything of it
     try:
         imported = tf.saved_model.load(str(path))
     except Exception as e:
@@ -216,7 +224,8 @@ def _interpreter(record: dict):
         return tf.lite.Interpreter
 
 
-def tflite_source(path: Path, workdir: Path, record: dict) -> Source:
+def tflite_source(path: Path, workdir: Path, record: dict, trust_code: bool = False) -> Source:
+    check_tflite(path, trust_code)  # Flex ops run TensorFlow kernels: refuse file / Python ones first
     Interpreter = _interpreter(record)  # the file passed tensorflow.verify_tflite first
     try:
         it = Interpreter(model_path=str(path), num_threads=1)

@@ -262,7 +262,9 @@ def convert(ctx: ConvertContext) -> Converted:
         record["opset"] = {"requested": opset, "used": TF2ONNX_MAX_OPSET, "reason": f"tf2onnx supports opset <= {TF2ONNX_MAX_OPSET}"}
         opset = TF2ONNX_MAX_OPSET
     makers = {ModelFormat.KERAS: keras_source, ModelFormat.SAVED_MODEL: saved_model_source, ModelFormat.TFLITE: tflite_source}
-    src: Source = makers[fmt](path, ctx.workdir, record)
+    if ctx.model.trust_code:
+        record["trust_code"] = "model.trust_code: true (code and file I/O in the model file allowed to run)"
+    src: Source = makers[fmt](path, ctx.workdir, record, ctx.model.trust_code)
     mapping, nchw = _map_inputs(ctx, src)
     named = _run_source(ctx, src, mapping, nchw)
     if nchw:

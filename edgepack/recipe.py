@@ -458,13 +458,9 @@ def _clean_loc(loc: tuple) -> tuple:
 
 
 def parse_recipe(text: str, path: Path) -> Recipe:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{where}: malformed YAML: {problem}", hint="fix the YAML syntax at that position") from e
+    from . import safe_yaml
+
+    data = safe_yaml.load(text, path)  # size and alias-expansion limits, duplicate keys refused
     if not isinstance(data, dict):
         raise RecipeError(f"{path}:1:1: a recipe is a YAML mapping with at least 'name', 'version' and 'model'")
     try:
@@ -500,8 +496,10 @@ def parse_recipe(text: str, path: Path) -> Recipe:
 
 def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
     path = Path(path)
+    from . import safe_yaml
+
     try:
-        text = path.read_text()
+        text = safe_yaml.read(path)
     except FileNotFoundError as e:
         raise RecipeError(f"{path}: recipe file not found", hint="check the path") from e
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:

@@ -1,0 +1,91 @@
+"""YAML for recipes and device profiles: bounded size and alias expansion, duplicate keys refused.
+
+``yaml.safe_load`` builds no arbitrary objects, but a few lines of nested aliases ("billion laughs")
+expand to billions of nodes in everything that walks the data afterwards, and a repeated key silently
+keeps the last value. ``load`` composes the node graph first (aliases stay shared there, so composing
+is linear in the text), counts the nodes the document expands to and checks every mapping for repeated
+keys, then constructs the Python data. Errors name ``file:line:col``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .errors import RecipeError
+
+MAX_BYTES = 1 << 20  # 1 MiB: recipes and profiles are hand-written; data lives in .npy/.npz files
+MAX_NODES = 100_000  # nodes after alias expansion
+
+
+def _at(path: Path, node) -> str:
+    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+def _check(root, path: Path) -> None:
+    """Expanded size (memoized per shared node) within MAX_NODES; no recursive aliases; no duplicate keys."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise RecipeError(f"{_at(path, node)}: recursive YAML alias", hint="an alias may not refer to the node that contains it")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if k.value in seen:
+                        first = seen[k.value]
+                        raise RecipeError(f"{_at(path, k)}: duplicate key '{k.value}' (first at line {first.start_mark.line + 1})",
+                                          hint="keep one of the two; YAML would silently use the last")
+                    seen[k.value] = k
+                total += size(k) + size(v)
+        elif isinstance(node, yaml.SequenceNode):
+            for v in node.value:
+                total += size(v)
+        active.discard(key)
+        if total > MAX_NODES:
+            raise RecipeError(f"{_at(path, node)}: the YAML expands to more than {MAX_NODES} nodes (nested aliases?)",
+                              hint="write the values out, or use fewer nested anchors and aliases")
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
+def load(text: str, path: Path):
+    """Parse ``text`` (the file at ``path``) as YAML within the limits above; RecipeError on bad YAML."""
+    if len(text.encode()) > MAX_BYTES:
+        raise RecipeError(f"{path}: {len(text.encode())} bytes, more than the {MAX_BYTES}-byte limit for a YAML file",
+                          hint="keep data in .npy/.npz files referenced by path")
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        _check(root, path)
+        return loader.construct_document(root)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{where}: malformed YAML: {problem}", hint="fix the YAML syntax at that position") from e
+    except RecursionError as e:
+        raise RecipeError(f"{path}: the YAML is nested too deeply", hint="flatten the structure") from e
+    finally:
+        loader.dispose()
+
+
+def read(path: Path) -> str:
+    """The file's text, refusing one over MAX_BYTES before reading it whole."""
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise RecipeError(f"{path}: {size} bytes, more than the {MAX_BYTES}-byte limit for a YAML file",
+                          hint="keep data in .npy/.npz files referenced by path")
+    return path.read_text()

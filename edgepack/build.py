@@ -220,6 +220,11 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         elif failed_devices:  # shipped, validated on the others; the build is PARTIAL and the report says where
             entry["unvalidated_devices"] = failed_devices
 
+    # Honest labels: what quantization changed, and whether each non-fp32 target pays against FP32
+    from .validate.vs_fp32 import label_and_gate
+
+    label_and_gate(r.gates, targets, optimize_records, fp32.size, {d.name for d in devices if d.transport.type.value == "local"}, gate_failures)
+
     report = {
         "schema_version": 1,
         "name": r.name,

@@ -12,7 +12,7 @@ def summary_rows(report: dict) -> list[dict]:
     for tid, t in report.get("targets", {}).items():
         devices = t.get("devices") or {}
         if not devices:
-            rows.append({"target": tid, "device": "-", "precision": t.get("precision"), "size_mb": (t.get("size_bytes") or 0) / 1e6 or None,
+            rows.append({"target": tid, "device": "-", "precision": t.get("precision_label") or t.get("precision"), "flags": t.get("flags"), "size_mb": (t.get("size_bytes") or 0) / 1e6 or None,
                          "status": t["status"] if t["status"] != "ok" else t.get("validation", "ok"), "error": t.get("error")})
             continue
         for dev, d in devices.items():
@@ -20,7 +20,7 @@ def summary_rows(report: dict) -> list[dict]:
             acc = d.get("accuracy") or {}
             fid = acc.get("fidelity") or {}
             rows.append({
-                "target": tid, "device": dev, "precision": t.get("precision"),
+                "target": tid, "device": dev, "precision": t.get("precision_label") or t.get("precision"), "flags": t.get("flags"),
                 "size_mb": (t.get("size_bytes") or 0) / 1e6, "p50_ms": lat.get("p50_ms"), "p90_ms": lat.get("p90_ms"),
                 "top1": acc.get("top1"), "cosine": fid.get("cosine"), "noisy": d.get("noisy"),
                 "status": d.get("status"), "error": d.get("error") or d.get("reason"),
@@ -31,6 +31,7 @@ def summary_rows(report: dict) -> list[dict]:
 def summary_table(report: dict) -> str:
     head = f"{'target':<16} {'device':<12} {'precision':<13} {'size MB':>8} {'p50 ms':>8} {'p90 ms':>8} {'top-1':>7} {'cosine':>8}  status"
     lines = [head, "-" * len(head)]
+    flagged = set()
     for r in summary_rows(report):
         status = r["status"] + (" (noisy)" if r.get("noisy") else "")
         lines.append(
@@ -39,4 +40,7 @@ def summary_table(report: dict) -> str:
         )
         if r.get("error") and r["status"] != "ok":
             lines.append(f"{'':<16} {r['error']}")
+        if r["target"] not in flagged:  # targets.<id>.flags: unchanged by its pass, slower/larger than FP32
+            flagged.add(r["target"])
+            lines.extend(f"{'':<16} ! {flag}" for flag in r.get("flags") or [])
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from ..errors import BadInputError, EdgepackError, PassFailedError, StageError
 from ..recipe import QuantizeMode, QuantizePass
 from . import PassContext, count_ops
 from .effect import budget_check, measure
+from .share import quantized_share
 
 QUANTIZED_OPS = (
     "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
@@ -85,6 +86,7 @@ class QuantizeStage(Stage):
         record["before"], record["after"] = before, after
         record["size_before"], record["size_after"] = before["size_bytes"], after["size_bytes"]
         record["ops_after"] = count_ops(out)
+        record["quantized"] = quantized_share(src.path, out).to_json()  # typed: share.QuantizedShare
         record["accuracy_budget"] = budget_check(before, after, self.ctx.gates, self.ctx.where)
         for p in workdir.glob("*.onnx"):
             if p != out:

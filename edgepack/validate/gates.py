@@ -39,3 +39,36 @@ def evaluate(gates: Gates, target: str, device: str, metrics: dict, size_bytes: 
     size_mb = size_bytes / 1e6
     check("max_size_mb", size_mb, gates.max_size_mb, lambda v, l: v > l, "size {v:.3f} MB > max_size_mb {l}")
     return {"passed": not failures, "failures": failures, "waived": waived, "checked": checked}
+
+
+# -- gates on what a pass and a target are worth against FP32 (edgepack/validate/vs_fp32.py computes the inputs)
+
+def _verdict(gates: Gates, name: str, message: str | None) -> dict:
+    """One gate's outcome: {'checked': [name]} when it passed, else a failure (or a waived one)."""
+    if message is None:
+        return {"failures": [], "waived": [], "checked": [name]}
+    item = {"gate": name, "message": message}
+    return {"failures": [] if name in gates.waive else [item], "waived": [item] if name in gates.waive else [], "checked": []}
+
+
+def check_quantized_fraction(gates: Gates, target: str, device: str, fraction: float | None) -> dict | None:
+    """gates.min_quantized_fraction on the share of weights the optimize chain quantized (None: not applicable)."""
+    limit = gates.min_quantized_fraction
+    if limit is None:
+        return None
+    bad = fraction is None or fraction < limit
+    got = "no float32 weights to quantize" if fraction is None else f"{fraction:.2%} of the weights"
+    return _verdict(gates, "min_quantized_fraction",
+                    f"{target} on {device}: quantized {got} < min_quantized_fraction {limit:g}" if bad else None)
+
+
+def check_latency_ratio(gates: Gates, target: str, device: str, ratio: float | None, counterpart: str) -> dict | None:
+    """gates.max_latency_ratio_vs_fp32 on p50(target) / p50(FP32 counterpart) on the same device."""
+    limit = gates.max_latency_ratio_vs_fp32
+    if limit is None:
+        return None
+    if ratio is None:
+        msg = f"{target} on {device}: max_latency_ratio_vs_fp32 cannot be checked (no FP32 latency on this device)"
+    else:
+        msg = f"{target} on {device}: p50 latency {ratio:.2f}x {counterpart} > max_latency_ratio_vs_fp32 {limit:g}" if ratio > limit + 1e-12 else None
+    return _verdict(gates, "max_latency_ratio_vs_fp32", msg)

@@ -52,6 +52,18 @@ class Converted:
     onnx_path: Path
     source_outputs: list[list[np.ndarray]] | None  # per sample, per output; None when the source is ONNX itself
     record: dict = field(default_factory=dict)
+    checked: bool = False  # the converter ran verify_export itself (to fall back on a failed check)
+
+
+class ExportCheckError(StageError):
+    """An exporter's ONNX failed one of verify_export's checks; ``check`` names which one."""
+
+    def __init__(self, message: str, hint: str | None = None, check: str = "numeric check"):
+        super().__init__(message, hint)
+        self.check = check
+
+    def __reduce__(self):
+        return (self.__class__, (self.message, self.hint, self.check))
 
 
 def sample_inputs(model: ModelSection, data: dict[str, np.ndarray] | None, n: int = 4) -> list[dict[str, np.ndarray]]:
@@ -99,6 +111,43 @@ def check_onnx(path: Path, where: str) -> None:
             f"{where}: not a valid ONNX model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})",
             hint="the file may be truncated or corrupted; re-export it",
         ) from e
+
+
+def _first_line(e: Exception, n: int = 240) -> str:
+    text = str(e).strip()
+    return f"{e.__class__.__name__}: {text.splitlines()[0][:n] if text else ''}"
+
+
+def verify_export(path: Path, samples, source_outputs, tolerance: float) -> tuple[Path, dict]:
+    """Check an exporter's ONNX: the ONNX checker, shape inference, an ONNX Runtime run and the numeric
+    comparison with the source. Returns the shape-inferred path and the check record; raises
+    ExportCheckError naming the check that failed (never 'your file may be corrupted': the file is ours)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise ExportCheckError(f"invalid ONNX ({_first_line(e)})", check="ONNX checker") from e
+    path = _infer_shapes(path)
+    try:
+        onnx_out = run_onnx(path, samples)
+    except Exception as e:
+        shapes = {k: list(v.shape) for k, v in samples[0].items()}
+        raise ExportCheckError(f"ONNX Runtime rejected inputs of shape {shapes}: {_first_line(e)}",
+                               hint="fix model.inputs[].shape / dtype to what the model expects", check="ONNX Runtime run") from e
+    out_names = [o.name for o in onnx_specs(path)[1]]
+    try:
+        diffs = compare_outputs(source_outputs, onnx_out, out_names)
+    except StageError as e:
+        raise ExportCheckError(e.message, check="numeric check") from e
+    record = {"max_abs_diff": diffs, "tolerance": tolerance, "exported_opset": _opset(path)}
+    worst = max(diffs, key=diffs.get) if diffs else None
+    if worst is not None and diffs[worst] > tolerance:
+        raise ExportCheckError(
+            f"ONNX output '{worst}' differs from the source by {diffs[worst]:.3g} (tolerance {tolerance:g})",
+            hint="raise model.tolerance if this is expected, or check the exporter record in --verbose",
+        )
+    return path, record
 
 
 def run_onnx(path: Path, samples: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
@@ -160,34 +209,35 @@ class ConvertStage(Stage):
 
             require_backend(self.extra, self.extra)
         converted: Converted = importlib.import_module(self.module).convert(ctx)
-        path = converted.onnx_path
-        check_onnx(path, f"{self.source_where} (converted ONNX)")
-        path = _infer_shapes(path)
-        ins, outs = onnx_specs(path, {i.name: i.layout for i in self.model.inputs})
         record = dict(converted.record)
-        record["exported_opset"] = _opset(path)
+        if converted.checked:
+            path = converted.onnx_path
+        elif converted.source_outputs is None:  # a user-given ONNX file: its problems are the user's
+            path = self._check_user_onnx(converted.onnx_path, samples)
+            record["exported_opset"] = _opset(path)
+        else:
+            try:
+                path, checks = verify_export(converted.onnx_path, samples, converted.source_outputs, self.model.tolerance)
+            except ExportCheckError as e:
+                raise StageError(f"{self.source_where}: the ONNX from {record.get('exporter')} failed the {e.check}: {e.message}",
+                                 hint=e.hint) from e
+            record.update(checks)
+        ins, outs = onnx_specs(path, {i.name: i.layout for i in self.model.inputs})
+        art = Artifact(path, "onnx", inputs=ins, outputs=outs, meta={"opset": record["exported_opset"]})
+        return StageResult({"model": art}, record)
+
+    def _check_user_onnx(self, path: Path, samples) -> Path:
+        """The ONNX source was checked by ingest.onnx; infer shapes and check it runs on the samples."""
+        path = _infer_shapes(path)
         try:
-            onnx_out = run_onnx(path, samples)
+            run_onnx(path, samples)
         except Exception as e:
             shapes = {k: list(v.shape) for k, v in samples[0].items()}
-            cls = BadInputError if converted.source_outputs is None else StageError
-            raise cls(
+            raise BadInputError(
                 f"{self.source_where}.inputs: ONNX Runtime rejected inputs of shape {shapes}: {str(e).splitlines()[0][:240]}",
                 hint="fix model.inputs[].shape / dtype to what the model expects",
             ) from e
-        if converted.source_outputs is not None:
-            out_names = [o.name for o in outs]
-            diffs = compare_outputs(converted.source_outputs, onnx_out, out_names)
-            record["max_abs_diff"] = diffs
-            record["tolerance"] = self.model.tolerance
-            worst = max(diffs, key=diffs.get) if diffs else None
-            if worst is not None and diffs[worst] > self.model.tolerance:
-                raise StageError(
-                    f"ONNX output '{worst}' differs from the source by {diffs[worst]:.3g} (tolerance {self.model.tolerance:g})",
-                    hint="raise model.tolerance if this is expected, or check the exporter record in --verbose",
-                )
-        art = Artifact(path, "onnx", inputs=ins, outputs=outs, meta={"opset": record["exported_opset"]})
-        return StageResult({"model": art}, record)
+        return path
 
 
 def _opset(path: Path) -> int:

@@ -1,12 +1,14 @@
 """PyTorch sources -> ONNX: nn.Module entrypoint + state dict, TorchScript file, ExportedProgram (.pt2).
 
-The torch.export-based exporter (dynamo) is tried first; if it fails, the TorchScript exporter is
-tried and the report records why the first one failed.
+The torch.export-based exporter (dynamo) is tried first; if it fails, or its ONNX fails the ONNX
+checker or the numeric check against the source, the TorchScript exporter is tried, and the record
+says which exporter failed which check and why.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import numpy as np
 from ..entrypoints import resolve
 from ..errors import BadInputError, StageError
 from ..recipe import ModelFormat
-from . import ConvertContext, Converted
+from . import ConvertContext, Converted, ExportCheckError, verify_export
 
 
 def build_module(entrypoint: str, recipe_dir: Path, where: str):
@@ -105,26 +107,51 @@ def convert(ctx: ConvertContext) -> Converted:
         axes = {i: str(d) for i, d in enumerate(spec.shape) if isinstance(d, str)}
         axes.update({int(k): v for k, v in spec.dynamic_axes.items()})
         dyn[spec.name] = axes
-    out = ctx.workdir / "exported.onnx"
-    record: dict = {"exporter": None, "fallbacks": []}
     attempts = [("torch.export (dynamo)", _export_dynamo), ("torchscript", _export_torchscript)]
     if ep is not None:
         attempts = attempts[:1]
+    path, record = export_checked(ep if ep is not None else module, attempts, example, ExportSpec(names, out_names, dyn, m.opset),
+                                  ctx.workdir, ctx.samples, source_outputs, m.tolerance)
+    return Converted(path, source_outputs, record, checked=True)
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    names: list[str]
+    out_names: list[str]
+    dyn: dict[str, dict[int, str]]
+    opset: int
+
+
+def export_checked(module, attempts, example, spec: ExportSpec, workdir: Path, samples, source_outputs, tolerance: float) -> tuple[Path, dict]:
+    """Export with each exporter in turn until one's ONNX passes verify_export (checker, ONNX Runtime,
+    numeric check against ``source_outputs``). The record names the exporter used and, per exporter
+    that failed, the check it failed and why. When all fail: a build error naming each exporter and check."""
+    record: dict = {"exporter": None, "fallbacks": []}
     errors = []
     for label, fn in attempts:
+        out = workdir / "exported.onnx"
+        check = "export"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fn(ep if ep is not None else module, example, names, out_names, dyn, m.opset, out)
-            record["exporter"] = label
-            break
+                fn(module, example, spec.names, spec.out_names, spec.dyn, spec.opset, out)
+            path, checks = verify_export(out, samples, source_outputs, tolerance)
+        except BadInputError:
+            raise
+        except ExportCheckError as e:
+            check, reason, hint = e.check, e.message, e.hint
         except Exception as e:
-            reason = f"{e.__class__.__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-            errors.append(f"{label}: {reason}")
-            record["fallbacks"].append({"exporter": label, "failed_because": reason})
-    if record["exporter"] is None:
-        raise StageError("every ONNX exporter failed: " + " | ".join(errors))
-    return Converted(out, source_outputs, record)
+            text = str(e).strip()
+            reason, hint = f"{e.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}", None
+        else:
+            record["exporter"] = label
+            record.update(checks)
+            return path, record
+        errors.append(f"{label} failed the {check}: {reason}")
+        record["fallbacks"].append({"exporter": label, "check": check, "failed_because": reason})
+    raise StageError("every ONNX exporter failed: " + " | ".join(errors),
+                     hint=hint or "change the model so one exporter can trace it; --verbose shows the exporters' messages")
 
 
 def _export_dynamo(module, example, names, out_names, dyn, opset, out: Path):
@@ -138,19 +165,30 @@ def _export_dynamo(module, example, names, out_names, dyn, opset, out: Path):
             dims.setdefault(sym, torch.export.Dim.AUTO)
             axes[ax] = dims[sym]
         shapes.append(axes or None)
-    kwargs = dict(input_names=names, output_names=out_names, opset_version=opset, dynamo=True, external_data=False)
+    # no output_names here: torch.export would give them to the graph's outputs even when an inner
+    # tensor already has that name (the embedding lookup is 'embedding'); name_outputs does it safely
+    kwargs = dict(input_names=names, opset_version=opset, dynamo=True, external_data=False)
     if any(shapes) and not isinstance(module, torch.export.ExportedProgram):
         kwargs["dynamic_shapes"] = tuple(shapes)
     prog = torch.onnx.export(module, example, **kwargs)
     prog.save(str(out))
-    _rename_dims(out, names, dyn)
+    _finish(out, names, out_names, dyn)
 
 
-def _rename_dims(path: Path, names, dyn) -> None:
-    """torch.export names dynamic dims itself ('s77'); give them the recipe's names ('batch') everywhere."""
+def _finish(path: Path, names, out_names, dyn) -> None:
+    """Name the outputs without breaking SSA form, and give dynamic dims the recipe's names."""
     import onnx
 
+    from .onnx import name_outputs
+
     m = onnx.load(str(path))
+    name_outputs(m, list(out_names), "model")
+    _rename_dims(m, names, dyn)
+    onnx.save(m, str(path))
+
+
+def _rename_dims(m, names, dyn) -> None:
+    """torch.export names dynamic dims itself ('s77'); give them the recipe's names ('batch') everywhere."""
     inputs = {i.name: i for i in m.graph.input}
     rename = {}
     for n in names:
@@ -164,7 +202,6 @@ def _rename_dims(path: Path, names, dyn) -> None:
         for d in v.type.tensor_type.shape.dim:
             if d.dim_param in rename:
                 d.dim_param = rename[d.dim_param]
-    onnx.save(m, str(path))
 
 
 def _export_torchscript(module, example, names, out_names, dyn, opset, out: Path):
@@ -172,6 +209,6 @@ def _export_torchscript(module, example, names, out_names, dyn, opset, out: Path
 
     axes = {n: dict(a) for n, a in dyn.items() if a}
     torch.onnx.export(
-        module, example, str(out), input_names=names, output_names=out_names, opset_version=opset,
-        dynamic_axes=axes or None, dynamo=False,
+        module, example, str(out), input_names=names, opset_version=opset, dynamic_axes=axes or None, dynamo=False,
     )
+    _finish(out, names, out_names, {})

@@ -139,3 +139,25 @@ devices: [local]""" + tail)
     assert report["targets"]["tflite-fp16"]["devices"]["local"]["load"]["xnnpack"] is True
     assert report["targets"]["openvino-fp16"]["devices"]["local"]["load"]["inference_precision"] == "f32"
     assert (out / "targets" / "openvino-fp16" / "openvino" / "model.xml").is_file()
+
+
+def test_an_op_openvino_cannot_convert_is_named_with_its_node(tmp_path):
+    # com.microsoft.Inverse runs in ONNX Runtime but OpenVINO has no conversion rule for it; its report
+    # puts the cause after a "Check 'false' failed at ...unconverted_ops_report.cpp:151:" line.
+    from onnx import TensorProto, helper, save
+
+    from edgepack.engine import Engine, StageCache
+    from edgepack.errors import StageError
+
+    v = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3, 3])  # noqa: E731
+    graph = helper.make_graph([helper.make_node("Inverse", ["x"], ["y"], name="cov_inverse", domain="com.microsoft")], "g", [v("x")], [v("y")])
+    path = tmp_path / "inv.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=9), str(path))
+    stage = make_target(Target(type=TargetType.OPENVINO, precision="fp32"), TargetContext(WHERE, tmp_path, model_section("x", ["batch", 3, 3])))
+    engine = Engine(StageCache(tmp_path / "cache"), log_dir=tmp_path / "logs")
+    with pytest.raises(StageError) as e:
+        engine.run("compile openvino", stage, {"model": Artifact(path, "onnx")})
+    text = e.value.one_line()
+    assert "node 'cov_inverse' (com.microsoft.Inverse)" in text
+    assert "No conversion rule found for operations: com.microsoft.Inverse" in text
+    assert "unconverted_ops_report.cpp" not in text

@@ -9,6 +9,7 @@ default is bf16 on CPUs with bf16/AMX) and records the value the plugin reports.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,40 @@ OPTIONS = {
     "fast_bias_correction": (bool, True),
     "timeout_s": ((int, float), None),
 }
+
+
+# Lines of OpenVINO's conversion report that say where, not what ("Check 'false' failed at
+# src/frontends/.../unconverted_ops_report.cpp:151:"); the cause is on the lines after them.
+_NOISE = re.compile(r"^(Check '.*' failed at |Exception from src/|FrontEnd API failed with|Model wasn't fully converted|Summary:?$)")
+
+
+def conversion_error(e: Exception, onnx_path: Path) -> StageError:
+    """One line from an ``openvino.convert_model`` failure: the report's cause lines, and the ONNX nodes
+    (name and op type) of the ops it names."""
+    lines = [ln.strip(" -") for ln in str(e).splitlines() if ln.strip()]
+    cause = [ln for ln in lines if not _NOISE.match(ln)] or lines[:1]
+    text = "; ".join(cause)[:400]
+    nodes = _nodes_named_in(text, onnx_path)
+    where = f" at {', '.join(nodes[:5])}{' ...' if len(nodes) > 5 else ''}" if nodes else ""
+    hint = "replace these ops in the model, or leave this target out for it" if nodes else "--verbose shows OpenVINO's whole message"
+    return StageError(f"openvino.convert_model cannot convert the model{where}: {text or e.__class__.__name__}", hint=hint)
+
+
+def _nodes_named_in(text: str, onnx_path: Path) -> list[str]:
+    """ONNX nodes whose op type (``domain.Op`` or ``Op``) appears as a word in ``text``: "node 'n' (Op)"."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception:
+        return []
+    words = set(re.findall(r"[\w.]+", text))
+    found = []
+    for i, n in enumerate(graph.node):
+        qualified = f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
+        if qualified in words or (n.domain in ("", "ai.onnx") and f"ai.onnx.{n.op_type}" in words):
+            found.append(f"node '{n.name or f'#{i}'}' ({qualified})")
+    return found
 
 
 class OpenVINOTarget(TargetStage):
@@ -75,7 +110,7 @@ class OpenVINOTarget(TargetStage):
         try:
             model = ov.convert_model(str(src.path))
         except Exception as e:
-            raise StageError(f"openvino.convert_model failed: {e.__class__.__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}") from e
+            raise conversion_error(e, src.path) from e
         if self.precision == "int8":
             model = self._quantize(model, ins, sources, arrays, record)
         out = workdir / "openvino"

@@ -241,3 +241,43 @@ def test_jetson_profile_runs_tensorrt_with_room_for_a_first_build():
     assert path.name == "jetson-orin-nano.yaml" and p.arch == "aarch64"
     assert p.runtimes[0] == "tensorrt" and p.transport.type.value == "ssh"
     assert p.transport.step_timeout_s >= 1800  # the first runner job builds the engine on the device
+
+
+def _seq_model(path: Path) -> Path:
+    """ids [batch, seq] (both dynamic in the ONNX model) -> embedding lookup -> mean over seq."""
+    table = numpy_helper.from_array(np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32), "table")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["h"]), helper.make_node("ReduceMean", ["h", "axes"], ["y"], keepdims=0)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 4])], initializer=[table, axes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+    return path
+
+
+def _seq_stage(tmp_path, shape, **options):
+    model = ModelSection(format=ModelFormat.ONNX, path="m.onnx", inputs=[{"name": "ids", "shape": shape, "dtype": "int64"}])
+    return make_target(Target(type=TargetType.TENSORRT, precision="fp16", options=options), TargetContext(WHERE, tmp_path, model))
+
+
+def test_dynamic_dims_take_the_sizes_model_inputs_declares(tmp_path):
+    src = _art(_seq_model(tmp_path / "m.onnx"))
+    work = tmp_path / "work"
+    work.mkdir()
+    res = _seq_stage(tmp_path, ["batch", 12]).run({"model": src, "fp32": src}, work)
+    art = res.outputs["artifact"]
+    assert _input_dims(art.path / "model.onnx") == [1, 12]  # seq from model.inputs, not 1
+    assert res.record["shapes"]["fixed"]["ids"] == {"from": ["batch", "seq"], "to": [1, 12]}
+    assert json.loads((art.path / "build_spec.json").read_text())["profile"] is None
+
+
+def test_a_dynamic_dim_with_no_declared_size_fails_naming_options_shapes(tmp_path):
+    src = _art(_seq_model(tmp_path / "m.onnx"))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(BadInputError) as e:
+        _seq_stage(tmp_path, ["batch", "seq"]).run({"model": src, "fp32": src}, work)
+    assert "targets[0].options.shapes.ids: dimension 1 ('seq') is dynamic in the model" in e.value.message
+    assert "options.shapes.ids: [1, N]" in e.value.hint
+    (tmp_path / "w2").mkdir()
+    res = _seq_stage(tmp_path, ["batch", "seq"], shapes={"ids": [1, 7]}).run({"model": src, "fp32": src}, tmp_path / "w2")
+    assert _input_dims(res.outputs["artifact"].path / "model.onnx") == [1, 7]

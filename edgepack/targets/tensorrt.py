@@ -35,7 +35,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 class TensorRTTarget(TargetStage):
     kind = "compile.tensorrt"
-    version = "1"
+    version = "2"
     runtime = "tensorrt"
     extra = "tensorrt"
     isolated = True
@@ -51,6 +51,13 @@ class TensorRTTarget(TargetStage):
                                 hint="set precision: fp16 or int8, or leave dla_core out")
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
+
+    def config(self) -> dict:
+        return {**super().config(), "declared_shapes": {n: list(s) for n, (s, _) in self._declared().items()}}
+
+    def _declared(self) -> dict:
+        """model.inputs' shapes and batch axes: the sizes a dynamic model dim gets when options.shapes does not say."""
+        return {i.name: (list(i.shape), getattr(i, "batch_axis", 0)) for i in self.ctx.model.inputs}
 
     def toolchain(self) -> dict[str, str]:
         return package_versions("onnx", "onnxruntime", "tensorrt")
@@ -82,7 +89,7 @@ class TensorRTTarget(TargetStage):
             if has_qdq(model.path):
                 record["notes"].append(f"the optimize chain's Q/DQ model is not used for {precision}: built from the FP32 model")
             shutil.copyfile(fp32.path, onnx_out)
-        record["shapes"] = set_shapes(onnx_out, self.opts, self.ctx.where)
+        record["shapes"] = set_shapes(onnx_out, self.opts, self.ctx.where, self._declared())
         calib = inputs["calibration"].path if "calibration" in inputs else None
         record["check"], feeds, reference = check_with_ort(fp32.path, onnx_out, record["shapes"]["profile"] or None, calib)
         spec = _build_spec(self.opts, precision, record["shapes"]["profile"])

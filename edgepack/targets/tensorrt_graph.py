@@ -57,8 +57,10 @@ def quantize_qdq(fp32: Path, calibration: Path, out: Path) -> None:
     tmp.replace(out)
 
 
-def set_shapes(path: Path, opts: dict, where: str) -> dict:
-    """Fix dynamic input dims (options.shapes, else 1) unless options.profile covers the input."""
+def set_shapes(path: Path, opts: dict, where: str, declared: dict | None = None) -> dict:
+    """Fix dynamic input dims unless options.profile covers the input: to options.shapes, else to the
+    size model.inputs declares (``declared``: name -> (shape, batch axis)), else 1 on the batch axis;
+    a dynamic dim with none of these is an error naming options.shapes (never silently 1)."""
     import onnx
 
     m = onnx.load(str(path))
@@ -85,7 +87,9 @@ def set_shapes(path: Path, opts: dict, where: str) -> dict:
         want = (opts["shapes"] or {}).get(v.name)
         if want is not None:
             _check_rank(where, f"shapes.{v.name}", cur, want)
-        new = [want[i] if want is not None else (c if isinstance(c, int) else 1) for i, c in enumerate(cur)]
+            new = list(want)
+        else:
+            new = _declared_sizes(where, v.name, cur, (declared or {}).get(v.name))
         for i, (c, x) in enumerate(zip(cur, new)):
             if isinstance(c, int) and c != x:
                 raise BadInputError(f"{where}.options.shapes.{v.name}: dimension {i} is fixed to {c} in the model, got {x}")
@@ -102,6 +106,27 @@ def set_shapes(path: Path, opts: dict, where: str) -> dict:
     onnx.save(m, str(tmp))
     tmp.replace(path)
     return {"fixed": fixed, "profile": profile, "static": not profile}
+
+
+def _declared_sizes(where: str, name: str, cur: list, declared: tuple | None) -> list[int]:
+    """Static sizes for an input: the model's own, else model.inputs' declared ints, else 1 on the batch axis."""
+    shape, batch_axis = declared if declared is not None and len(declared[0]) == len(cur) else ([None] * len(cur), 0)
+    new = []
+    for i, (c, d) in enumerate(zip(cur, shape)):
+        if isinstance(c, int):
+            new.append(c)
+        elif isinstance(d, int):
+            new.append(d)
+        elif i == batch_axis:
+            new.append(1)
+        else:
+            example = "[" + ", ".join(str(x) if isinstance(x, int) else ("1" if j == batch_axis else "N") for j, x in enumerate(cur)) + "]"
+            raise BadInputError(
+                f"{where}.options.shapes.{name}: dimension {i} ('{c}') is dynamic in the model and model.inputs gives no size for it;"
+                " a TensorRT engine needs one",
+                hint=f"set options.shapes.{name}: {example} with N the size to build for, or options.profile.{name} (min/opt/max)",
+            )
+    return new
 
 
 def _check_rank(where, key, cur, want):

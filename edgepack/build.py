@@ -29,6 +29,7 @@ from .targets import TargetContext, make_target
 from .devices.fleet import run_fleet
 from .validate import ReferenceStage, ValidateStage
 from .validate.gates import evaluate
+from .validate.threads import gates_at_threads, validate_at_threads
 
 DEFAULT_KEY = "keys/signing-key.pem"
 
@@ -196,9 +197,9 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         if reference is not None:
             vinputs["reference"] = reference
 
-        def validate_on(dev, tid=tid, vinputs=vinputs):
-            vstage = ValidateStage(dev, r.benchmark, [i.name for i in r.model.inputs])
-            return engine.run(f"validate {tid} @ {dev.name}", vstage, vinputs)
+        def validate_on(dev, tid=tid, vinputs=vinputs):  # at each of the device's thread counts (validate/threads.py)
+            make = lambda profile: ValidateStage(profile, r.benchmark, [i.name for i in r.model.inputs])  # noqa: E731
+            return validate_at_threads(engine, f"validate {tid} @ {dev.name}", dev, make, vinputs)
 
         # Devices in parallel (fleet run, per-device timeout); a failing device fails alone.
         outcomes = run_fleet(runnable, validate_on)
@@ -209,7 +210,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
                 failures.append(out.error)
                 continue
             vres = out.value
-            gates = evaluate(r.gates, tid, dev.name, vres.record, art.size)
+            gates = gates_at_threads(lambda rec, where, tid=tid, art=art: evaluate(r.gates, tid, where, rec, art.size), vres.record, dev.name)
             entry["devices"][dev.name] = {"status": "ok" if gates["passed"] else "gates-failed", **vres.record, "gates": gates}
             gate_failures.extend(gates["failures"])
             if not gates["passed"]:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import BadInputError, StageError
 
@@ -65,6 +65,25 @@ class DeviceProfile(Strict):
     runtimes: list[str] = Field(default_factory=lambda: ["onnxruntime"])
     limits: Limits = Limits()
     benchmark: dict = Field(default_factory=dict, description="Overrides of the recipe's benchmark settings")
+    threads: int | list[int] | None = Field(None, description="Runtime thread count(s): validation runs and gates every one listed")
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v):
+        counts = [v] if isinstance(v, int) else v
+        if counts is not None and (not counts or any(n < 1 for n in counts) or len(set(counts)) != len(counts)):
+            raise ValueError("threads must be a positive count or a non-empty list of distinct positive counts, e.g. [1, 4]")
+        return v
+
+    def thread_counts(self) -> list[int | None]:
+        """Thread counts validation runs at: the profile's list, else its/the recipe's single setting (None)."""
+        if self.threads is None:
+            return [None]
+        return [self.threads] if isinstance(self.threads, int) else list(self.threads)
+
+    def at_threads(self, n: int | None) -> "DeviceProfile":
+        """This profile with its benchmark protocol pinned to ``n`` threads (unchanged for None)."""
+        return self if n is None else self.model_copy(update={"benchmark": {**self.benchmark, "threads": n}})
 
 
 LOCAL = DeviceProfile(name="local", description="this host", runtimes=["onnxruntime", "tflite", "openvino"])

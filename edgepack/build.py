@@ -23,7 +23,7 @@ from .engine import Engine, Progress, package_versions
 from .errors import BadInputError, EdgepackError, GateFailedError, StageError
 from .ingest import ConvertStage, source_artifact
 from .optimize import PassContext, make_pass
-from .paths import check_writable, write_json_atomic
+from .paths import check_free_space, check_writable, tree_size, write_json_atomic
 from .recipe import LoadedRecipe, TargetInput
 from .targets import TargetContext, make_target
 from .devices.fleet import run_fleet
@@ -80,6 +80,26 @@ def _resolve_key(lr: LoadedRecipe, opts: BuildOptions, progress: Progress) -> Pa
     return key
 
 
+def _check_target_names(lr: LoadedRecipe, wanted: list[str] | None) -> None:
+    import difflib
+
+    ids = [t.id for t in lr.recipe.targets]
+    for name in wanted or []:
+        if name not in ids:
+            close = difflib.get_close_matches(name, ids, n=1, cutoff=0.5)
+            raise BadInputError(f"--target {name}: {lr.path} has no target '{name}' (its targets: {', '.join(ids)})",
+                                hint=f"did you mean '{close[0]}'?" if close else "use a target's name (or type when it has no name)")
+
+
+def _input_sizes(lr: LoadedRecipe) -> tuple[int, int]:
+    """Bytes of the model source and of the data files, for the pre-flight free-space estimate."""
+    m = lr.recipe.model
+    model = sum(tree_size(lr.resolve(p)) for p in (m.path, m.weights) if p)
+    data = sum(tree_size(lr.resolve(p)) for role in ("calibration", "validation", "training")
+               for src in [getattr(lr.recipe.data, role)] if src is not None for p in (src.path, src.labels) if p)
+    return model, data
+
+
 def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     opts = opts or BuildOptions()
     r = lr.recipe
@@ -92,6 +112,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
 
     # Pre-flight: everything that can be checked cheaply is checked before any long stage.
     check_writable(out_dir, "package.output")
+    _check_target_names(lr, opts.targets)
     from .registry.refs import parse_ref
 
     ref = parse_ref(f"{registry}:{r.version}")
@@ -112,6 +133,11 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     target_stages = {t.id: make_target(t, TargetContext(lr.where("targets", i), lr.dir, r.model)) for i, t in enumerate(r.targets) if t in selected}
 
     cache = StageCache(opts.cache_dir, enabled=opts.use_cache)
+    cache_field = "--cache-dir" if opts.cache_dir else "stage cache ($EDGEPACK_CACHE or $EDGEPACK_HOME/cache)"
+    check_writable(cache.root, cache_field)
+    model_bytes, data_bytes = _input_sizes(lr)
+    check_free_space(cache.root, 8 * 2**20 + model_bytes * (2 + len(r.optimize) + len(selected)) + 2 * data_bytes, cache_field)
+    check_free_space(out_dir, 4 * 2**20 + 2 * model_bytes * len(selected), "package.output")
     engine = Engine(cache, progress, log_dir=out_dir.parent / f".{out_dir.name}.logs")
     if not opts.quiet:
         print(f"edgepack build {lr.path} -> {out_dir}", file=progress.stream)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .errors import EdgepackError, ExitCode
+from .paths import disk_full, disk_full_line
 
 
 class Ctx:
@@ -273,8 +274,9 @@ def main(argv=None) -> None:
     except EdgepackError as e:
         if Ctx.verbose:
             traceback.print_exc()
-        click.echo(f"error: {e.one_line()}", err=True)
-        sys.exit(e.exit_code)
+        line, code = _unexpected(e, argv) if disk_full(e) else (e.one_line(), e.exit_code)
+        click.echo(f"error: {line}", err=True)
+        sys.exit(code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -289,8 +291,26 @@ def main(argv=None) -> None:
     except Exception as e:  # a bug in edgepack or a backend: one line unless --verbose
         if Ctx.verbose:
             traceback.print_exc()
-        click.echo(f"error: internal error: {e.__class__.__name__}: {e} (rerun with --verbose for the traceback)", err=True)
-        sys.exit(ExitCode.BUILD_ERROR)
+        line, code = _unexpected(e, argv)
+        click.echo(f"error: {line}", err=True)
+        sys.exit(code)
+
+
+ARTIFACT_COMMANDS = {"verify", "pull", "publish", "copy", "ls", "bench"}  # what they read is a bundle / registry artifact
+
+
+def _unexpected(e: BaseException, argv: list[str]) -> tuple[str, int]:
+    """(one line, exit code) for errors no EdgepackError describes: a full disk, a hostile deeply nested document."""
+    full = disk_full(e)
+    if full is not None:
+        return disk_full_line(full, argv), ExitCode.BAD_INPUT
+    words = [a for a in argv if not a.startswith("-")]
+    if isinstance(e, RecursionError):  # json / yaml parsers recurse per nesting level
+        command, subject = (words + ["", ""])[:2]
+        bad_artifact = command in ARTIFACT_COMMANDS
+        return (f"{subject or command}: holds a document nested too deeply to read ({'a damaged or hostile artifact' if bad_artifact else 'bad input'})",
+                ExitCode.VERIFICATION_FAILED if bad_artifact else ExitCode.BAD_INPUT)
+    return f"internal error: {e.__class__.__name__}: {e} (rerun with --verbose for the traceback)", ExitCode.BUILD_ERROR
 
 
 if __name__ == "__main__":

@@ -87,8 +87,12 @@ def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[Inpu
             raise BadInputError(f"{where}: data file not found", hint="check the path; it is relative to the recipe")
         try:
             value = np.load(path, allow_pickle=False)
+            if isinstance(value, np.lib.npyio.NpzFile):  # members load lazily: read them here, inside the try
+                with value:
+                    value = {k: value[k] for k in value.files}
         except Exception as e:
-            raise BadInputError(f"{where}: cannot read as .npy/.npz ({e.__class__.__name__}: {e})") from e
+            raise BadInputError(f"{where}: cannot read as .npy/.npz ({e.__class__.__name__}: {e})",
+                                hint="save plain numeric arrays (no dtype=object) with np.savez") from e
     arrays, labels = _as_dict(value, inputs, where)
     if src.labels:
         lpath = lr.resolve(src.labels)

@@ -23,7 +23,7 @@ from .engine import Engine, Progress, package_versions
 from .errors import BadInputError, EdgepackError, GateFailedError, StageError
 from .ingest import ConvertStage, source_artifact
 from .optimize import PassContext, make_pass
-from .paths import check_free_space, check_writable, tree_size, write_json_atomic
+from .paths import check_free_space, check_writable, scrub_host_paths, tree_size, write_json_atomic
 from .recipe import LoadedRecipe, TargetInput
 from .targets import TargetContext, make_target
 from .devices.fleet import run_fleet
@@ -89,6 +89,14 @@ def _check_target_names(lr: LoadedRecipe, wanted: list[str] | None) -> None:
             close = difflib.get_close_matches(name, ids, n=1, cutoff=0.5)
             raise BadInputError(f"--target {name}: {lr.path} has no target '{name}' (its targets: {', '.join(ids)})",
                                 hint=f"did you mean '{close[0]}'?" if close else "use a target's name (or type when it has no name)")
+
+
+def _host_prefixes(lr: LoadedRecipe, out_dir: Path, cache: StageCache) -> dict[str, str]:
+    """Build-host directories -> what report.json and edgepack.json say instead (bundle- or recipe-relative)."""
+    import os
+
+    return {os.path.expanduser("~"): "~", tempfile.gettempdir(): "$TMPDIR", str(edgepack_home().absolute()): "$EDGEPACK_HOME",
+            str(cache.root.absolute()): "$EDGEPACK_CACHE", str(lr.dir.absolute()): "", str(out_dir.parent): "..", str(out_dir): "."}
 
 
 def _input_sizes(lr: LoadedRecipe) -> tuple[int, int]:
@@ -256,7 +264,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         "schema_version": 1,
         "name": r.name,
         "version": r.version,
-        "recipe": str(lr.path),
+        "recipe": lr.path.name,
         "recipe_sha256": hashlib.sha256(lr.text.encode()).hexdigest(),
         "started": started,
         "finished": _now(),
@@ -269,6 +277,9 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         "failures": failures,
         "toolchain": _toolchain(),
     }
+    for tid, art in artifacts.items():  # where it lies in the bundle, not in the build host's cache
+        targets[tid]["artifact"]["path"] = f"targets/{tid}/{art.path.name}"
+    report = scrub_host_paths(report, _host_prefixes(lr, out_dir, cache))  # issue 11: no build-host paths
     built_ok = [tid for tid, e in targets.items() if e["status"] == "ok"]
     if gate_failures or not built_ok:
         report_path = out_dir.parent / f"{out_dir.name}.report.json"
@@ -315,6 +326,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         "toolchain": report["toolchain"],
         "lineage": [{k: s[k] for k in ("name", "stage", "version", "key", "inputs", "outputs")} for s in engine.lineage],
     }
+    manifest = scrub_host_paths(manifest, _host_prefixes(lr, out_dir, cache))
     progress.start("package + sign")
     t0 = time.perf_counter()
     from .bundle.provenance import PROVENANCE_NAME, write_provenance

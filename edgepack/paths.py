@@ -95,6 +95,31 @@ def disk_full_line(e: OSError, candidates: list[str] = ()) -> str:
     return f"no space left on device writing {'; '.join(parts)} (free some space there, or choose another --cache-dir / -o, and rerun)"
 
 
+def scrub_host_paths(doc, prefixes: dict[str, str]):
+    """A copy of ``doc`` whose strings name no build-host directory: each ``prefixes`` key (an absolute
+    directory) becomes its value (a relative path like ``..`` or a placeholder like ``$EDGEPACK_HOME``),
+    longest first, wherever it appears (fields and error messages alike)."""
+    order = sorted(((str(k).rstrip(os.sep), v) for k, v in prefixes.items() if k and str(k) != os.sep),
+                   key=lambda kv: -len(kv[0]))
+
+    import re
+
+    subs = [(re.compile(re.escape(k) + r"(/|(?=$|[^\w.\-/]))"), v) for k, v in order]
+
+    def fix(x):
+        if isinstance(x, str):
+            for pat, v in subs:
+                x = pat.sub(lambda m, v=v: (v + m.group(1) if v else "") if m.group(1) else (v or "."), x)
+            return x
+        if isinstance(x, dict):
+            return {fix(k): fix(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [fix(v) for v in x]
+        return x
+
+    return fix(doc)
+
+
 def write_json_atomic(path: Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,12 +5,20 @@ either the set of op types it supports (read from the installed converter where 
 Runtime's operator schemas, onnx2tf's one-module-per-op folder) or a set it is known NOT to support
 (TensorRT's ONNX parser, from onnx-tensorrt docs/operators.md). A graph whose opset is newer than a
 table knows is reported as a warning, never as a failure. Nothing here imports a heavy backend.
+
+The onnx2tf table also learns: when onnx2tf fails on a node, the TFLite target records that node's op
+pattern (op type, input ranks, scalar attributes) in ``<cache>/coverage-learned/onnx2tf.json`` keyed
+by the converter's toolchain versions, and the next build's pre-flight rejects a graph holding that
+pattern before converting, saying it was learned. A new onnx2tf/TensorFlow version starts afresh.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +33,7 @@ class OpTable:
     supported: frozenset[str] | None = None  # op types known to work (None: every standard op)
     unsupported: frozenset[str] = field(default_factory=frozenset)  # op types known to fail
     max_opset: int | None = None  # newest default-domain opset the table was written for
+    learned: dict = field(default_factory=dict)  # op pattern -> what failed on it before (see learn())
 
 
 # TensorRT 10 ONNX parser: ops still marked "N" in onnx-tensorrt's operator matrix (conservative:
@@ -81,7 +90,8 @@ def table_for(name: str) -> OpTable | None:
         ops = _onnx2tf_ops()
         if ops is None:
             return None
-        return OpTable("onnx2tf op converters (onnx2tf/ops)", ("", "ai.onnx", "com.microsoft"), supported=ops)
+        return OpTable("onnx2tf op converters (onnx2tf/ops)", ("", "ai.onnx", "com.microsoft"), supported=ops,
+                       learned=learned_patterns("onnx2tf"))
     return None
 
 
@@ -95,6 +105,7 @@ def check_graph(onnx_path: Path, table: OpTable) -> dict:
     unsupported: list[dict] = []
     histogram: dict[str, int] = {}
     local_functions = {(f.domain, f.name) for f in m.functions}
+    ranks = tensor_ranks(m.graph) if table.learned else {}
     for node in _walk(m.graph.node):
         domain = "" if node.domain == "ai.onnx" else node.domain
         op = f"{domain}::{node.op_type}" if domain else node.op_type
@@ -102,8 +113,13 @@ def check_graph(onnx_path: Path, table: OpTable) -> dict:
         if (node.domain, node.op_type) in local_functions:
             continue  # a model-local function: its body's nodes are what the target sees
         reason = _why_unsupported(domain, node.op_type, table)
-        if reason:
-            unsupported.append({"node": node.name or f"<unnamed {node.op_type}>", "op": op, "reason": reason})
+        entry = {"node": node.name or f"<unnamed {node.op_type}>", "op": op, "reason": reason}
+        if not reason and table.learned:
+            seen = table.learned.get(op_pattern(node, ranks))
+            if seen:
+                entry.update(reason="learned: the converter failed on this op pattern in an earlier build", learned_from=seen)
+        if entry["reason"]:
+            unsupported.append(entry)
     for f in m.functions:
         for node in _walk(f.node):
             domain = "" if node.domain == "ai.onnx" else node.domain
@@ -175,4 +191,89 @@ def summary(target_id: str, cov: dict, limit: int = 8) -> str:
     bad = cov["unsupported"]
     names = ", ".join(f"{u['node']} ({u['op']})" for u in bad[:limit])
     more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
-    return f"{len(bad)} node(s) the target cannot convert ({cov['table']}): {names}{more}"
+    learned = [u["learned_from"] for u in bad if u.get("learned_from")]
+    said = (f"; rejected before converting: the converter failed on this op pattern in an earlier build with the same"
+            f" toolchain (node '{learned[0]['node']}': {learned[0]['error'][:200]}); to try again, remove it from"
+            f" {_learned_file(learned[0].get('converter', 'onnx2tf'))}") if learned else ""
+    return f"{len(bad)} node(s) the target cannot convert ({cov['table']}): {names}{more}{said}"
+
+
+# ------------------------------------------------------------------ learned failures
+
+LEARNED_TOOLCHAIN = {"onnx2tf": ("onnx2tf", "tensorflow", "tf_keras", "onnxsim")}
+
+
+def tensor_ranks(graph) -> dict[str, int]:
+    """Rank of every tensor whose shape the graph records (inputs, initializers, value_info, outputs)."""
+    ranks = {i.name: len(i.dims) for i in graph.initializer}
+    for v in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if v.type.tensor_type.HasField("shape"):
+            ranks[v.name] = len(v.type.tensor_type.shape.dim)
+    return ranks
+
+
+def op_pattern(node, ranks: dict[str, int]) -> str:
+    """What a converter failure is remembered by: op type, input ranks and scalar/short attributes
+    ('Col2Im(r3,r1,r1){}'), so the same op used differently is not rejected with it."""
+    from onnx import helper
+
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    attrs = []
+    for a in sorted(node.attribute, key=lambda a: a.name):
+        v = helper.get_attribute_value(a)
+        v = v.decode(errors="replace") if isinstance(v, bytes) else v
+        short = isinstance(v, (int, float, str)) or (isinstance(v, list) and len(v) <= 8 and all(isinstance(x, (int, float)) for x in v))
+        attrs.append(f"{a.name}={v}" if short else a.name)
+    ins = ",".join(f"r{ranks[i]}" if i in ranks else "?" for i in node.input)
+    return f"{domain + '::' if domain else ''}{node.op_type}({ins}){{{';'.join(attrs)}}}"
+
+
+def _learned_file(converter: str) -> Path:
+    from ..cache import default_cache_dir
+
+    return default_cache_dir() / "coverage-learned" / f"{converter}.json"
+
+
+def _toolchain_key(converter: str) -> tuple[str, dict]:
+    from ..engine import package_versions
+
+    versions = package_versions(*LEARNED_TOOLCHAIN[converter])
+    return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16], versions
+
+
+def learned_patterns(converter: str) -> dict:
+    """Op patterns the converter failed on before, with this toolchain: pattern -> {node, error, ...}."""
+    path = _learned_file(converter)
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return table.get(_toolchain_key(converter)[0], {}).get("patterns", {})
+
+
+def learn(converter: str, onnx_path: Path, node_name: str, error: str) -> str | None:
+    """Remember that ``converter`` failed on node ``node_name`` of ``onnx_path`` (its op pattern).
+    Returns the pattern, or None when the node is not in that graph."""
+    import onnx
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    node = next((n for n in _walk(m.graph.node) if n.name == node_name), None)
+    if node is None:
+        return None
+    pattern = op_pattern(node, tensor_ranks(m.graph))
+    key, versions = _toolchain_key(converter)
+    path = _learned_file(converter)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        entry = table.setdefault(key, {"toolchain": versions, "patterns": {}})
+        entry["patterns"][pattern] = {"node": node_name, "op": node.op_type, "error": error[:400], "model": Path(onnx_path).name,
+                                      "converter": converter}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+    return pattern

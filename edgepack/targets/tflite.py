@@ -107,7 +107,7 @@ class TFLiteTarget(TargetStage):
             verbosity="warn",
         )
         record["onnx2tf_args"] = {k: v for k, v in kwargs.items() if k not in ("input_onnx_file_path", "output_folder_path", "custom_input_op_name_np_data_path")}
-        log = self._convert(kwargs, scratch)
+        log = self._convert(kwargs, scratch, Path(src.path))
         if "shape estimation is skipped" in log:  # onnx2tf's own ONNX-vs-TF check on the -cind data
             record["notes"].append("onnx2tf skipped its ONNX-side shape estimation (its dummy ONNX Runtime inference failed; "
                                    "onnx2tf 1.29 compares -cind data shapes including the batch size); edgepack's own sample_check still ran")
@@ -200,8 +200,9 @@ class TFLiteTarget(TargetStage):
         np.save(scratch / SAMPLE_FILE, data)
         record["notes"].append(f"onnx2tf's sample-image download replaced by {what}")
 
-    def _convert(self, kwargs: dict, scratch: Path) -> str:
-        """Run onnx2tf with its stdout captured (returned, and copied into the stage log)."""
+    def _convert(self, kwargs: dict, scratch: Path, source: Path) -> str:
+        """Run onnx2tf with its stdout captured (returned, and copied into the stage log). A failure names
+        the ONNX node onnx2tf was converting, and its op pattern is learned for the next pre-flight."""
         import onnx2tf
 
         buf = io.StringIO()
@@ -211,14 +212,57 @@ class TFLiteTarget(TargetStage):
             with contextlib.redirect_stdout(buf):
                 onnx2tf.convert(**kwargs)
         except SystemExit as e:  # onnx2tf reports bad input with error(...) then sys.exit(1)
-            raise StageError(f"onnx2tf stopped (exit {e.code}): {_last_error(buf.getvalue())}", hint="see the stage log for onnx2tf's output") from e
+            raise _failure(f"onnx2tf stopped (exit {e.code})", _last_error(buf.getvalue()), buf.getvalue(), source,
+                           Path(kwargs["input_onnx_file_path"])) from e
         except Exception as e:
-            raise StageError(f"onnx2tf failed: {e.__class__.__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
-                             hint="see the stage log for onnx2tf's output") from e
+            raise _failure("onnx2tf failed", _cause(e), buf.getvalue(), source, Path(kwargs["input_onnx_file_path"])) from e
         finally:
             os.chdir(cwd)
             print(ANSI.sub("", buf.getvalue()))  # into the stage log
         return ANSI.sub("", buf.getvalue())
+
+
+def _cause(e: Exception) -> str:
+    """The exception's first two non-empty lines (Keras puts the TF layer on the first, the reason on the next)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{e.__class__.__name__}: {' '.join(lines[:2])[:300]}" if lines else e.__class__.__name__
+
+
+def failed_node(log: str, cause: str, graphs: list[Path]) -> tuple[str, str, Path] | None:
+    """(node name, op type, graph holding it) for an onnx2tf failure: the 'onnx_op_name:' line onnx2tf
+    logs for the op it was converting, else the longest ONNX node name the error text mentions (onnx2tf
+    names its TF layers after ONNX nodes). Looked up in ``graphs`` in order (the source first)."""
+    import onnx
+
+    text = ANSI.sub("", log)
+    named = [re.sub(r"^wa/", "/", n) for n in re.findall(r"onnx_op_name: (\S+)", text)]
+    for path in graphs:
+        try:
+            nodes = {n.name: n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node if n.name}
+        except Exception:
+            continue
+        for name in reversed(named):
+            if name in nodes:
+                return name, nodes[name], path
+        mentioned = [n for n in nodes if len(n) >= 3 and n in cause]
+        if mentioned and not named:
+            name = max(mentioned, key=len)
+            return name, nodes[name], path
+    return None
+
+
+def _failure(what: str, cause: str, log: str, source: Path, converted_copy: Path) -> StageError:
+    from .coverage import learn
+
+    found = failed_node(log, cause, [source, converted_copy])
+    if found is None:
+        return StageError(f"{what}: {cause}", hint="see the stage log for onnx2tf's output")
+    name, op, graph = found
+    learned = learn("onnx2tf", graph, name, cause) if graph == source else None
+    hint = "replace or rewrite this op in the model, or leave this target out"
+    if learned:
+        hint += f"; the next build's pre-flight rejects op pattern {learned} without converting"
+    return StageError(f"{what} on ONNX node '{name}' ({op}): {cause}", hint=hint)
 
 
 def _last_error(text: str) -> str:

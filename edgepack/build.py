@@ -30,6 +30,7 @@ from .devices.fleet import run_fleet
 from .validate import ReferenceStage, ValidateStage
 from .validate.gates import evaluate
 from .validate.threads import gates_at_threads, validate_at_threads
+from .validate_plan import accuracy_gate_metric, check_evaluation, effective_metrics, onnx_outputs
 
 DEFAULT_KEY = "keys/signing-key.pem"
 
@@ -137,6 +138,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     from .devices import load_profile
 
     devices = [load_profile(d, lr.dir)[0] for d in r.devices]
+    check_evaluation(r, lr.where, outputs=onnx_outputs(r.model, lr), base_dir=lr.dir)  # ONNX sources: names/shapes from the file
     selected = [t for t in r.targets if not opts.targets or t.id in opts.targets]
     target_stages = {t.id: make_target(t, TargetContext(lr.where("targets", i), lr.dir, r.model)) for i, t in enumerate(r.targets) if t in selected}
 
@@ -158,6 +160,8 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         if src is not None:
             arrays, labels = load_source(lr, src, role, r.model.inputs)
             data[role] = freeze(arrays, labels, data_dir, role)
+    label_sets = set((data["validation"].meta.get("label_sets") or []) if "validation" in data else [])
+    check_evaluation(r, lr.where, label_sets=label_sets, base_dir=lr.dir)
 
     # Convert
     source = source_artifact(r.model, lr)
@@ -168,6 +172,13 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     conversion = engine.run("convert", ConvertStage(r.model, lr.dir, lr.where("model")), conv_inputs)
     converted = conversion.outputs["model"]
     fp32 = converted
+    out_shapes = {t.name: t.shape for t in converted.outputs}
+    check_evaluation(r, lr.where, outputs=out_shapes or None, label_sets=label_sets, base_dir=lr.dir)
+    metric_specs = effective_metrics(r, out_shapes, label_sets)
+    evaluation, reference = None, None
+    if "validation" in data:  # FP32 outputs and metrics first: a metric that cannot be computed fails before any long stage
+        reference = engine.run("reference fp32", ReferenceStage(), {"model": fp32, "validation": data["validation"]}).outputs["outputs"]
+        evaluation = fp32_evaluation(metric_specs, reference, data["validation"], lr.dir, declared=bool(r.evaluate))
 
     # Optimize (a failing pass fails alone: the targets that need its model fail, `input: fp32` ones go on)
     model, optimize_records, pass_error = _optimize(engine, lr, fp32, source, data)
@@ -180,9 +191,6 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
                 for tid, stage in target_stages.items() if _target_model(stage.target, fp32, model) is not None}
 
     # Compile, then validate each target on each device
-    reference = None
-    if "validation" in data:
-        reference = engine.run("reference fp32", ReferenceStage(), {"model": fp32, "validation": data["validation"]}).outputs["outputs"]
     targets: dict[str, dict] = {}
     artifacts: dict[str, Artifact] = {}
     failures: list[str] = [pass_error] if pass_error else []  # a failed pass makes the build partial at best
@@ -232,7 +240,9 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
             vinputs["reference"] = reference
 
         def validate_on(dev, tid=tid, vinputs=vinputs):  # at each of the device's thread counts (validate/threads.py)
-            make = lambda profile: ValidateStage(profile, r.benchmark, [i.name for i in r.model.inputs])  # noqa: E731
+            make = lambda profile: ValidateStage(profile, r.benchmark, [i.name for i in r.model.inputs],  # noqa: E731
+                                                 metrics=metric_specs, base_dir=lr.dir, output_names=list(out_shapes) or None,
+                                                 cosine=r.gates.cosine)
             return validate_at_threads(engine, f"validate {tid} @ {dev.name}", dev, make, vinputs)
 
         # Devices in parallel (fleet run, per-device timeout); a failing device fails alone.
@@ -244,7 +254,9 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
                 failures.append(out.error)
                 continue
             vres = out.value
-            gates = gates_at_threads(lambda rec, where, tid=tid, art=art: evaluate(r.gates, tid, where, rec, art.size), vres.record, dev.name)
+            acc_metric = accuracy_gate_metric(r, metric_specs)
+            gates = gates_at_threads(lambda rec, where, tid=tid, art=art: evaluate(r.gates, tid, where, rec, art.size, acc_metric),
+                                     vres.record, dev.name)
             entry["devices"][dev.name] = {"status": "ok" if gates["passed"] else "gates-failed", **vres.record, "gates": gates}
             gate_failures.extend(gates["failures"])
             if not gates["passed"]:
@@ -272,6 +284,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         "conversion": {**next((s for s in engine.lineage if s["name"] == "convert"), {}), "record": conversion.record},
         "stages": engine.lineage,
         "optimize": optimize_records,
+        "evaluate": evaluation,
         "targets": targets,
         "gates": {"config": r.gates.model_dump(mode="json"), "passed": not gate_failures, "failures": gate_failures},
         "failures": failures,
@@ -387,6 +400,20 @@ def _optimize(engine: Engine, lr: LoadedRecipe, fp32: Artifact, source: Artifact
 def _target_model(target, fp32: Artifact, optimized: Artifact | None) -> Artifact | None:
     """The model a target compiles: the FP32 conversion for `input: fp32`, else the optimized one (None: a pass failed)."""
     return fp32 if target.input is TargetInput.FP32 else optimized
+
+
+def fp32_evaluation(specs, reference: Artifact, validation: Artifact, base_dir: Path, declared: bool) -> dict | None:
+    """report.json "evaluate": the primary metric and every metric on the FP32 reference (declared: from the
+    recipe's evaluate:, else only the implicit top-1)."""
+    from .data import read_data
+    from .validate import read_outputs
+    from .validate.metrics import primary_name
+    from .validate.scoring import reference_metrics, report_entry
+
+    if not specs:
+        return None
+    res = reference_metrics(specs, read_outputs(reference.path), read_data(validation.path)[1], base_dir)
+    return {"primary": primary_name(specs), "declared": declared, "reference": {k: report_entry(v, None) for k, v in res.items()}}
 
 
 def _public_key_for(private: Path) -> Path:

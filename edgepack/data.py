@@ -21,6 +21,43 @@ from .recipe import DataSource, InputSpec, LoadedRecipe
 LABELS = "__labels__"
 
 
+def _label_sets(labels) -> dict[str, np.ndarray] | None:
+    """One label array is the set 'labels'; a dict gives named sets."""
+    if labels is None:
+        return None
+    if isinstance(labels, dict):
+        return {str(k): np.asarray(v) for k, v in labels.items()}
+    return {"labels": np.asarray(labels)}
+
+
+def _load_label_file(path: Path, where: str) -> np.ndarray:
+    if not path.is_file():
+        raise BadInputError(f"{path} ({where}): labels file not found", hint="check the path; it is relative to the recipe")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise BadInputError(f"{path} ({where}): cannot read as .npy ({e.__class__.__name__}: {e})",
+                            hint="save strings as a unicode array, np.save(path, np.array(list_of_str))") from e
+
+
+def load_labels(lr: LoadedRecipe, src: DataSource, field: str) -> dict[str, np.ndarray] | None:
+    """data.<role>.labels: one .npy (the set 'labels') or {name: .npy}."""
+    if isinstance(src.labels, str):
+        return {"labels": _load_label_file(lr.resolve(src.labels), f"data.{field}.labels")}
+    if isinstance(src.labels, dict):
+        return {k: _load_label_file(lr.resolve(p), f"data.{field}.labels.{k}") for k, p in src.labels.items()}
+    return None
+
+
+def check_labels(labels: dict | None, n: int, where: str) -> None:
+    for name, y in (labels or {}).items():
+        if y.ndim == 0 or len(y) != n:
+            got = "a scalar" if y.ndim == 0 else f"{len(y)} labels"
+            raise BadInputError(f"{where}: label set '{name}' has {got} for {n} samples", hint="give exactly one label per sample")
+        if y.dtype == object:
+            raise BadInputError(f"{where}: label set '{name}' is an object array", hint="use numbers or a unicode string array")
+
+
 def _as_dict(value, inputs: list[InputSpec], where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     labels = None
     if isinstance(value, tuple):
@@ -35,11 +72,15 @@ def _as_dict(value, inputs: list[InputSpec], where: str) -> tuple[dict[str, np.n
         value = {inputs[0].name: value}
     if not isinstance(value, dict):
         raise BadInputError(f"{where}: expected an array, a dict of arrays or (inputs, labels), got {type(value).__name__}")
+    value = dict(value)
     if LABELS in value:
         labels = value.pop(LABELS)
     elif "labels" in value and "labels" not in {i.name for i in inputs}:
         labels = value.pop("labels")
-    return {k: np.asarray(v) for k, v in value.items()}, (None if labels is None else np.asarray(labels))
+    named = {k[len(LABELS) + 1 :]: value.pop(k) for k in sorted(value) if k.startswith(LABELS + ".")}
+    sets = _label_sets(labels) or {}
+    sets.update(named)
+    return {k: np.asarray(v) for k, v in value.items()}, (sets or None)
 
 
 def check_arrays(arrays: dict[str, np.ndarray], labels, inputs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
@@ -67,12 +108,12 @@ def check_arrays(arrays: dict[str, np.ndarray], labels, inputs: list[InputSpec],
     n = counts.pop()
     if n == 0:
         raise BadInputError(f"{where}: no samples")
-    if labels is not None and len(labels) != n:
-        raise BadInputError(f"{where}: {len(labels)} labels for {n} samples", hint="give exactly one label per sample")
+    check_labels(_label_sets(labels), n, where)
     return out
 
 
-def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[InputSpec]) -> tuple[dict, np.ndarray | None]:
+def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[InputSpec]) -> tuple[dict, dict | None]:
+    """The arrays by input name, and the label sets by name (None without labels)."""
     if src.loader:
         fn = resolve(src.loader, lr.dir, f"{lr.where('data', field, 'loader')}")
         where = f"{lr.where('data', field, 'loader')} ({src.loader})"
@@ -95,25 +136,29 @@ def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[Inpu
                                 hint="save plain numeric arrays (no dtype=object) with np.savez") from e
     arrays, labels = _as_dict(value, inputs, where)
     if src.labels:
-        lpath = lr.resolve(src.labels)
-        if not lpath.is_file():
-            raise BadInputError(f"{lpath} (data.{field}.labels): labels file not found")
-        try:
-            labels = np.load(lpath, allow_pickle=False)
-        except Exception as e:
-            raise BadInputError(f"{lpath} (data.{field}.labels): cannot read as .npy ({e})") from e
+        labels = load_labels(lr, src, field)
     arrays = check_arrays(arrays, labels, inputs, where)
     if src.limit:
         arrays = {k: v[: src.limit] for k, v in arrays.items()}
-        labels = None if labels is None else labels[: src.limit]
+        labels = None if labels is None else {k: v[: src.limit] for k, v in labels.items()}
     return arrays, labels
 
 
+def label_key(name: str) -> str:
+    """The .npz key of a label set: '__labels__' for the set 'labels', '__labels__.NAME' for the others."""
+    return LABELS if name == "labels" else f"{LABELS}.{name}"
+
+
+def is_label_key(key: str) -> bool:
+    return key == LABELS or key.startswith(LABELS + ".")
+
+
 def freeze(arrays: dict[str, np.ndarray], labels, directory: Path, role: str) -> Artifact:
-    """Write arrays (and labels) to a content-addressed .npz, atomically."""
+    """Write arrays (and label sets) to a content-addressed .npz, atomically (keys sorted: deterministic)."""
     payload = dict(arrays)
-    if labels is not None:
-        payload[LABELS] = np.asarray(labels)
+    sets = _label_sets(labels) or {}
+    for name in sorted(sets):
+        payload[label_key(name)] = np.asarray(sets[name])
     h = hashlib.sha256()
     for k in sorted(payload):
         a = np.ascontiguousarray(payload[k])
@@ -125,17 +170,26 @@ def freeze(arrays: dict[str, np.ndarray], labels, directory: Path, role: str) ->
     if not path.exists():
         fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            np.savez(f, **{k: payload[k] for k in [*arrays, *(label_key(n) for n in sorted(sets))]})
         os.replace(tmp, path)
     n = len(next(iter(arrays.values())))
-    return Artifact(path, "npz", digest=digest, meta={"role": role, "samples": n, "labels": labels is not None})
+    return Artifact(path, "npz", digest=digest, meta={"role": role, "samples": n, "labels": bool(sets), "label_sets": sorted(sets)})
 
 
 def read_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Input arrays, and the single label array: the set 'labels', or the only set (None otherwise)."""
+    arrays, sets = read_data(path)
+    if not sets:
+        return arrays, None
+    return arrays, sets.get("labels", next(iter(sets.values())) if len(sets) == 1 else None)
+
+
+def read_data(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Input arrays and every label set by name."""
     with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if k != LABELS}
-        labels = z[LABELS] if LABELS in z.files else None
-    return arrays, labels
+        arrays = {k: z[k] for k in z.files if not is_label_key(k)}
+        sets = {("labels" if k == LABELS else k[len(LABELS) + 1 :]): z[k] for k in z.files if is_label_key(k)}
+    return arrays, sets
 
 
 def samples(arrays: dict[str, np.ndarray], limit: int | None = None):

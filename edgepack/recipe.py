@@ -106,8 +106,19 @@ class ModelSection(Strict):
 class DataSource(Strict):
     path: str | None = Field(None, description=".npy or .npz file (relative to the recipe).")
     loader: str | None = Field(None, description="module:function returning arrays, or (inputs, labels).")
-    labels: str | None = Field(None, description=".npy file with one label per sample.")
+    labels: str | dict[str, str] | None = Field(
+        None, description=".npy file with one label per sample (the label set 'labels'), or {name: .npy} for several named label sets.")
     limit: int | None = Field(None, gt=0, description="Use at most this many samples.")
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, v):
+        import re
+
+        for name in v if isinstance(v, dict) else ():
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+                raise ValueError(f"label set name '{name}': use letters, digits, '_', '.', '-'")
+        return v
 
     @model_validator(mode="after")
     def _one(self):
@@ -506,7 +517,11 @@ def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
         raise RecipeError(f"{path}: recipe file not found", hint="check the path") from e
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: cannot read the recipe ({e.__class__.__name__})") from e
-    return LoadedRecipe(parse_recipe(text, path), path, text)
+    lr = LoadedRecipe(parse_recipe(text, path), path, text)
+    from .validate_plan import check_evaluation
+
+    check_evaluation(lr.recipe, lr.where, base_dir=lr.dir)
+    return lr
 
 
 def json_schema() -> str:

@@ -642,7 +642,7 @@ def bench(job):
     proto = job.get("protocol", {})
     threads = proto.get("threads")
     with np.load(job["inputs"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if k != "__labels__"}
+        arrays = {k: z[k] for k in z.files if not k.startswith("__labels__")}
     n = len(next(iter(arrays.values())))
 
     t0 = time.perf_counter()
@@ -710,7 +710,7 @@ def memory(job):
 
     adapter = ADAPTERS[job["runtime"]]()
     with np.load(job["inputs"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if k != "__labels__"}
+        arrays = {k: z[k] for k in z.files if not k.startswith("__labels__")}
     before = _current_rss_mb()
     adapter.load(job["artifact"], job.get("protocol", {}).get("threads"), job.get("options", {}))
     after_load = _current_rss_mb()

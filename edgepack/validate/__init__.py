@@ -7,23 +7,28 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact
-from ..data import read_npz
+from ..data import read_data, read_npz
 from ..devices import DeviceProfile, transport_for
 from ..engine import Stage, StageResult, package_versions
 from ..recipe import Benchmark
-from .accuracy import fidelity, top1
+from .scoring import score_outputs
 
 
-def read_outputs(path: Path) -> list[np.ndarray]:
+def read_outputs(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Outputs by name. Files written before outputs were keyed by name hold output_0, output_1, ...
+    (in the FP32 model's order): those are renamed with ``names`` when given."""
     with np.load(path, allow_pickle=False) as z:
-        return [z[f"output_{k}"] for k in range(len(z.files))]
+        files = list(z.files)
+        if names and len(names) == len(files) and files == [f"output_{k}" for k in range(len(files))]:
+            return {n: z[f"output_{k}"] for k, n in enumerate(names)}
+        return {k: z[k] for k in files}
 
 
 class ReferenceStage(Stage):
     """FP32 ONNX outputs on the validation inputs: what every target is compared with."""
 
     kind = "reference"
-    version = "1"
+    version = "2"  # outputs keyed by name
 
     def toolchain(self):
         return package_versions("onnxruntime")
@@ -34,10 +39,17 @@ class ReferenceStage(Stage):
 
         arrays, _ = read_npz(inputs["validation"].path)
         outs = run_onnx(inputs["model"].path, list(samples(arrays)))
-        payload = {f"output_{k}": np.concatenate([o[k] for o in outs], axis=0) for k in range(len(outs[0]))}
+        names = [t.name for t in inputs["model"].outputs] or onnx_output_names(inputs["model"].path)
+        payload = {names[k]: np.concatenate([o[k] for o in outs], axis=0) for k in range(len(outs[0]))}
         path = workdir / "reference.npz"
         np.savez(path, **payload)
         return StageResult({"outputs": Artifact(path, "npz")}, {"samples": len(outs)})
+
+
+def onnx_output_names(path: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 def runner_job(artifact: Artifact, source_inputs: list[str], protocol: dict) -> dict:
@@ -59,15 +71,26 @@ class ValidateStage(Stage):
     """Run one target's artifact on one device: benchmark protocol, peak memory, outputs vs FP32 and labels."""
 
     kind = "validate"
-    version = "1"
+    version = "2"  # metrics by output name
 
-    def __init__(self, profile: DeviceProfile, benchmark: Benchmark, source_inputs: list[str]):
+    def __init__(self, profile: DeviceProfile, benchmark: Benchmark, source_inputs: list[str],
+                 metrics: list | None = None, base_dir: Path | None = None, output_names: list[str] | None = None,
+                 cosine=None):
         self.profile = profile
         self.benchmark = benchmark
         self.source_inputs = source_inputs
+        self.metrics = list(metrics or [])
+        self.base_dir = base_dir
+        self.output_names = output_names
+        # gates.min_cosine aggregated other than as the mean over every output: computed here, from all samples
+        self.cosine = cosine if cosine is not None and (cosine.per_sample != "mean" or cosine.output) else None
 
     def config(self):
-        return {"device": self.profile.model_dump(mode="json"), "benchmark": self.protocol(), "inputs": self.source_inputs}
+        from .scoring import metrics_config
+
+        return {"device": self.profile.model_dump(mode="json"), "benchmark": self.protocol(), "inputs": self.source_inputs,
+                "metrics": metrics_config(self.metrics, self.base_dir), "outputs": self.output_names,
+                "cosine": None if self.cosine is None else self.cosine.model_dump(mode="json")}
 
     def toolchain(self):
         from ..devices.runner import RUNNER_VERSION
@@ -104,15 +127,13 @@ class ValidateStage(Stage):
             "timed": result.get("timed"),
             "transport": result.get("transport") or {"type": self.profile.transport.type.value},
         }
-        outputs = read_outputs(out_path)
         reference = read_outputs(inputs["reference"].path) if "reference" in inputs else None
-        _, labels = read_npz(inputs["validation"].path)
-        acc: dict = {}
-        if reference is not None:
-            acc["fidelity"] = fidelity(reference, outputs)
-            acc["reference_top1"] = top1(reference, labels)
-        acc["top1"] = top1(outputs, labels)
-        if acc.get("top1") is not None and acc.get("reference_top1") is not None:
-            acc["accuracy_drop"] = acc["reference_top1"] - acc["top1"]
-        record["accuracy"] = acc
+        names = self.output_names or (list(reference) if reference is not None else None)
+        outputs = read_outputs(out_path, names)
+        np.savez(out_path, **outputs)  # keyed by output name from here on (the runner writes output_0, ...)
+        record["accuracy"] = score_outputs(self.metrics, outputs, read_data(inputs["validation"].path)[1], reference, self.base_dir)
+        if self.cosine is not None and reference is not None:
+            from .fidelity import cosine_gate_value
+
+            record["accuracy"]["cosine_gate"] = cosine_gate_value(reference, outputs, self.cosine.per_sample, self.cosine.output)
         return StageResult({"outputs": Artifact(out_path, "npz")}, record)

@@ -5,17 +5,24 @@ from __future__ import annotations
 from ..recipe import Gates
 
 
-def evaluate(gates: Gates, target: str, device: str, metrics: dict, size_bytes: int) -> dict:
-    """metrics: {'latency': {...}, 'accuracy': {...}} for one target on one device."""
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def evaluate(gates: Gates, target: str, device: str, metrics: dict, size_bytes: int, accuracy_metric: str | None = None) -> dict:
+    """metrics: the validate record ({'latency': {...}, 'accuracy': {...}}) of one target on one device.
+
+    accuracy_metric: the metric max_accuracy_drop checks (a top1 metric, or top1_agreement without labels)."""
     failures, waived, checked = [], [], []
     lat = metrics.get("latency") or {}
     acc = metrics.get("accuracy") or {}
+    named = acc.get("metrics") or {}
 
-    def check(name, value, limit, bad, fmt):
+    def check(name, value, limit, bad, fmt, why="not computed"):
         if limit is None:
             return
         if value is None:
-            msg = f"{target} on {device}: {name} cannot be checked ({fmt})"
+            msg = f"{target} on {device}: {name} cannot be checked ({why})"
         elif not bad(value, limit):
             checked.append(name)
             return
@@ -23,19 +30,26 @@ def evaluate(gates: Gates, target: str, device: str, metrics: dict, size_bytes: 
             msg = f"{target} on {device}: {fmt.format(v=value, l=limit)}"
         (waived if name in gates.waive else failures).append({"gate": name, "message": msg})
 
-    drop = acc.get("accuracy_drop")
-    drop_fmt = "top-1 drop vs FP32 {v:.4f} > max_accuracy_drop {l}"
-    if drop is None and acc.get("fidelity", {}).get("top1_agreement") is not None:
-        drop = 1.0 - acc["fidelity"]["top1_agreement"]
-        drop_fmt = "top-1 disagreement with FP32 {v:.4f} > max_accuracy_drop {l} (no labels given)"
-    check("max_accuracy_drop", drop, gates.max_accuracy_drop, lambda v, l: v > l + 1e-12,
-          drop_fmt if drop is not None else "no labels and no classifier output")
-    cos = (acc.get("fidelity") or {}).get("cosine")
-    check("min_cosine", cos, gates.min_cosine, lambda v, l: v < l, "cosine vs FP32 {v:.5f} < min_cosine {l}"
-          if cos is not None else "no reference outputs")
+    m = named.get(accuracy_metric) if accuracy_metric else None
+    if m is not None and m.get("type") == "top1_agreement":
+        drop = None if m.get("value") is None else 1.0 - m["value"]
+        drop_fmt = f"top-1 disagreement with FP32 on '{m.get('output')}' {{v:.4f}} > max_accuracy_drop {{l}} (no labels given)"
+    else:
+        drop = None if m is None else m.get("drop")
+        where = f" on '{m.get('output')}'" if m and m.get("output") else ""
+        drop_fmt = f"top-1{where} drop vs FP32 {{v:.4f}} > max_accuracy_drop {{l}}"
+    check("max_accuracy_drop", drop, gates.max_accuracy_drop, lambda v, l: v > l + 1e-12, drop_fmt,
+          (m or {}).get("error", "no top-1 metric"))
+    cos_cfg = gates.cosine
+    if cos_cfg is not None:
+        cos = acc.get("cosine_gate", (acc.get("fidelity") or {}).get("cosine"))
+        how = "" if cos_cfg.per_sample == "mean" else f" ({cos_cfg.per_sample} sample)"
+        check("min_cosine", cos, cos_cfg.min, lambda v, l: v < l, f"centred cosine vs FP32{how} {{v:.5f}} < min_cosine {{l}}",
+              "no reference outputs" if not acc.get("fidelity") else "output shapes differ from FP32")
+    for name, g in gates.metrics.items():
+        _metric_gate(name, g, named.get(name), check)
     p90 = lat.get("p90_ms")
-    check("max_p90_ms", p90, gates.max_p90_ms, lambda v, l: v > l, "p90 latency {v:.3f} ms > max_p90_ms {l}"
-          if p90 is not None else "no latency measured")
+    check("max_p90_ms", p90, gates.max_p90_ms, lambda v, l: v > l, "p90 latency {v:.3f} ms > max_p90_ms {l}", "no latency measured")
     size_mb = size_bytes / 1e6
     check("max_size_mb", size_mb, gates.max_size_mb, lambda v, l: v > l, "size {v:.3f} MB > max_size_mb {l}")
     return {"passed": not failures, "failures": failures, "waived": waived, "checked": checked}
@@ -72,3 +86,19 @@ def check_latency_ratio(gates: Gates, target: str, device: str, ratio: float | N
     else:
         msg = f"{target} on {device}: p50 latency {ratio:.2f}x {counterpart} > max_latency_ratio_vs_fp32 {limit:g}" if ratio > limit + 1e-12 else None
     return _verdict(gates, "max_latency_ratio_vs_fp32", msg)
+
+
+def _metric_gate(name, g, m, check) -> None:
+    """gates.metrics.NAME: max_drop (vs FP32, in the metric's worse direction), min, max."""
+    m = m or {}
+    why = m.get("error", "not computed")
+    gate = f"metrics.{name}"
+    value, ref = m.get("value"), m.get("reference")
+    vs = f" ({_fmt(value)} vs FP32 {_fmt(ref)})"
+    if g.max_drop is not None:
+        direction = "drop" if m.get("higher_is_better", True) else "rise"
+        check(gate, m.get("drop"), g.max_drop, lambda v, l: v > l + 1e-12, f"{name} {direction} vs FP32 {{v:.4g}} > max_drop {{l}}{vs}", why)
+    if g.min is not None:
+        check(gate, value, g.min, lambda v, l: v < l, f"{name} {{v:.4g}} < min {{l}}", why)
+    if g.max is not None:
+        check(gate, value, g.max, lambda v, l: v > l, f"{name} {{v:.4g}} > max {{l}}", why)

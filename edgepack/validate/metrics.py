@@ -264,7 +264,7 @@ def compute_one(spec, outputs: dict, labels: dict, reference: dict, base_dir) ->
         return _fn_metric(spec, outputs, labels, base_dir)
     name = pick_output(spec, outputs)
     o = np.asarray(outputs[name])
-    extra = {"output": name}
+    extra = {"output": name, "type": spec.type}
     if spec.type in LABELLED:
         res = LABELLED[spec.type](spec, o, pick_labels(spec, labels))
     elif spec.type in COMPARED:

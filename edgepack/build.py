@@ -105,7 +105,7 @@ def _input_sizes(lr: LoadedRecipe) -> tuple[int, int]:
     m = lr.recipe.model
     model = sum(tree_size(lr.resolve(p)) for p in (m.path, m.weights) if p)
     data = sum(tree_size(lr.resolve(p)) for role in ("calibration", "validation", "training")
-               for src in [getattr(lr.recipe.data, role)] if src is not None for p in (src.path, src.labels) if p)
+               for src in [getattr(lr.recipe.data, role)] if src is not None for p in src.files())
     return model, data
 
 

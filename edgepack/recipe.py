@@ -110,6 +110,11 @@ class DataSource(Strict):
         None, description=".npy file with one label per sample (the label set 'labels'), or {name: .npy} for several named label sets.")
     limit: int | None = Field(None, gt=0, description="Use at most this many samples.")
 
+    def files(self) -> list[str]:
+        """The files this source names (data path and label files), relative to the recipe."""
+        labels = list(self.labels.values()) if isinstance(self.labels, dict) else [self.labels]
+        return [p for p in (self.path, *labels) if p]
+
     @field_validator("labels")
     @classmethod
     def _label_names(cls, v):

@@ -229,3 +229,14 @@ def test_metric_errors_name_the_problem(tmp_path):
         run({"type": "f1"}, {"p": PROBS}, None)
     with pytest.raises(BadInputError, match="label sets text, face: name one"):
         run({"type": "top1", "output": "prob"}, two, {"text": np.array(["a", "b"]), "face": np.array([0, 1])})
+
+
+def test_docs_evaluate_example_parses_and_covers_every_builtin():
+    import yaml
+
+    from edgepack.recipe_evaluate import BUILTINS
+
+    doc = (__import__("pathlib").Path(__file__).parents[1] / "docs" / "recipe.md").read_text()
+    block = doc.split("```yaml\nevaluate:\n")[1].split("```")[0]
+    specs = SPECS.validate_python(yaml.safe_load("evaluate:\n" + block)["evaluate"])
+    assert {getattr(m, "type", None) for m in specs} >= set(BUILTINS) and any(hasattr(m, "fn") for m in specs)

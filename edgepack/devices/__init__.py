@@ -164,8 +164,9 @@ class LocalTransport(Transport):
             (tmp / "job.json").write_text(json.dumps(job))
             python = self.profile.python or sys.executable
             try:
+                isolated = ["-I"] if job.get("mode") == "memory" else []  # memory: a clean interpreter (no PYTHON* env, no user site)
                 proc = subprocess.run(
-                    [python, str(RUNNER), str(tmp / "job.json"), str(tmp / "result.json")],
+                    [python, *isolated, str(RUNNER), str(tmp / "job.json"), str(tmp / "result.json")],
                     capture_output=True, text=True, timeout=timeout,
                 )
             except subprocess.TimeoutExpired as e:

@@ -102,17 +102,23 @@ def convert(ctx: ConvertContext) -> Converted:
     if len(out_names) != n_out:
         raise BadInputError(f"{ctx.source_where}.outputs: {len(out_names)} names given but the model returns {n_out} outputs")
     example = tuple(torch.from_numpy(np.ascontiguousarray(ctx.samples[0][n])) for n in names)
-    dyn = {}
-    for spec in m.inputs:
-        axes = {i: str(d) for i, d in enumerate(spec.shape) if isinstance(d, str)}
-        axes.update({int(k): v for k, v in spec.dynamic_axes.items()})
-        dyn[spec.name] = axes
-    attempts = [("torch.export (dynamo)", _export_dynamo), ("torchscript", _export_torchscript)]
+    dyn = dynamic_axes(m.inputs)
+    attempts = list(EXPORTERS)
     if ep is not None:
         attempts = attempts[:1]
     path, record = export_checked(ep if ep is not None else module, attempts, example, ExportSpec(names, out_names, dyn, m.opset),
                                   ctx.workdir, ctx.samples, source_outputs, m.tolerance)
     return Converted(path, source_outputs, record, checked=True)
+
+
+def dynamic_axes(inputs) -> dict[str, dict[int, str]]:
+    """Per recipe input, axis -> symbolic name: the string dims of its shape, plus its dynamic_axes."""
+    dyn = {}
+    for spec in inputs:
+        axes = {i: str(d) for i, d in enumerate(spec.shape) if isinstance(d, str)}
+        axes.update({int(k): v for k, v in spec.dynamic_axes.items()})
+        dyn[spec.name] = axes
+    return dyn
 
 
 @dataclass(frozen=True)
@@ -212,3 +218,6 @@ def _export_torchscript(module, example, names, out_names, dyn, opset, out: Path
         module, example, str(out), input_names=names, opset_version=opset, dynamic_axes=axes or None, dynamo=False,
     )
     _finish(out, names, out_names, {})
+
+
+EXPORTERS = (("torch.export (dynamo)", _export_dynamo), ("torchscript", _export_torchscript))

@@ -8,7 +8,6 @@ tensors (pruned layers have fewer channels), so checkpoints stay loadable with w
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,40 +105,14 @@ def export(module, src: Artifact, model_section, example: dict[str, np.ndarray],
     """Export to ONNX with the convert stage's input/output names and dynamic axes; check it numerically."""
     import torch
 
-    from ..ingest import _infer_shapes, check_onnx, compare_outputs, run_onnx
-    from ..ingest.torch import _export_dynamo, _export_torchscript, _run_source
+    from ..ingest.torch import EXPORTERS, ExportSpec, _run_source, dynamic_axes, export_checked
 
     module = module.eval()
     names = [t.name for t in src.inputs]
     out_names = [t.name for t in src.outputs]
-    dyn = {}
-    for spec in model_section.inputs:
-        axes = {i: str(d) for i, d in enumerate(spec.shape) if isinstance(d, str)}
-        axes.update({int(k): v for k, v in spec.dynamic_axes.items()})
-        dyn[spec.name] = axes
+    dyn = dynamic_axes(model_section.inputs)
     args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in names)
-    path = workdir / "exported.onnx"
-    errors = []
-    record["export"] = {"fallbacks": []}
-    for label, fn in (("torch.export (dynamo)", _export_dynamo), ("torchscript", _export_torchscript)):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                fn(module, args, names, out_names, dyn, model_section.opset, path)
-            record["export"]["exporter"] = label
-            break
-        except Exception as e:
-            reason = f"{e.__class__.__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
-            errors.append(f"{label}: {reason}")
-            record["export"]["fallbacks"].append({"exporter": label, "failed_because": reason})
-    else:
-        raise StageError("every ONNX exporter failed: " + " | ".join(errors))
-    check_onnx(path, "exported pass model")
-    path = _infer_shapes(path)
     sample = [{n: example[n] for n in names}]
-    diffs = compare_outputs(_run_source(module, sample, names), run_onnx(path, sample), out_names)
-    record["export"]["max_abs_diff"] = diffs
-    worst = max(diffs, key=diffs.get)
-    if diffs[worst] > model_section.tolerance:
-        raise StageError(f"exported ONNX output '{worst}' differs from the PyTorch model by {diffs[worst]:.3g} (tolerance {model_section.tolerance:g})")
+    path, record["export"] = export_checked(module, EXPORTERS, args, ExportSpec(names, out_names, dyn, model_section.opset), workdir,
+                                            sample, _run_source(module, sample, names), model_section.tolerance)
     return path

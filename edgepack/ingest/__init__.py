@@ -161,16 +161,16 @@ def run_onnx(path: Path, samples: list[dict[str, np.ndarray]]) -> list[list[np.n
 
 
 def compare_outputs(source: list[list[np.ndarray]], onnx_out: list[list[np.ndarray]], names: list[str]) -> dict[str, float]:
+    from ..validate.fidelity import max_abs_error
+
     diffs: dict[str, float] = {}
     for s_outs, o_outs in zip(source, onnx_out):
         if len(s_outs) != len(o_outs):
             raise StageError(f"the source model gives {len(s_outs)} outputs but the ONNX model gives {len(o_outs)}")
         for name, a, b in zip(names, s_outs, o_outs):
-            a = np.asarray(a, dtype=np.float64)
-            b = np.asarray(b, dtype=np.float64)
-            if a.shape != b.shape:
-                raise StageError(f"output '{name}': source shape {list(a.shape)} but ONNX shape {list(b.shape)}")
-            d = float(np.max(np.abs(a - b))) if a.size else 0.0
+            if np.shape(a) != np.shape(b):
+                raise StageError(f"output '{name}': source shape {list(np.shape(a))} but ONNX shape {list(np.shape(b))}")
+            d = max_abs_error(a, b)
             diffs[name] = max(diffs.get(name, 0.0), d)
     return diffs
 

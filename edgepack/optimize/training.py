@@ -64,9 +64,9 @@ def val_score(module, val: tuple, names: list[str], teacher_val: np.ndarray | No
         return "top1", float(np.mean(out.argmax(1) == np.asarray(labels).reshape(-1)))
     if teacher_val is None:
         return "none", 0.0
-    a, b = out.reshape(len(out), -1), teacher_val.reshape(len(teacher_val), -1)
-    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return "cosine_to_teacher", float(cos.mean())
+    from ..validate.fidelity import cosine_rows
+
+    return "cosine_to_teacher", float(cosine_rows(out, teacher_val).mean())
 
 
 def fit(module, train: tuple, val: tuple | None, names: list[str], cfg, where: str, teacher: np.ndarray | None = None,

@@ -226,7 +226,9 @@ def _check_tf(fn, onnx_path: Path, in_specs) -> list[float]:
     ref = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, feeds)
     got = fn(*[feeds[s.name] for s in in_specs])
     got = got if isinstance(got, (list, tuple)) else [got]
-    diffs = [float(np.max(np.abs(np.asarray(g, np.float64) - np.asarray(r, np.float64)))) if r.size else 0.0 for g, r in zip(got, ref)]
+    from ..validate.fidelity import max_abs_error
+
+    diffs = [max_abs_error(r, g) for g, r in zip(got, ref)]
     if any(d > 1e-2 * max(1.0, float(np.max(np.abs(r)))) for d, r in zip(diffs, ref)):
         raise StageError(f"onnx2tf's TensorFlow graph differs from the ONNX model by {max(diffs):.3g} (before Core ML conversion)",
                          hint="use a PyTorch source (frontend: pytorch) or check the stage log for onnx2tf's warnings")

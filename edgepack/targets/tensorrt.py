@@ -220,11 +220,9 @@ def _engine_check(folder: Path, feeds: dict, reference: list) -> dict:
     info = adapter.load(str(folder), None, {"engine_cache": str(folder / "_engines")})
     got = adapter.run(feeds)
     shutil.rmtree(folder / "_engines", ignore_errors=True)
-    cos = []
-    for g, r in zip(got, reference):
-        g64, r64 = np.asarray(g, np.float64).ravel(), np.asarray(r, np.float64).ravel()
-        denom = float(np.linalg.norm(g64) * np.linalg.norm(r64))
-        cos.append(float(g64 @ r64 / denom) if denom > 0 else 1.0)
+    from ..validate.fidelity import cosine
+
+    cos = [cosine(r, g) for g, r in zip(got, reference)]
     if min(cos, default=1.0) < 0.9:
         raise StageError(f"the TensorRT engine built here disagrees with the FP32 model (cosine {min(cos):.3f} on one sample)",
                          hint="see the stage log; try precision fp32 to tell a precision problem from a parser one")

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..artifact import TensorSpec
 from ..errors import StageError
+from ..validate.fidelity import max_abs_error
 from .common import compare, first_sample, onnx_reference
 
 
@@ -81,7 +82,7 @@ def match_outputs(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[l
                 cand = np.transpose(o, perm) if perm else o
                 if cand.shape != ref.shape:
                     continue
-                err = float(np.abs(cand.astype(np.float64) - ref.astype(np.float64)).max()) if ref.size else 0.0
+                err = max_abs_error(ref, cand)
                 if best is None or err < best[0]:
                     best = (err, j, perm)
         if best is None:

@@ -285,3 +285,14 @@ def compute_metrics(metric_specs, outputs: dict, labels=None, reference: dict | 
     for spec in metric_specs or []:
         results.update(compute_one(spec, outputs, labels, reference, base_dir))
     return results
+
+
+def first_output_top1(outputs, labels) -> float | None:
+    """Top-1 of the first output against labels (None without labels or when it is not [N, classes]).
+
+    For the optimize passes' effect records, which predate named metrics."""
+    outs = list(outputs.values()) if isinstance(outputs, dict) else list(outputs or [])
+    if labels is None or not outs or not is_classifier(outs[0]):
+        return None
+    pred = np.asarray(outs[0]).argmax(1)
+    return float(np.mean(pred == np.asarray(labels).reshape(-1)[: len(pred)]))

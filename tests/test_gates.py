@@ -183,3 +183,48 @@ def test_digits_build_with_evaluate_and_metric_gates(digits_recipe, tmp_path):
     res = run_cli("build", digits_recipe, "-o", tmp_path / "b2", "--no-publish", cwd=tmp_path)
     assert res.returncode == 3, res.stderr
     assert "ort-int8 on local: top3 0.9" in res.stderr and "< min 0.9999" in res.stderr
+
+
+def test_named_label_sets_from_a_loader_are_checked_and_frozen_deterministically(tmp_path):
+    from edgepack.data import freeze, load_source, read_data, read_npz
+    from edgepack.errors import BadInputError
+    from edgepack.recipe import load_recipe
+
+    (tmp_path / "loader.py").write_text(
+        "import numpy as np\n"
+        "def val():\n"
+        "    return {'x': np.zeros((3, 8), np.float32)}, {'text': np.array(['a', 'bb', 'c']), 'face': np.array([0, 1, 1])}\n"
+        "def short():\n"
+        "    return {'x': np.zeros((3, 8), np.float32)}, {'face': np.array([0, 1])}\n"
+    )
+    two_output_onnx(tmp_path / "model.onnx")
+    text = HEAD.replace("validation: {path: val.npz, labels: {face: face.npy, box: box.npy}}", "validation: {loader: loader:val}")
+    lr = load_recipe(write_recipe(tmp_path / "recipe.yaml", text))
+    arrays, labels = load_source(lr, lr.recipe.data.validation, "validation", lr.recipe.model.inputs)
+    assert sorted(labels) == ["face", "text"]
+    a = freeze(arrays, labels, tmp_path / "d", "validation")
+    b = freeze(arrays, dict(reversed(list(labels.items()))), tmp_path / "d", "validation")
+    assert a.digest == b.digest and a.meta["label_sets"] == ["face", "text"]  # same content, same file, any dict order
+    _, sets = read_data(a.path)
+    assert list(sets["text"]) == ["a", "bb", "c"] and read_npz(a.path)[1] is None  # two sets: no single 'labels' array
+    lr2 = load_recipe(write_recipe(tmp_path / "recipe.yaml", text.replace("loader:val", "loader:short")))
+    with pytest.raises(BadInputError, match="label set 'face' has 2 labels for 3 samples"):
+        load_source(lr2, lr2.recipe.data.validation, "validation", lr2.recipe.model.inputs)
+
+
+def test_min_cosine_gate_blocks_a_bias_dominated_int8_output():
+    """The issue's MobileNetV2 case in miniature: logits = big class bias + tiny signal, per-tensor INT8."""
+    from edgepack.recipe import Gates
+    from edgepack.validate.gates import evaluate
+    from edgepack.validate.scoring import score_outputs
+
+    rng = np.random.default_rng(0)
+    ref = {"logits": rng.uniform(20, 60, size=10) + 0.05 * rng.standard_normal((64, 10))}
+    scale = np.abs(ref["logits"]).max() / 127
+    q = {"logits": np.round(ref["logits"] / scale) * scale}
+    acc = score_outputs([], q, None, ref, None)
+    assert acc["fidelity"]["cosine_uncentred"] > 0.9999  # what min_cosine checked before
+    res = evaluate(Gates(min_cosine=0.99), "ort-int8", "local", {"accuracy": acc}, 1000)
+    assert not res["passed"] and "centred cosine vs FP32" in res["failures"][0]["message"]
+    good = score_outputs([], {"logits": ref["logits"] + 1e-4}, None, ref, None)
+    assert evaluate(Gates(min_cosine=0.99), "ort-fp32", "local", {"accuracy": good}, 1000)["passed"]

@@ -95,7 +95,7 @@ def _default_pub() -> Path:
 
 def _trust(key, cert_chain):
     """The public key (default: your own signing key's) or a CA certificate chain to verify with."""
-    from .registry.sigcheck import Trust
+    from .bundle.sigcheck import Trust
 
     if key and cert_chain:
         raise click.UsageError("give --key or --cert-chain, not both")
@@ -105,6 +105,9 @@ def _trust(key, cert_chain):
 _CERT_CHAIN = click.option("--cert-chain", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
                            help="CA certificate(s) (PEM) the signing certificate must chain to, instead of --key.")
 _PLAIN_HTTP = click.option("--plain-http", is_flag=True, help="Talk HTTP, not HTTPS, to a non-loopback registry.")
+_TIMEOUT = click.option("--timeout", type=float, metavar="SECONDS",
+                        help="Overall deadline for the registry traffic (default 600, or $EDGEPACK_REGISTRY_TIMEOUT).")
+_KEY = click.option("--key", type=click.Path(path_type=Path), help="Public key (PEM); default: your own signing key's.")
 
 
 def _is_ref(arg: str) -> bool:
@@ -127,12 +130,13 @@ def _is_ref(arg: str) -> bool:
 @click.option("--key", type=click.Path(path_type=Path), help="Public key (PEM); default: your own signing key's.")
 @_CERT_CHAIN
 @_PLAIN_HTTP
-def verify(bundle, key, cert_chain, plain_http):
+@_TIMEOUT
+def verify(bundle, key, cert_chain, plain_http, timeout):
     """Check a bundle folder, or a registry artifact (REF) without downloading its files."""
     if _is_ref(bundle):
         from .registry import verify as verify_ref
 
-        info = verify_ref(bundle, _trust(key, cert_chain), plain_http=plain_http)
+        info = verify_ref(bundle, _trust(key, cert_chain), plain_http=plain_http, timeout=timeout)
         click.echo(f"OK: {info['ref']} {info['digest']} ({info['layers_checked']} layer digests match the signature; "
                    f"targets {', '.join(info['targets'])}; signer {info.get('signer_fingerprint') or 'certificate'})")
         return
@@ -147,13 +151,19 @@ def verify(bundle, key, cert_chain, plain_http):
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("ref")
+@_KEY
+@_CERT_CHAIN
+@click.option("--force", is_flag=True, help="Move the tag even if it holds other content (release tags are immutable).")
 @_PLAIN_HTTP
-def publish(bundle, ref, plain_http):
-    """Publish a signed bundle to a registry: layout:PATH:TAG or HOST[:PORT]/REPO:TAG (docs/registry.md)."""
+@_TIMEOUT
+def publish(bundle, ref, key, cert_chain, force, plain_http, timeout):
+    """Publish a signed bundle to a registry: layout:PATH:TAG or HOST[:PORT]/REPO:TAG (docs/registry.md).
+
+    The bundle's digests and signature are verified before anything is uploaded."""
     from .registry import push
     from .registry.refs import parse_ref
 
-    info = push(bundle, parse_ref(ref), plain_http=plain_http)
+    info = push(bundle, parse_ref(ref), plain_http=plain_http, trust=_trust(key, cert_chain), force=force, timeout=timeout)
     click.echo(f"published {info.get('ref', ref)} {info.get('digest', '')}")
 
 
@@ -164,8 +174,10 @@ def publish(bundle, ref, plain_http):
 @_CERT_CHAIN
 @click.option("--device", type=click.Path(path_type=Path), help="Device profile: pull only the best target validated on it.")
 @click.option("--target", help="Pull only this target.")
+@click.option("--force", is_flag=True, help="Replace -o DIR even if it holds files edgepack did not write.")
 @_PLAIN_HTTP
-def pull(ref, output, key, cert_chain, device, target, plain_http):
+@_TIMEOUT
+def pull(ref, output, key, cert_chain, device, target, force, plain_http, timeout):
     """Fetch a bundle, re-hash every blob, verify the signature, then move it into place."""
     from .registry import pull as do_pull
     from .registry.refs import parse_ref
@@ -178,7 +190,8 @@ def pull(ref, output, key, cert_chain, device, target, plain_http):
     trust = _trust(key, cert_chain)
     if profile is None and target is None and not cert_chain:
         trust = trust.public_key  # a whole-bundle pull from a layout keeps layout.pull's path
-    info = do_pull(parse_ref(ref), output, trust, device=profile, target=target, plain_http=plain_http)
+    info = do_pull(parse_ref(ref), output, trust, device=profile, target=target, plain_http=plain_http, force=force,
+                   timeout=timeout)
     what = f"target {', '.join(info['targets'])}" if info.get("partial") else f"{info.get('files_checked', '?')} files"
     click.echo(f"pulled {ref} -> {output} (verified, {what})")
 
@@ -186,12 +199,13 @@ def pull(ref, output, key, cert_chain, device, target, plain_http):
 @cli.command("ls")
 @click.argument("ref")
 @_PLAIN_HTTP
+@_TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
-def ls(ref, plain_http, as_json):
+def ls(ref, plain_http, timeout, as_json):
     """List a registry's tags (or one tag) with targets, sizes and validation status."""
     from .registry.remote import list_tags  # works on layout and remote references
 
-    rows = list_tags(ref, plain_http=plain_http)
+    rows = list_tags(ref, plain_http=plain_http, timeout=timeout)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -206,12 +220,19 @@ def ls(ref, plain_http, as_json):
 @cli.command()
 @click.argument("src")
 @click.argument("dst")
+@_KEY
+@_CERT_CHAIN
+@click.option("--force", is_flag=True, help="Move the destination tag even if it holds other content.")
 @_PLAIN_HTTP
-def copy(src, dst, plain_http):
-    """Copy a bundle between a layout and a remote registry (or two of either), digests preserved."""
+@_TIMEOUT
+def copy(src, dst, key, cert_chain, force, plain_http, timeout):
+    """Copy a bundle between a layout and a remote registry (or two of either), digests preserved.
+
+    The source is verified (signature, every layer digest) before anything is uploaded."""
     from .registry import copy as do_copy
 
-    info = do_copy(src, dst, plain_http=plain_http)
+    info = do_copy(src, dst, _trust(key, cert_chain), plain_http=plain_http, force=force,
+                   timeout=timeout)
     click.echo(f"copied {info['src']} -> {info['dst']} {info['digest']} ({info['blobs_copied']} blobs sent)")
 
 

@@ -38,6 +38,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def auth_env(*hosts: str) -> dict[str, str]:
+    """``EDGEPACK_REGISTRY_AUTH`` giving USER/PASSWORD to these hosts only."""
+    import json
+
+    return {"EDGEPACK_REGISTRY_AUTH": json.dumps({h: {"username": USER, "password": PASSWORD} for h in hosts})}
+
+
 class TokenServer:
     """A token service as Docker Hub / GHCR / Harbor run one: Basic credentials in, a signed JWT out.
 
@@ -66,6 +73,7 @@ class TokenServer:
         self.rootcert = Path(root) / "token-root.pem"
         self.rootcert.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
         self.requests: list[str] = []  # scopes asked for, for assertions
+        self.authorizations: list[str | None] = []  # Authorization headers received (to prove none leaked)
         self.httpd = None
 
     def token(self, scope: str) -> str:
@@ -107,6 +115,7 @@ class TokenServer:
                 q = parse_qs(urlparse(self.path).query)
                 scope = " ".join(q.get("scope", []))
                 server.requests.append(scope)
+                server.authorizations.append(self.headers.get("Authorization"))
                 if self.headers.get("Authorization") != expected:
                     self.send_response(401)
                     self.end_headers()
@@ -133,10 +142,12 @@ class TokenServer:
 
 
 class RegistryServer:
-    def __init__(self, root: Path, auth: bool | str = False):
-        """``auth``: False, True / "htpasswd" (Basic), or "token" (Bearer through a TokenServer)."""
+    def __init__(self, root: Path, auth: bool | str = False, realm: str | None = None):
+        """``auth``: False, True / "htpasswd" (Basic), or "token" (Bearer through a TokenServer);
+        ``realm``: the token URL the registry names in its challenge (default: the TokenServer's own)."""
         self.root = Path(root)
         self.auth = auth
+        self.realm = realm
         self.tokens: TokenServer | None = None
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
@@ -159,7 +170,7 @@ class RegistryServer:
         ]
         if self.auth == "token":
             self.tokens = TokenServer(self.root).start()
-            lines += ["auth:", "  token:", f"    realm: {self.tokens.realm}", f"    service: {self.tokens.service}",
+            lines += ["auth:", "  token:", f"    realm: {self.realm or self.tokens.realm}", f"    service: {self.tokens.service}",
                       f"    issuer: {self.tokens.issuer}", f"    rootcertbundle: {self.tokens.rootcert}"]
         elif self.auth:
             htpasswd = self.root / "htpasswd"
@@ -202,9 +213,8 @@ class RegistryServer:
 
     @property
     def env(self) -> dict[str, str]:
-        """Credentials as edgepack reads them from the environment."""
-        return {"EDGEPACK_REGISTRY_USERNAME": USER, "EDGEPACK_REGISTRY_PASSWORD": PASSWORD} if self.auth else {}
-
+        """Credentials as edgepack reads them from the environment: scoped to this registry's host."""
+        return auth_env(self.host) if self.auth else {}
 
     def blob_path(self, digest: str) -> Path:
         hexd = digest.split(":", 1)[1]

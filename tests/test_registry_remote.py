@@ -28,6 +28,7 @@ from edgepack.registry.http import RemoteStore
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import run_cli
 from registry_server import PASSWORD, USER, RegistryServer, available
+from test_registry_layout import legacy_push
 
 pytestmark = [pytest.mark.registry, pytest.mark.skipif(available() is not None, reason=available() or "")]
 
@@ -136,70 +137,63 @@ def test_push_makes_per_target_index_and_pull_is_byte_identical(reg, bundle, key
 
 
 def test_signature_is_a_referrer_with_tag_schema_fallback(reg, bundle):
-    res = registry.push(bundle, f"{reg.host}/team/sig:1")
+    res = registry.push(bundle, f"{reg.host}/sig/tiny:1.2.0")
     fallback = "sha256-" + res["digest"].split(":")[1]
-    tags = store(reg, "team/sig").tags()
+    tags = store(reg, "sig/tiny").tags()
     assert fallback in tags  # distribution 2.8 has no referrers API, so the fallback tag is written
-    refs, _ = manifest_doc(reg, "team/sig", fallback)
+    refs, _ = manifest_doc(reg, "sig/tiny", fallback)
     [entry] = refs["manifests"]
     assert entry["artifactType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
-    sig_manifest, _ = manifest_doc(reg, "team/sig", entry["digest"])
+    sig_manifest, _ = manifest_doc(reg, "sig/tiny", entry["digest"])
     assert sig_manifest["subject"]["digest"] == res["digest"]
-    assert store(reg, "team/sig").read_blob(sig_manifest["layers"][0]["digest"]) == (bundle / "signatures" / "model.sig").read_bytes()
-    index, _ = manifest_doc(reg, "team/sig", "1")
+    assert store(reg, "sig/tiny").read_blob(sig_manifest["layers"][0]["digest"]) == (bundle / "signatures" / "model.sig").read_bytes()
+    index, _ = manifest_doc(reg, "sig/tiny", "1.2.0")
     for e in index["manifests"]:  # every target manifest carries the signature too
         assert "sha256-" + e["digest"].split(":")[1] in tags
 
 
 def test_pull_for_device_takes_only_the_best_validated_target(reg, bundle, keys, tmp_path):
-    registry.push(bundle, f"{reg.host}/team/dev:1")
+    registry.push(bundle, f"{reg.host}/dev/tiny:1.2.0")
     local = DeviceProfile(name="local", runtimes=["onnxruntime", "openvino"])
-    info = registry.pull(f"{reg.host}/team/dev:1", tmp_path / "local", keys[0][1], device=local)
+    info = registry.pull(f"{reg.host}/dev/tiny:1.2.0", tmp_path / "local", keys[0][1], device=local)
     assert info["targets"] == ["ort-int8"] and info["partial"] and info["selection"]["p50_ms"] == 1.0
     assert info["provenance"] == "verified"
     got = tree(tmp_path / "local")
     assert "targets/ort-int8/model.onnx" in got and not any(k.startswith(("targets/ort/", "targets/ov/")) for k in got)
     pi = DeviceProfile(name="pi5", runtimes=["onnxruntime"])
-    assert registry.pull(f"{reg.host}/team/dev:1", tmp_path / "pi", keys[0][1], device=pi)["targets"] == ["ort"]
+    assert registry.pull(f"{reg.host}/dev/tiny:1.2.0", tmp_path / "pi", keys[0][1], device=pi)["targets"] == ["ort"]
     jetson = DeviceProfile(name="jetson", runtimes=["tensorrt"])
     with pytest.raises(BadInputError, match="no target was validated on device 'jetson'"):
-        registry.pull(f"{reg.host}/team/dev:1", tmp_path / "jetson", keys[0][1], device=jetson)
+        registry.pull(f"{reg.host}/dev/tiny:1.2.0", tmp_path / "jetson", keys[0][1], device=jetson)
     assert not (tmp_path / "jetson").exists()
 
 
 def test_large_file_uploads_in_chunks(reg, bundle, keys, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPACK_REGISTRY_CHUNK", "1024")  # the 5000-byte model goes in 5 PATCHes
-    registry.push(bundle, f"{reg.host}/team/chunks:1")
-    registry.pull(f"{reg.host}/team/chunks:1", tmp_path / "out", keys[0][1])
+    registry.push(bundle, f"{reg.host}/chunks/tiny:1.2.0")
+    registry.pull(f"{reg.host}/chunks/tiny:1.2.0", tmp_path / "out", keys[0][1])
     assert tree(tmp_path / "out") == tree(bundle)
 
 
 def test_verify_remote_without_download_and_wrong_key(reg, bundle, keys):
-    registry.push(bundle, f"{reg.host}/team/verify:1")
-    info = registry.verify(f"{reg.host}/team/verify:1", keys[0][1])
+    registry.push(bundle, f"{reg.host}/verify/tiny:1.2.0")
+    info = registry.verify(f"{reg.host}/verify/tiny:1.2.0", keys[0][1])
     assert info["targets"] == ["ort", "ort-int8", "ov"] and info["layers_checked"] == 7
     with pytest.raises(VerificationError, match="signed by a different key"):
-        registry.verify(f"{reg.host}/team/verify:1", keys[1][1])
+        registry.verify(f"{reg.host}/verify/tiny:1.2.0", keys[1][1])
 
 
 def test_ls_and_copy_preserve_digests(reg, bundle, keys, tmp_path):
-    res = registry.push(bundle, f"{reg.host}/team/copy:1.2.0")
-    layout = tmp_path / "layout"
-    c1 = registry.copy(f"{reg.host}/team/copy:1.2.0", f"layout:{layout}:1.2.0")
+    res = registry.push(bundle, f"{reg.host}/copy/tiny:1.2.0")
+    layout = tmp_path / "layout" / "tiny"
+    c1 = registry.copy(f"{reg.host}/copy/tiny:1.2.0", f"layout:{layout}:1.2.0", keys[0][1])
     assert c1["digest"] == res["digest"]
-    c2 = registry.copy(f"layout:{layout}:1.2.0", f"{reg.host}/mirror/copy:1.2.0")
-    assert c2["digest"] == res["digest"] and manifest_doc(reg, "mirror/copy", "1.2.0")[1] == res["digest"]
-    for ref in (f"layout:{layout}:1.2.0", f"{reg.host}/mirror/copy:1.2.0"):
+    c2 = registry.copy(f"layout:{layout}:1.2.0", f"{reg.host}/mirror/tiny:1.2.0", keys[0][1])
+    assert c2["digest"] == res["digest"] and manifest_doc(reg, "mirror/tiny", "1.2.0")[1] == res["digest"]
+    for ref in (f"layout:{layout}:1.2.0", f"{reg.host}/mirror/tiny:1.2.0"):
         registry.pull(ref, tmp_path / "out", keys[0][1])
         assert tree(tmp_path / "out") == tree(bundle)
-    legacy = registry.push(bundle, f"layout:{tmp_path / 'embedded'}:1.2.0")  # the embedded single-manifest form
-    c3 = registry.copy(f"layout:{tmp_path / 'embedded'}:1.2.0", f"{reg.host}/legacy/copy:1.2.0")
-    assert c3["digest"] == legacy["digest"] and registry.verify(f"{reg.host}/legacy/copy:1.2.0", keys[0][1])["kind"] == "single"
-    one = registry.pull(f"{reg.host}/legacy/copy:1.2.0", tmp_path / "one", keys[0][1], target="ov")
-    assert one["targets"] == ["ov"] and sorted(tree(tmp_path / "one")) == [
-        "edgepack.json", "provenance.json", "report.json", "signatures/model.sig", "targets/ov/model/model.bin",
-        "targets/ov/model/model.xml"]
-    [row] = registry.list_tags(f"{reg.host}/mirror/copy")  # no sha256-* fallback tags listed
+    [row] = registry.list_tags(f"{reg.host}/mirror/tiny")  # no sha256-* fallback tags listed
     assert row["tag"] == "1.2.0" and row["signed"] and row["digest"] == res["digest"]
     t = {x["target"]: x for x in row["targets"]}
     assert t["ort"]["validated_on"] == ["local", "pi5"] and t["ov"]["validated_on"] == []
@@ -207,11 +201,32 @@ def test_ls_and_copy_preserve_digests(reg, bundle, keys, tmp_path):
     assert t["ort-int8"]["size"] == 3000 + shared
 
 
+def test_one_oci_form_one_digest_everywhere_and_old_layouts_still_read(reg, bundle, keys, tmp_path):
+    """Issue 11 #15: the embedded layout holds the same image index as a registry (one digest to pin)."""
+    direct = registry.push(bundle, f"layout:{tmp_path / 'embedded' / 'tiny'}:1.2.0")
+    remote = registry.push(bundle, f"{reg.host}/form/tiny:1.2.0")
+    assert direct["digest"] == remote["digest"]
+    [entry] = [m for m in json.loads((tmp_path / "embedded/tiny/index.json").read_text())["manifests"]
+               if "org.opencontainers.image.ref.name" in (m.get("annotations") or {})]
+    assert entry["mediaType"] == INDEX and entry["digest"] == remote["digest"]
+    # a layout written before (single manifest, signature as a layer) still pulls, verifies and copies
+    old = legacy_push(bundle, tmp_path / "old" / "tiny", "1.2.0")
+    assert registry.verify(f"layout:{tmp_path / 'old' / 'tiny'}:1.2.0", keys[0][1])["kind"] == "single"
+    registry.pull(f"layout:{tmp_path / 'old' / 'tiny'}:1.2.0", tmp_path / "whole", keys[0][1])
+    assert tree(tmp_path / "whole") == tree(bundle)
+    c3 = registry.copy(f"layout:{tmp_path / 'old' / 'tiny'}:1.2.0", f"{reg.host}/legacy/tiny:1.2.0", keys[0][1])
+    assert c3["digest"] == old
+    one = registry.pull(f"{reg.host}/legacy/tiny:1.2.0", tmp_path / "one", keys[0][1], target="ov")
+    assert one["targets"] == ["ov"] and sorted(tree(tmp_path / "one")) == [
+        "edgepack.json", "provenance.json", "report.json", "signatures/model.sig", "targets/ov/model/model.bin",
+        "targets/ov/model/model.xml"]
+
+
 # ------------------------------------------------------------------ faults
 
 
 def test_corrupted_blob_in_registry_storage(reg, bundle, keys, tmp_path):
-    registry.push(bundle, f"{reg.host}/team/corrupt:1")
+    registry.push(bundle, f"{reg.host}/corrupt/tiny:1.2.0")
     digest = "sha256:" + hashlib.sha256((bundle / "targets/ort/model.onnx").read_bytes()).hexdigest()
     blob = reg.blob_path(digest)
     data = bytearray(blob.read_bytes())
@@ -219,7 +234,7 @@ def test_corrupted_blob_in_registry_storage(reg, bundle, keys, tmp_path):
     blob.write_bytes(bytes(data))
     try:
         with pytest.raises(VerificationError, match="targets/ort/model.onnx: blob .* does not match"):
-            registry.pull(f"{reg.host}/team/corrupt:1", tmp_path / "out", keys[0][1])
+            registry.pull(f"{reg.host}/corrupt/tiny:1.2.0", tmp_path / "out", keys[0][1])
         assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
     finally:
         data[100] ^= 0xFF
@@ -227,20 +242,20 @@ def test_corrupted_blob_in_registry_storage(reg, bundle, keys, tmp_path):
 
 
 def test_edited_manifest_in_storage_and_repushed_forgery(reg, bundle, keys, tmp_path):
-    res = registry.push(bundle, f"{reg.host}/team/forge:1")
-    index, _ = manifest_doc(reg, "team/forge", "1")
+    res = registry.push(bundle, f"{reg.host}/forge/tiny:1.2.0")
+    index, _ = manifest_doc(reg, "forge/tiny", "1.2.0")
     target_digest = index["manifests"][0]["digest"]
     path = reg.blob_path(target_digest)
     original = path.read_bytes()
     path.write_bytes(original.replace(b'"ort"', b'"oRt"'))  # an edit on disk, same length
     try:
         with pytest.raises(VerificationError, match="does not match its digest"):
-            registry.pull(f"{reg.host}/team/forge:1", tmp_path / "out", keys[0][1])
+            registry.pull(f"{reg.host}/forge/tiny:1.2.0", tmp_path / "out", keys[0][1])
     finally:
         path.write_bytes(original)
     # A consistent forgery: swap ort's model for ort-int8's (valid digests everywhere) and re-tag.
-    s = store(reg, "team/forge")
-    doc, _ = manifest_doc(reg, "team/forge", target_digest)
+    s = store(reg, "forge/tiny")
+    doc, _ = manifest_doc(reg, "forge/tiny", target_digest)
     swap = "sha256:" + hashlib.sha256((bundle / "targets/ort-int8/model.onnx").read_bytes()).hexdigest()
     for layer in doc["layers"]:
         if layer["annotations"]["org.opencontainers.image.title"] == "targets/ort/model.onnx":
@@ -249,38 +264,38 @@ def test_edited_manifest_in_storage_and_repushed_forgery(reg, bundle, keys, tmp_
     fd = "sha256:" + hashlib.sha256(forged).hexdigest()
     s.put_manifest(forged, doc["mediaType"], fd)
     index["manifests"][0].update(digest=fd, size=len(forged))
-    s.put_manifest(json.dumps(index).encode(), INDEX, "1")
+    s.put_manifest(json.dumps(index).encode(), INDEX, "1.2.0")
     # the signature is still attached to the old index digest only
     with pytest.raises(VerificationError, match="no signature found"):
-        registry.pull(f"{reg.host}/team/forge:1", tmp_path / "out", keys[0][1])
+        registry.pull(f"{reg.host}/forge/tiny:1.2.0", tmp_path / "out", keys[0][1])
     # ... and copying the genuine signature onto the forged index does not help either
     from edgepack.registry.index import attach_referrer, fallback_tag, list_referrers
 
     sig_ref = list_referrers(s, res["digest"])[0]
-    sig_doc, _ = manifest_doc(reg, "team/forge", sig_ref["digest"])
-    raw, _, new_digest = s.get_manifest("1")
+    sig_doc, _ = manifest_doc(reg, "forge/tiny", sig_ref["digest"])
+    raw, _, new_digest = s.get_manifest("1.2.0")
     sig_doc["subject"] = {"mediaType": INDEX, "digest": new_digest, "size": len(raw)}
     attach_referrer(s, json.dumps(sig_doc).encode(), sig_doc["subject"])
     assert fallback_tag(new_digest) in s.tags()
     with pytest.raises(VerificationError, match="targets/ort/model.onnx: registry digest .* differs from the signed digest"):
-        registry.pull(f"{reg.host}/team/forge:1", tmp_path / "out", keys[0][1])
+        registry.pull(f"{reg.host}/forge/tiny:1.2.0", tmp_path / "out", keys[0][1])
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_signature_wrong_key_exit_codes(reg, bundle, keys, tmp_path):
-    res = registry.push(bundle, f"{reg.host}/team/nosig:1")
-    ref = f"{reg.host}/team/nosig:1"
+    res = registry.push(bundle, f"{reg.host}/nosig/tiny:1.2.0")
+    ref = f"{reg.host}/nosig/tiny:1.2.0"
     r = run_cli("pull", ref, "-o", tmp_path / "out", "--key", keys[1][1])
     assert r.returncode == 4 and "signed by a different key" in r.stderr and not (tmp_path / "out").exists()
     r = run_cli("verify", ref, "--key", keys[0][1])
     assert r.returncode == 0 and "7 layer digests match" in r.stdout
     fallback = "sha256-" + res["digest"].split(":")[1]
-    s = store(reg, "team/nosig")
+    s = store(reg, "nosig/tiny")
     _, _, fdigest = s.get_manifest(fallback)
     s._request("DELETE", f"manifests/{fdigest}", "deleting the signature index", ok=(202,))
     r = run_cli("pull", ref, "-o", tmp_path / "out", "--key", keys[0][1])
     assert r.returncode == 4 and "no signature found" in r.stderr and not (tmp_path / "out").exists()
-    r = run_cli("pull", f"{reg.host}/team/nosig:9.9", "-o", tmp_path / "out", "--key", keys[0][1])
+    r = run_cli("pull", f"{reg.host}/nosig/tiny:9.9", "-o", tmp_path / "out", "--key", keys[0][1])
     assert r.returncode == 2 and "not found" in r.stderr
 
 
@@ -289,8 +304,8 @@ def test_unreachable_registry(bundle, keys, tmp_path):
 
     host = f"127.0.0.1:{free_port()}"
     with pytest.raises(EdgepackError, match=f"registry {host} is unreachable"):
-        registry.push(bundle, f"{host}/team/x:1")
-    r = run_cli("pull", f"{host}/team/x:1", "-o", tmp_path / "out", "--key", keys[0][1])
+        registry.push(bundle, f"{host}/x/tiny:1.2.0")
+    r = run_cli("pull", f"{host}/x/tiny:1.2.0", "-o", tmp_path / "out", "--key", keys[0][1])
     assert r.returncode == 1 and "unreachable" in r.stderr and not (tmp_path / "out").exists()
 
 
@@ -327,12 +342,13 @@ def test_htpasswd_auth_from_env_and_docker_config(reg_auth, bundle, keys, tmp_pa
     monkeypatch.delenv("EDGEPACK_REGISTRY_USERNAME", raising=False)
     monkeypatch.delenv("EDGEPACK_REGISTRY_PASSWORD", raising=False)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
-    ref = f"{reg_auth.host}/team/auth:1"
+    ref = f"{reg_auth.host}/auth/tiny:1.2.0"
     with pytest.raises(BadInputError, match="401 unauthorized.*no credentials found"):
         registry.push(bundle, ref)
-    r = run_cli("publish", bundle, ref, env={"EDGEPACK_REGISTRY_USERNAME": USER, "EDGEPACK_REGISTRY_PASSWORD": "wrong"})
+    wrong = {"EDGEPACK_REGISTRY_AUTH": json.dumps({reg_auth.host: {"username": USER, "password": "wrong"}})}
+    r = run_cli("publish", bundle, ref, "--key", keys[0][1], env=wrong)
     assert r.returncode == 2 and "401 unauthorized" in r.stderr and "wrong" not in r.stderr
-    r = run_cli("publish", bundle, ref, env=reg_auth.env)
+    r = run_cli("publish", bundle, ref, "--key", keys[0][1], env=reg_auth.env)
     assert r.returncode == 0, r.stderr
     assert PASSWORD not in r.stdout + r.stderr
     docker = tmp_path / "docker"
@@ -343,23 +359,6 @@ def test_htpasswd_auth_from_env_and_docker_config(reg_auth, bundle, keys, tmp_pa
     assert tree(tmp_path / "out") == tree(bundle) and info["digest"].startswith("sha256:")
     secret = PASSWORD.encode()
     assert not any(secret in p.read_bytes() for p in reg_auth.storage.rglob("*") if p.is_file())
-
-
-def test_bearer_token_auth_through_the_token_service(tmp_path_factory, bundle, keys, tmp_path, monkeypatch):
-    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker"))
-    for k in ("EDGEPACK_REGISTRY_USERNAME", "EDGEPACK_REGISTRY_PASSWORD", "EDGEPACK_REGISTRY_TOKEN"):
-        monkeypatch.delenv(k, raising=False)
-    with RegistryServer(tmp_path_factory.mktemp("registry-token"), auth="token") as reg:
-        ref = f"{reg.host}/team/token:1"
-        with pytest.raises(BadInputError, match="401 unauthorized"):
-            registry.push(bundle, ref)
-        for k, v in reg.env.items():
-            monkeypatch.setenv(k, v)
-        registry.push(bundle, ref)
-        scopes = [set(r.rsplit(":", 1)[1].split(",")) for r in reg.tokens.requests if r.startswith("repository:team/token:")]
-        assert {"pull", "push"} in scopes  # the registry's scope (actions in any order), answered with a JWT
-        registry.pull(ref, tmp_path / "out", keys[0][1])
-        assert tree(tmp_path / "out") == tree(bundle)
 
 
 def test_build_preflight_refuses_registry_before_any_stage(reg_auth, digits_recipe, tmp_path, monkeypatch):
@@ -377,15 +376,15 @@ def test_skopeo_and_oras_read_what_edgepack_pushed(reg, bundle, tmp_path):
 
     if shutil.which("skopeo") is None:
         pytest.skip("skopeo is not installed (scripts/setup-tests.sh installs it)")
-    res = registry.push(bundle, f"{reg.host}/team/interop:1")
+    res = registry.push(bundle, f"{reg.host}/interop/tiny:1.2.0")
     out = tmp_path / "skopeo"
-    r = subprocess.run(["skopeo", "copy", "--all", "--src-tls-verify=false", f"docker://{reg.host}/team/interop:1", f"oci:{out}:1"],
+    r = subprocess.run(["skopeo", "copy", "--all", "--src-tls-verify=false", f"docker://{reg.host}/interop/tiny:1.2.0", f"oci:{out}:1"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     [top] = json.loads((out / "index.json").read_text())["manifests"]
     blobs = out / "blobs" / "sha256"
     index = json.loads((blobs / top["digest"].split(":")[1]).read_bytes())
-    ours, _ = manifest_doc(reg, "team/interop", res["digest"])
+    ours, _ = manifest_doc(reg, "interop/tiny", res["digest"])
     # skopeo 1.9 re-serializes the index (it drops artifactType) but keeps every target manifest byte for byte
     assert [e["digest"] for e in index["manifests"]] == [e["digest"] for e in ours["manifests"]]
     got = {}
@@ -399,7 +398,7 @@ def test_skopeo_and_oras_read_what_edgepack_pushed(reg, bundle, tmp_path):
     except ImportError:
         return
     m_digest = index["manifests"][0]["digest"]
-    oras.client.OrasClient(insecure=True).pull(target=f"{reg.host}/team/interop@{m_digest}", outdir=str(tmp_path / "oras"))
+    oras.client.OrasClient(insecure=True).pull(target=f"{reg.host}/interop/tiny@{m_digest}", outdir=str(tmp_path / "oras"))
     assert (tmp_path / "oras" / "targets/ort/model.onnx").read_bytes() == (bundle / "targets/ort/model.onnx").read_bytes()
 
 
@@ -414,7 +413,7 @@ def test_certificate_chain_trust(reg, bundle, tmp_path):
     from model_signing import signing
 
     from edgepack.bundle.sign import _hashing_config
-    from edgepack.registry.sigcheck import Trust
+    from edgepack.bundle.sigcheck import Trust
 
     acme, other = _pki(tmp_path / "pki", "acme"), _pki(tmp_path / "pki", "other")
     b = tmp_path / "cert-bundle"
@@ -424,10 +423,10 @@ def test_certificate_chain_trust(reg, bundle, tmp_path):
                                                  certificate_chain=[acme["ca"]])
     cfg.set_hashing_config(_hashing_config()).sign(b, tmp_path / "model.sig")
     shutil.copy(tmp_path / "model.sig", b / "signatures" / "model.sig")
-    registry.push(b, f"{reg.host}/team/pki:1")
-    info = registry.pull(f"{reg.host}/team/pki:1", tmp_path / "out", Trust(cert_chain=(acme["ca"],)), target="ov")
+    registry.push(b, f"{reg.host}/pki/tiny:1.2.0")
+    info = registry.pull(f"{reg.host}/pki/tiny:1.2.0", tmp_path / "out", Trust(cert_chain=(acme["ca"],)), target="ov")
     assert info["targets"] == ["ov"] and (tmp_path / "out/targets/ov/model/model.bin").is_file()
     with pytest.raises(VerificationError, match="not verified with certificate chain"):
-        registry.verify(f"{reg.host}/team/pki:1", Trust(cert_chain=(other["ca"],)))
-    r = run_cli("verify", f"{reg.host}/team/pki:1", "--cert-chain", acme["ca"])
+        registry.verify(f"{reg.host}/pki/tiny:1.2.0", Trust(cert_chain=(other["ca"],)))
+    r = run_cli("verify", f"{reg.host}/pki/tiny:1.2.0", "--cert-chain", acme["ca"])
     assert r.returncode == 0, r.stderr

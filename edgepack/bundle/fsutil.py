@@ -61,18 +61,18 @@ def staged_dir(dest: Path, what: str):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def replace_dir(new: Path, dest: Path, what: str) -> Path:
+def replace_dir(new: Path, dest: Path, what: str, force: bool = False) -> Path:
     """Move the complete directory ``new`` to ``dest``, replacing an older bundle there.
 
     An existing ``dest`` is replaced only when it is empty or holds an ``edgepack.json``,
-    so a mistyped output path never deletes an unrelated folder.
+    so a mistyped output path never deletes an unrelated folder (``force``: any folder).
     """
     new, dest = Path(new), Path(dest)
     old = None
     if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
         raise BadInputError(f"cannot write {what} at {dest}: it exists and is not a folder")
     if dest.exists():
-        if any(dest.iterdir()) and not (dest / "edgepack.json").is_file():
+        if not force and any(dest.iterdir()) and not (dest / "edgepack.json").is_file():
             raise BadInputError(
                 f"{dest} exists and is not an edgepack bundle; refusing to replace it",
                 hint="choose an empty or new output folder",

@@ -16,13 +16,14 @@ import json
 from pathlib import Path
 
 from edgepack.bundle.fsutil import replace_dir, safe_relpath, staged_dir
-from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME
+from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME, read_manifest
 from edgepack.bundle.provenance import PROVENANCE_NAME, verify_provenance
-from edgepack.errors import BadInputError, VerificationError
-from edgepack.registry.http import OCI_INDEX
+from edgepack.errors import BadInputError, EdgepackError, VerificationError
+from edgepack.registry.http import ATTEMPTS, MAX_MANIFEST, OCI_INDEX, TransientError
 from edgepack.registry.index import A_TARGET, A_TITLE, ARTIFACT_TYPE, SIG_REL, SIGNATURE_TYPE, list_referrers, target_groups
+from edgepack.registry.refs import Ref, check_identity
 from edgepack.registry.select import choose_target
-from edgepack.registry.sigcheck import Trust, as_trust, check_trust, match_layers, signed_digests
+from edgepack.bundle.sigcheck import Trust, as_trust, check_trust, match_layers, signed_digests, verify_bundle
 
 
 def _json(data: bytes, what: str):
@@ -41,7 +42,11 @@ def manifest_at(store, digest: str, what: str) -> dict:
 
 
 def small_blob(store, desc: dict, what: str) -> bytes:
-    data = store.read_blob(desc["digest"])
+    """A config, report or signature blob, read under its declared size (at most 4 MiB) and checked."""
+    size = desc.get("size") if isinstance(desc.get("size"), int) and desc.get("size") >= 0 else MAX_MANIFEST
+    if size > MAX_MANIFEST:
+        raise VerificationError(f"{what}: blob {desc.get('digest')} declares {size} bytes, over the {MAX_MANIFEST}-byte bound")
+    data = store.read_blob(desc["digest"], limit=size)
     if "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"] or len(data) != desc.get("size", len(data)):
         raise VerificationError(f"{what}: blob {desc['digest']} does not match its digest (registry corrupted)",
                                 hint="republish the bundle; do not use this artifact")
@@ -195,7 +200,7 @@ class Artifact:
         return None, {}
 
 
-def download(art: Artifact, layers: dict[str, dict], out_dir: Path, check=None) -> int:
+def download(art: Artifact, layers: dict[str, dict], out_dir: Path, check=None, force: bool = False) -> int:
     """Stream every layer into a temp folder beside ``out_dir``, re-hashing; ``check(tmp)``; rename into place."""
     out_dir = Path(out_dir)
     total = 0
@@ -204,27 +209,73 @@ def download(art: Artifact, layers: dict[str, dict], out_dir: Path, check=None) 
         for rel, layer in sorted(layers.items()):
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            h, n = hashlib.sha256(), 0
-            with art.store.open_blob(layer["digest"]) as chunks, open(dest, "wb") as f:
-                for block in chunks:
-                    h.update(block)
-                    n += len(block)
-                    f.write(block)
-            if "sha256:" + h.hexdigest() != layer["digest"] or n != layer.get("size"):
-                raise VerificationError(f"{rel}: blob {layer['digest']} does not match its digest or size (registry corrupted)",
-                                        hint="republish the bundle; nothing was written")
-            total += n
+            with open(dest, "wb") as f:
+                total += stream_blob(art.store, layer, f, rel)
         (tmp / SIG_REL).parent.mkdir(parents=True, exist_ok=True)
         (tmp / SIG_REL).write_bytes(art.signature)
         if check is not None:
             check(tmp)
-        replace_dir(tmp, out_dir, "the pulled bundle")
+        replace_dir(tmp, out_dir, "the pulled bundle", force=force)
     return total
 
 
-def pull(store, reference: str, out_dir: Path, key, device=None, target: str | None = None) -> dict:
+def check_out_dir(out_dir: Path, force: bool = False) -> None:
+    """Refuse a non-empty ``out_dir`` that edgepack did not write: one without ``edgepack.json``,
+    or holding files that its ``edgepack.json`` does not list (a user's files next to a bundle),
+    unless ``force``. Checked before anything is fetched; ``replace_dir`` swaps the folder."""
+    out_dir = Path(out_dir)
+    if force or out_dir.is_symlink() or not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return  # new, empty, or not a folder (replace_dir names that problem)
+    hint = "choose an empty or new output folder, or pass --force to replace it with the pulled bundle"
+    try:
+        listed = {f["path"] for f in read_manifest(out_dir)["files"]} | {MANIFEST_NAME, SIG_REL}
+    except EdgepackError as e:
+        raise BadInputError(f"-o {out_dir} is not empty and holds no bundle written by edgepack; refusing to replace it",
+                            hint=hint) from e
+    foreign = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
+                     if (p.is_symlink() or not p.is_dir()) and p.relative_to(out_dir).as_posix() not in listed)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise BadInputError(f"-o {out_dir} holds {foreign[0]}{more}, not part of the bundle there; refusing to replace it",
+                            hint=hint)
+
+
+def stream_blob(store, desc: dict, out, what: str) -> int:
+    """Stream a blob into the open file ``out``, re-hashing, cut off past its declared size; a
+    transfer that breaks (reset, stall) starts again, up to the store's retry budget."""
+    digest, size = desc.get("digest"), desc.get("size")
+    if not isinstance(size, int) or size < 0:
+        raise VerificationError(f"{what}: the descriptor of blob {digest} declares no size")
+    for attempt in range(1, ATTEMPTS + 1):
+        out.seek(0)
+        out.truncate()
+        h, n = hashlib.sha256(), 0
+        try:
+            with store.open_blob(digest, size) as chunks:
+                for block in chunks:
+                    n += len(block)
+                    if n > size:
+                        raise VerificationError(f"{what}: blob {digest} is larger than its declared {size} bytes",
+                                                hint="the registry is corrupted or hostile; nothing was kept")
+                    h.update(block)
+                    out.write(block)
+        except TransientError:
+            if attempt == ATTEMPTS:
+                raise
+            store._backoff(attempt, None, f"blob {digest}")
+            continue
+        break
+    if "sha256:" + h.hexdigest() != digest or n != size:
+        raise VerificationError(f"{what}: blob {digest} does not match its digest or size (registry corrupted)",
+                                hint="republish the bundle; nothing was written")
+    return n
+
+
+def pull(store, ref: Ref, out_dir: Path, key, device=None, target: str | None = None, force: bool = False) -> dict:
     trust = as_trust(key)
-    art = Artifact(store, reference, trust)
+    check_out_dir(out_dir, force)
+    art = Artifact(store, ref.reference, trust)
+    check_identity(ref, art.config.get("name"), art.config.get("version"), art.where)
     tids, why = art.pick(device, target)
     layers = art.layers_for(tids)
     checked = {"provenance": "absent (bundle built without provenance)"}
@@ -235,23 +286,22 @@ def pull(store, reference: str, out_dir: Path, key, device=None, target: str | N
                 checked["provenance"] = "covered by the bundle signature (certificate trust: statement key not checked)"
             return
         if tids is None:  # whole bundle: model-signing's own folder check as well
-            from edgepack.bundle.sign import verify_bundle
-
             verify_bundle(tmp, trust.public_key)
         if PROVENANCE_NAME in layers:
             verify_provenance(tmp, trust.public_key, allow_missing=tids is not None)
             checked["provenance"] = "verified"
 
-    nbytes = download(art, layers, out_dir, check)
+    nbytes = download(art, layers, out_dir, check, force=force)
     return {"bundle": str(out_dir), "ref": art.where, "digest": art.digest, "files_checked": len(layers) + 1,
             "bytes": nbytes, "targets": tids or sorted(art.groups), "partial": tids is not None,
             "selection": why, "signer_fingerprint": art.fingerprint, "name": art.config.get("name"),
             "version": art.config.get("version"), **checked}
 
 
-def verify(store, reference: str, key) -> dict:
-    """Check signature and every layer digest against it, downloading only the signature and config."""
-    art = Artifact(store, reference, as_trust(key))
+def verify(store, ref: Ref, key) -> dict:
+    """Check signature, name/version and every layer digest against it, downloading only the signature and config."""
+    art = Artifact(store, ref.reference, as_trust(key))
+    check_identity(ref, art.config.get("name"), art.config.get("version"), art.where)
     layers = art.layers_for(None)
     return {"ref": art.where, "digest": art.digest, "kind": art.kind, "targets": sorted(art.groups),
             "layers_checked": len(layers) + 1, "signer_fingerprint": art.fingerprint,

@@ -19,8 +19,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgepack.bundle.manifest import MANIFEST_NAME, SIGNATURES_DIR, check_files, read_manifest
-from edgepack.bundle.sign import SIGNATURE_NAME
+from edgepack.bundle.manifest import MANIFEST_NAME, SIGNATURES_DIR
+from edgepack.bundle.sigcheck import SIGNATURE_NAME, check_publishable
 from edgepack.errors import BadInputError, VerificationError
 from edgepack.registry.http import OCI_INDEX, OCI_MANIFEST
 
@@ -60,6 +60,8 @@ class Plan:
         self.manifests: list[tuple[bytes, str]] = []  # (bytes, media type), pushed by digest
         self.index: bytes = b""
         self.referrers: list[tuple[bytes, dict]] = []  # (manifest bytes, subject descriptor)
+        self.name: str | None = None  # the bundle's (signed) name and version
+        self.version: str | None = None
 
     def add_file(self, path: Path, digest_hex: str, size: int) -> str:
         digest = "sha256:" + digest_hex
@@ -92,18 +94,17 @@ def _validation(report: dict, tid: str) -> dict:
     return out
 
 
-def plan_bundle(bundle_dir: Path) -> Plan:
+def plan_bundle(bundle_dir: Path, trust=None) -> Plan:
+    """The objects to upload; the bundle's files and signature are checked first (``check_publishable``)."""
     bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
-    check_files(bundle_dir, manifest)  # never publish a bundle that fails its own manifest
+    manifest = check_publishable(bundle_dir, trust)  # never publish what would fail at pull
     sig = bundle_dir / SIG_REL
-    if not sig.is_file():
-        raise BadInputError(f"bundle {bundle_dir} is not signed", hint="run `edgepack sign` (or build) before publishing")
     try:
         report = json.loads((bundle_dir / "report.json").read_text())
     except (OSError, ValueError):
         report = {}
     plan = Plan()
+    plan.name, plan.version = manifest.get("name"), manifest.get("version")
     info = {f["path"]: f for f in manifest["files"]}
     cfg_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
     plan.blobs[desc_of(cfg_bytes, CONFIG_TYPE)["digest"]] = (cfg_bytes, len(cfg_bytes))
@@ -153,8 +154,21 @@ def plan_bundle(bundle_dir: Path) -> Plan:
     return plan
 
 
-def push_plan(store, plan: Plan, tag: str) -> dict:
+def check_tag_free(store, tag: str, digest: str, force: bool = False) -> bool:
+    """A release tag is immutable: refuse (exit 2, both digests) when ``tag`` holds other content,
+    unless ``force``. True when the tag already holds exactly ``digest`` (nothing to move)."""
+    if not store.has_manifest(tag):
+        return False
+    _, _, current = store.get_manifest(tag)
+    if current == digest or force:
+        return current == digest
+    raise BadInputError(f"{store.name}:{tag} already holds {current}; refusing to move it to {digest}",
+                        hint="release tags are immutable: publish a new version, or pass --force to move the tag")
+
+
+def push_plan(store, plan: Plan, tag: str, force: bool = False) -> dict:
     """Upload in commit order (see module doc); return the index digest and counts."""
+    check_tag_free(store, tag, desc_of(plan.index, OCI_INDEX)["digest"], force)  # before the first byte
     sent = 0
     for digest, (src, size) in sorted(plan.blobs.items()):
         sent += bool(store.put_blob(src, digest, size))

@@ -1,11 +1,14 @@
 """An embedded registry: bundles stored as OCI artifacts in an OCI image-layout folder.
 
-One layer per bundle file (title = its relative path in the bundle, e.g.
-``targets/ort/model.onnx``), the bundle's ``edgepack.json`` as the config blob, and
-``index.json`` entries tagged with ``org.opencontainers.image.ref.name``. Blobs are written
-temp + rename (content addressed, so re-pushing is idempotent); ``index.json`` is replaced
-last, under an flock on the layout folder, so a tag never points at missing blobs.
-Old manifests stay in ``blobs/`` when a tag moves (no garbage collection yet).
+Bundles are published here in the same form as on a remote registry (``index.py``: a per-target
+image index, signature as a referrer), through ``LayoutStore``; ``index.json`` entries are tagged
+with ``org.opencontainers.image.ref.name``. Blobs are written temp + rename (content addressed,
+so re-pushing is idempotent); ``index.json`` is replaced last, under an flock on the layout
+folder, so a tag never points at missing blobs. Old manifests stay in ``blobs/`` when a tag
+moves (no garbage collection yet).
+
+``pull`` below reads the older single-manifest form (one manifest, every file a layer, the
+signature a layer too) that layouts written before the index form hold.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -21,10 +25,11 @@ from pathlib import Path
 
 from edgepack.artifact import CHUNK, sha256_file
 from edgepack.bundle.fsutil import atomic_write_bytes, replace_dir, safe_relpath, staged_dir
-from edgepack.bundle.manifest import MANIFEST_NAME, SIGNATURES_DIR, check_files, read_manifest
-from edgepack.bundle.sign import SIGNATURE_NAME, load_public_key, verify_bundle
+from edgepack.bundle.keys import load_public_key
+from edgepack.bundle.manifest import MANIFEST_NAME
+from edgepack.bundle.sigcheck import verify_bundle
 from edgepack.errors import BadInputError, VerificationError
-from edgepack.registry.refs import DIGEST_RE, Ref, as_ref
+from edgepack.registry.refs import DIGEST_RE, Ref, as_ref, check_identity
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -37,6 +42,7 @@ A_REF = "org.opencontainers.image.ref.name"
 A_CREATED = "org.opencontainers.image.created"
 A_VERSION = "org.opencontainers.image.version"
 A_TARGETS = "dev.edgepack.targets"
+MAX_SMALL = 4 << 20  # manifests, indexes and configs: the OCI spec's suggested manifest limit
 
 
 def _json(obj) -> bytes:
@@ -53,65 +59,14 @@ def _layout_ref(ref: str | Ref, require_tag: bool = True) -> Ref:
 # ---------------------------------------------------------------- push
 
 
-def push(bundle_dir: Path, ref: str | Ref) -> dict:
-    """Store a signed bundle under ``ref``'s tag; return digest, size and tag of the manifest."""
-    ref = _layout_ref(ref)
-    if ref.tag is None:
-        raise BadInputError(f"push needs a tag, not a digest: {ref}")
-    bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
-    check_files(bundle_dir, manifest)  # never publish a bundle that fails its own manifest
-    if not (bundle_dir / SIGNATURES_DIR / SIGNATURE_NAME).is_file():
-        raise BadInputError(f"bundle {bundle_dir} is not signed", hint="run `edgepack sign` before pushing")
-    root = _init_layout(ref.path)
-    try:
-        config = _put_file(root, bundle_dir / MANIFEST_NAME, CONFIG_TYPE)
-        layers = []
-        rels = [f["path"] for f in manifest["files"]] + [f"{SIGNATURES_DIR}/{SIGNATURE_NAME}"]
-        for rel in sorted(rels):
-            mt = SIGNATURE_TYPE if rel.startswith(SIGNATURES_DIR + "/") else FILE_TYPE
-            layers.append({**_put_file(root, bundle_dir / rel, mt), "annotations": {A_TITLE: rel}})
-        annotations = _annotations(manifest)
-        doc = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": ARTIFACT_TYPE,
-            "config": config,
-            "layers": layers,
-            "annotations": annotations,
-        }
-        desc = _put_bytes(root, _json(doc), OCI_MANIFEST)
-        desc.update(artifactType=ARTIFACT_TYPE, annotations={**annotations, A_REF: ref.tag})
-        with _locked(root):
-            index = _read_index(root)
-            index["manifests"] = [m for m in index["manifests"] if (m.get("annotations") or {}).get(A_REF) != ref.tag]
-            index["manifests"].append(desc)
-            atomic_write_bytes(root / "index.json", _json(index))
-    except OSError as e:
-        raise BadInputError(f"cannot write registry {root}: {e.strerror or e}") from e
-    return {"ref": str(ref), "tag": ref.tag, "digest": desc["digest"], "size": desc["size"], "layers": len(layers)}
+def push(bundle_dir: Path, ref: str | Ref, trust=None, force: bool = False) -> dict:
+    """Publish to a layout in the one OCI form of every registry: the per-target image index.
 
+    The same code as a remote push (``remote.push`` through ``LayoutStore``), so a bundle has one
+    digest in the layout and in every registry it is copied to."""
+    from edgepack.registry import remote
 
-def _annotations(manifest: dict) -> dict:
-    created = manifest.get("created") or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    out = {A_CREATED: str(created)}
-    if manifest.get("name"):
-        out[A_TITLE] = str(manifest["name"])
-    if manifest.get("version"):
-        out[A_VERSION] = str(manifest["version"])
-    targets = _target_names(manifest.get("targets"))
-    if targets:
-        out[A_TARGETS] = ",".join(targets)
-    return out
-
-
-def _target_names(targets) -> list[str]:
-    if isinstance(targets, dict):
-        return sorted(str(k) for k in targets)
-    if isinstance(targets, list):
-        names = [t if isinstance(t, str) else (t.get("name") or t.get("target")) for t in targets if isinstance(t, (str, dict))]
-        return [str(n) for n in names if n]
-    return []
+    return remote.push(bundle_dir, _layout_ref(ref), trust=trust, force=force)
 
 
 def _init_layout(path: Path) -> Path:
@@ -172,15 +127,39 @@ def _blob_ok(path: Path, digest: str, size: int) -> bool:
         return False
 
 
-def _copy_hashing(src, dst) -> tuple[str, int]:
-    """Stream ``src`` to ``dst`` (open files); return the ``sha256:`` digest and size."""
+def _copy_hashing(src, dst, limit: int | None = None) -> tuple[str, int]:
+    """Stream ``src`` to ``dst`` (open files); return the ``sha256:`` digest and size.
+
+    With ``limit`` at most ``limit + 1`` bytes are read: enough to tell the source is too big."""
     h, size = hashlib.sha256(), 0
-    for block in iter(lambda: src.read(CHUNK), b""):
+    while limit is None or size <= limit:
+        block = src.read(CHUNK if limit is None else min(CHUNK, limit + 1 - size))
+        if not block:
+            break
         h.update(block)
         size += len(block)
         dst.write(block)
     dst.flush()
     return "sha256:" + h.hexdigest(), size
+
+
+def open_blob(root: Path, digest: str, what: str):
+    """Open a stored blob for reading: a regular file, never a symlink, FIFO or device
+    (a blob linked to ``/dev/zero`` must not stream forever). VerificationError otherwise."""
+    path = _blob_path(root, digest)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        raise VerificationError(f"{what}: blob {digest} is missing from {root}") from e
+    except OSError as e:  # ELOOP: a symlink
+        raise VerificationError(f"{what}: blob {digest} in {root} is not a regular file ({e.strerror})",
+                                hint="the layout was tampered with; republish the bundle") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise VerificationError(f"{what}: blob {digest} in {root} is not a regular file",
+                                hint="the layout was tampered with; republish the bundle")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 @contextmanager
@@ -231,11 +210,11 @@ def _tagged(root: Path) -> dict[str, dict]:
 
 def _read_blob(root: Path, desc: dict, what: str) -> bytes:
     """Read a small blob (manifest or config) and check it against its descriptor."""
-    path = _blob_path(root, str(desc.get("digest")))
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as e:
-        raise VerificationError(f"{what}: blob {desc['digest']} is missing from {root}") from e
+    size = desc.get("size") if isinstance(desc.get("size"), int) else MAX_SMALL
+    if size > MAX_SMALL:
+        raise VerificationError(f"{what}: blob {desc.get('digest')} is {size} bytes, over the {MAX_SMALL}-byte limit for manifests")
+    with open_blob(root, str(desc.get("digest")), what) as f:
+        data = f.read(min(size, MAX_SMALL) + 1)
     if len(data) != desc.get("size") or "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"]:
         raise VerificationError(f"{what}: blob {desc['digest']} does not match its digest or size (registry corrupted)")
     return data
@@ -245,7 +224,7 @@ def list_tags(layout_path: Path) -> list[dict]:
     """Tags in a layout with digest, created, name and targets (from the manifest annotations)."""
     root = Path(layout_path).expanduser()
     out = []
-    for tag, desc in _tagged(root).items():
+    for tag, desc in sorted(_tagged(root).items()):
         ann = desc.get("annotations") or {}
         try:
             ann = json.loads(_read_blob(root, desc, f"tag {tag}")).get("annotations") or ann
@@ -278,9 +257,14 @@ def resolve(ref: str | Ref) -> tuple[Path, dict]:
     return root, tags[ref.tag]
 
 
-def pull(ref: str | Ref, out_dir: Path, public_key: Path) -> dict:
-    """Fetch, re-hash every blob, reassemble, verify the signature, then move into ``out_dir``."""
+def pull(ref: str | Ref, out_dir: Path, public_key: Path, force: bool = False) -> dict:
+    """A single-manifest bundle (the older layout form): fetch, re-hash every blob, reassemble,
+    verify the signature and the name/version against ``ref``, then move into ``out_dir``."""
+    from edgepack.registry.fetch import check_out_dir
+
+    ref = _layout_ref(ref)
     load_public_key(public_key)  # fail fast on a bad key, before any copying
+    check_out_dir(Path(out_dir), force)
     root, desc = resolve(ref)
     doc = _load_manifest(root, desc, str(ref))
     out_dir = Path(out_dir)
@@ -298,7 +282,8 @@ def pull(ref: str | Ref, out_dir: Path, public_key: Path) -> dict:
             seen.add(rel)
             _copy_checked(root, layer, tmp / rel, rel)
         summary = verify_bundle(tmp, public_key)
-        replace_dir(tmp, out_dir, "the pulled bundle")
+        check_identity(ref, summary.get("name"), summary.get("version"), f"{ref.path}@{desc['digest']}")
+        replace_dir(tmp, out_dir, "the pulled bundle", force=force)
     summary.update(bundle=str(out_dir), ref=str(ref), digest=desc["digest"])
     return summary
 
@@ -316,19 +301,16 @@ def _load_manifest(root: Path, desc: dict, name: str) -> dict:
 
 
 def _copy_checked(root: Path, layer: dict, dest: Path, rel: str) -> None:
+    declared = layer.get("size") if isinstance(layer.get("size"), int) else 0
     try:
-        src = _blob_path(root, str(layer.get("digest")))
+        f = open_blob(root, str(layer.get("digest")), rel)
     except VerificationError as e:
-        raise VerificationError(f"{rel}: {e.message}") from e
+        raise VerificationError(e.message if e.message.startswith(rel) else f"{rel}: {e.message}", hint=e.hint) from e
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(src, "rb") as f, open(dest, "wb") as out:
-            digest, size = _copy_hashing(f, out)
-    except FileNotFoundError as e:
-        if not src.exists():
-            raise VerificationError(f"{rel}: blob {layer['digest']} is missing from {root}") from e
-        raise VerificationError(f"{rel}: layer path conflicts with another layer") from e
-    except (NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+        with f, open(dest, "wb") as out:
+            digest, size = _copy_hashing(f, out, limit=declared)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
         raise VerificationError(f"{rel}: layer path conflicts with another layer") from e
     if size != layer.get("size") or digest != layer["digest"]:
         raise VerificationError(f"{rel}: blob {layer['digest']} does not match its digest or size (registry corrupted)")

@@ -95,22 +95,17 @@ class LayoutStore:
         return True
 
     @contextmanager
-    def open_blob(self, digest: str):
-        p = L._blob_path(self.root, digest)
-        try:
-            f = open(p, "rb")
-        except FileNotFoundError as e:
-            raise VerificationError(f"{self.name}: blob {digest} is missing") from e
-        with f:
+    def open_blob(self, digest: str, size: int | None = None):
+        """Chunks of a stored blob (a regular file only); the caller bounds and hashes them."""
+        with L.open_blob(self.root, digest, self.name) as f:
             yield iter(lambda: f.read(CHUNK), b"")
 
-    def read_blob(self, digest: str, limit: int = 4 << 20) -> bytes:
-        p = L._blob_path(self.root, digest)
-        if not p.is_file():
-            raise VerificationError(f"{self.name}: blob {digest} is missing")
-        if p.stat().st_size > limit:
-            raise VerificationError(f"{self.name}: blob {digest} is larger than expected")
-        return p.read_bytes()
+    def read_blob(self, digest: str, limit: int = L.MAX_SMALL) -> bytes:
+        with L.open_blob(self.root, digest, self.name) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise VerificationError(f"{self.name}: blob {digest} is larger than the {limit}-byte limit")
+        return data
 
     def tags(self) -> list[str]:
         return sorted(L._tagged(self.root))

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepack.errors import BadInputError
+from edgepack.errors import BadInputError, VerificationError
 
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -35,6 +35,11 @@ class Ref:
     def reference(self) -> str | None:
         """The tag or digest to resolve."""
         return self.digest or self.tag
+
+    @property
+    def name(self) -> str:
+        """The model name this reference stands for: the layout folder's name or the repository's last part."""
+        return self.path.name if self.kind == "layout" else str(self.repository).rsplit("/", 1)[-1]
 
     def __str__(self) -> str:
         base = f"layout:{self.path}" if self.kind == "layout" else f"{self.host}/{self.repository}"
@@ -113,3 +118,18 @@ def _parse_remote(s: str, require_tag: bool) -> Ref:
 
 def as_ref(ref: str | Ref, require_tag: bool = True) -> Ref:
     return ref if isinstance(ref, Ref) else parse_ref(ref, require_tag=require_tag)
+
+
+def check_identity(ref: Ref, name, version, where: str, error=VerificationError) -> None:
+    """The signed name (and, for a tag, version) must be the reference's: no tag re-pointed at
+    another release (a downgrade), no bundle of another model under this name. A digest
+    reference is checked against the name only."""
+    problems = []
+    if str(name) != ref.name:
+        problems.append(f"name {name!r} but the reference names {ref.name!r}")
+    if ref.tag is not None and str(version) != ref.tag:
+        problems.append(f"version {version!r} but the reference's tag is {ref.tag!r}")
+    if problems:
+        raise error(f"{where}: the signed bundle has " + " and ".join(problems),
+                    hint="a tag must name the release it holds (tag = version, repository = model name); "
+                         "pull by the tag of the version you want, or pin by digest")

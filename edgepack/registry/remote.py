@@ -8,13 +8,12 @@ checks: ``fetch.py``; HTTP: ``http.py``; credentials and TLS: ``auth.py``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from edgepack.errors import BadInputError, EdgepackError, VerificationError
+from edgepack.errors import BadInputError, EdgepackError
 from edgepack.registry import fetch
 from edgepack.registry.http import OCI_INDEX
 from edgepack.registry.index import (
@@ -29,31 +28,40 @@ from edgepack.registry.index import (
     A_VERSION,
     SIGNATURE_TYPE,
     attach_referrer,
+    check_tag_free,
     list_referrers,
     plan_bundle,
     push_plan,
     target_groups,
 )
-from edgepack.registry.refs import Ref, as_ref
+from edgepack.registry.refs import Ref, as_ref, check_identity
 
 
-def store_for(ref: Ref, plain_http: bool = False, create: bool = False):
+def store_for(ref: Ref, plain_http: bool = False, create: bool = False, timeout: float | None = None):
+    """A store for either kind of reference; ``timeout``: the overall deadline in seconds (remote)."""
     if ref.kind == "layout":
         from edgepack.registry.layoutstore import LayoutStore
 
         return LayoutStore(ref.path, create=create)
     from edgepack.registry.http import RemoteStore
 
-    return RemoteStore(ref.host, ref.repository, plain_http=plain_http)
+    return RemoteStore(ref.host, ref.repository, plain_http=plain_http, timeout=timeout)
 
 
-def push(bundle_dir: Path, ref: str | Ref, plain_http: bool = False) -> dict:
-    """Publish a signed bundle as a per-target image index; the tag is written last."""
+def push(bundle_dir: Path, ref: str | Ref, plain_http: bool = False, trust=None, force: bool = False,
+         timeout: float | None = None) -> dict:
+    """Publish a signed bundle as a per-target image index (on layouts and remote registries alike).
+
+    Before the first byte is uploaded: the bundle's files and signature (``trust``: verified with
+    it; None: the signed file list is checked, as after a build), its name and version against
+    the reference, and the tag (an existing tag with other content is refused unless ``force``).
+    The tag is written last."""
     ref = as_ref(ref)
     if ref.tag is None:
-        raise BadInputError(f"push needs a tag, not a digest: {ref}", hint="write HOST/REPO:TAG")
-    plan = plan_bundle(Path(bundle_dir))
-    res = push_plan(store_for(ref, plain_http, create=True), plan, ref.tag)
+        raise BadInputError(f"push needs a tag, not a digest: {ref}", hint="write HOST/REPO:TAG or layout:PATH:TAG")
+    plan = plan_bundle(Path(bundle_dir), trust)
+    check_identity(ref, plan.name, plan.version, f"publishing {bundle_dir} as {ref}", error=BadInputError)
+    res = push_plan(store_for(ref, plain_http, create=True, timeout=timeout), plan, ref.tag, force=force)
     return {"ref": str(ref), "tag": ref.tag, **res}
 
 
@@ -64,23 +72,25 @@ def check_access(ref: str | Ref, plain_http: bool = False) -> None:
         store_for(ref, plain_http).check_access()
 
 
-def pull(ref: str | Ref, out_dir: Path, public_key, device=None, target: str | None = None, plain_http: bool = False) -> dict:
+def pull(ref: str | Ref, out_dir: Path, public_key, device=None, target: str | None = None, plain_http: bool = False,
+         force: bool = False, timeout: float | None = None) -> dict:
     ref = as_ref(ref)
-    return fetch.pull(store_for(ref, plain_http), ref.reference, Path(out_dir), public_key, device=device, target=target)
+    fetch.check_out_dir(Path(out_dir), force)
+    return fetch.pull(store_for(ref, plain_http, timeout=timeout), ref, Path(out_dir), public_key, device=device, target=target, force=force)
 
 
-def verify(ref: str | Ref, public_key, plain_http: bool = False) -> dict:
+def verify(ref: str | Ref, public_key, plain_http: bool = False, timeout: float | None = None) -> dict:
     ref = as_ref(ref)
-    return fetch.verify(store_for(ref, plain_http), ref.reference, public_key)
+    return fetch.verify(store_for(ref, plain_http, timeout=timeout), ref, public_key)
 
 
 # ------------------------------------------------------------------ ls
 
 
-def list_tags(ref: str | Ref, plain_http: bool = False) -> list[dict]:
+def list_tags(ref: str | Ref, plain_http: bool = False, timeout: float | None = None) -> list[dict]:
     """Tags (or the one tag of ``ref``) with targets, sizes, validation status and signature presence."""
     ref = as_ref(ref, require_tag=False)
-    store = store_for(ref, plain_http)
+    store = store_for(ref, plain_http, timeout=timeout)
     tags = [ref.reference] if ref.reference else [t for t in store.tags() if not t.startswith("sha256-")]
     return [_describe(store, tag) for tag in sorted(tags)]
 
@@ -129,21 +139,34 @@ def _describe(store, tag: str) -> dict:
 # ------------------------------------------------------------------ copy
 
 
-def copy(src: str | Ref, dst: str | Ref, plain_http: bool = False) -> dict:
+def copy(src: str | Ref, dst: str | Ref, public_key, plain_http: bool = False, force: bool = False,
+         timeout: float | None = None) -> dict:
     """Copy a tagged bundle (index, manifests, blobs, signature referrers) with digests preserved.
 
-    Every blob is re-hashed on the way; the destination tag is written last.
+    Before anything is uploaded the source is verified as ``verify REF`` does (signature with
+    ``public_key``, every layer digest against it, name and version against both references) and
+    the destination tag is checked (immutable unless ``force``). Every blob is re-hashed on the
+    way; the destination tag is written last.
     """
     src, dst = as_ref(src), as_ref(dst, require_tag=False)
     tag = dst.tag or src.tag
     if tag is None:
         raise BadInputError(f"copy destination {dst} needs a tag (the source is pinned by digest)", hint="write DST:TAG")
-    s, d = store_for(src, plain_http), store_for(dst, plain_http, create=True)
-    data, media_type, digest = s.get_manifest(src.reference)
+    s = store_for(src, plain_http, timeout=timeout)
+    art = fetch.Artifact(s, src.reference, fetch.as_trust(public_key))
+    art.layers_for(None)
+    name, version = art.config.get("name"), art.config.get("version")
+    check_identity(src, name, version, art.where)
+    dst = Ref(kind=dst.kind, tag=tag, path=dst.path, host=dst.host, repository=dst.repository)
+    check_identity(dst, name, version, f"copying {art.where} to {dst}", error=BadInputError)
+    d = store_for(dst, plain_http, create=True, timeout=timeout)
+    data, media_type, digest = s.get_manifest(art.digest)
+    if check_tag_free(d, tag, digest, force):
+        return {"src": str(src), "dst": f"{d.name}:{tag}", "digest": digest, "blobs_copied": 0, "manifests": 0}
     stats = {"blobs_copied": 0, "manifests": 0}
     _copy_node(s, d, data, media_type, digest, stats, with_referrers=True)
     d.put_manifest(data, media_type, tag)
-    return {"src": str(src), "dst": f"{d.name}:{tag}", "digest": digest, **stats}
+    return {"src": str(src), "dst": f"{d.name}:{tag}", "digest": digest, "blobs_mounted": getattr(d, "mounted", 0), **stats}
 
 
 def _copy_node(s, d, data: bytes, media_type: str, digest: str, stats: dict, with_referrers: bool) -> None:
@@ -168,20 +191,18 @@ def _copy_node(s, d, data: bytes, media_type: str, digest: str, stats: dict, wit
 
 
 def _copy_blob(s, d, desc: dict) -> int:
+    """Copy one blob unless the destination has it (HEAD); within one registry mount it
+    (``?mount=&from=``) instead of sending it again. 1 when bytes were uploaded, else 0."""
     digest, size = desc["digest"], desc.get("size")
     if d.has_blob(digest, size):
         return 0
+    if d.kind == s.kind == "remote" and d.api == s.api and d.repository != s.repository and d.mount_blob(digest, s.repository):
+        d.mounted = getattr(d, "mounted", 0) + 1
+        return 0
     fd, tmp = tempfile.mkstemp(prefix=".edgepack-copy-", suffix=".blob")
     try:
-        h, n = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, s.open_blob(digest) as chunks:
-            for block in chunks:
-                h.update(block)
-                n += len(block)
-                out.write(block)
-        if "sha256:" + h.hexdigest() != digest or n != size:
-            raise VerificationError(f"{s.name}: blob {digest} does not match its digest or size (source registry corrupted)",
-                                    hint="nothing was tagged at the destination; republish the bundle to the source")
+        with os.fdopen(fd, "w+b") as out:
+            fetch.stream_blob(s, desc, out, f"{s.name}: blob {digest}")
         d.put_blob(Path(tmp), digest, size)
     finally:
         Path(tmp).unlink(missing_ok=True)

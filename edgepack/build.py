@@ -45,6 +45,7 @@ class BuildOptions:
     key: Path | None = None
     quiet: bool = False
     targets: list[str] | None = None  # build only these target ids
+    force: bool = False  # publish over an existing tag of this version (release tags are immutable)
 
 
 @dataclass
@@ -127,10 +128,10 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     ref = parse_ref(f"{registry}:{r.version}")
     if publish and ref.kind == "layout":
         check_writable(Path(ref.path), "publish.registry")
-    if publish and ref.kind == "remote":  # reachable, TLS and credentials: fail now, not after the build
-        from .registry.remote import check_access
+    if publish:  # reachable, TLS and credentials; this version not published yet: fail now, not after the build
+        from .registry.remote import check_release
 
-        check_access(ref)
+        check_release(ref, r.name, force=opts.force)
     key = _resolve_key(lr, opts, progress)
     from .bundle.sign import load_private_key
 
@@ -365,7 +366,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     if publish:
         progress.start("publish")
         t0 = time.perf_counter()
-        published = _publish(bundle, ref)
+        published = _publish(bundle, ref, opts.force)
         progress.done("publish", "ok", time.perf_counter() - t0, note=published.get("ref", ""))
     report_path = bundle / "report.json"
     status = "partial" if failures else "ok"
@@ -434,10 +435,10 @@ def _public_pem(private: Path, folder: Path) -> Path:
     return path
 
 
-def _publish(bundle: Path, ref) -> dict:
+def _publish(bundle: Path, ref, force: bool = False) -> dict:
     from .registry import push
 
-    return push(bundle, ref)
+    return push(bundle, ref, force=force)
 
 
 def _toolchain() -> dict:

@@ -35,8 +35,9 @@ def cli(ctx, verbose):
 @click.option("--target", "targets", multiple=True, help="Build only this target (repeatable).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Stage cache (default $EDGEPACK_HOME/cache).")
 @click.option("--no-cache", is_flag=True, help="Re-run every stage.")
+@click.option("--force", is_flag=True, help="Publish even if this version's tag exists (moves the tag).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
-def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, as_json):
+def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, force, as_json):
     """Run a recipe: convert, optimize, compile, validate, sign, publish."""
     from .build import BuildOptions
     from .build import build as run_build
@@ -45,7 +46,7 @@ def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cach
 
     lr = load_recipe(recipe)
     opts = BuildOptions(output=output, registry=registry, publish=not no_publish, key=key, targets=list(targets) or None,
-                        cache_dir=cache_dir, use_cache=not no_cache, quiet=as_json)
+                        cache_dir=cache_dir, use_cache=not no_cache, quiet=as_json, force=force)
     res = run_build(lr, opts)
     if as_json:
         from .report import summary_rows

@@ -53,15 +53,18 @@ def test_digits_end_to_end_then_cached_then_one_target_changed(digits_recipe, ed
     assert res.returncode == 0, res.stderr
     assert (pulled / "targets/ort-int8/model.onnx").read_bytes() == (out / "targets/ort-int8/model.onnx").read_bytes()
 
-    # An unchanged rebuild reuses every stage.
+    # Version 1.0.0 is published: a rebuild is refused before any stage (release tags are immutable) ...
     res = run_cli("build", digits_recipe, "-o", out, cwd=tmp_path)
+    assert res.returncode == 2 and "already published" in res.stderr and "convert" not in res.stdout, res.stderr
+    # ... unless --force. An unchanged rebuild reuses every stage.
+    res = run_cli("build", digits_recipe, "-o", out, "--force", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert all(_stages(out / "report.json").values())
 
     # Changing one target's config re-runs only what depends on it.
     text = digits_recipe.read_text().replace("    name: ort-fp32\n    input: fp32", "    name: ort-fp32\n    input: fp32\n    precision: fp32")  # a real key (unknown options are rejected)
     digits_recipe.write_text(text)
-    res = run_cli("build", digits_recipe, "-o", out, cwd=tmp_path)
+    res = run_cli("build", digits_recipe, "-o", out, "--force", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     stages = _stages(out / "report.json")
     rerun = sorted(k for k, cached in stages.items() if not cached)

@@ -140,10 +140,8 @@ def test_list_tags_and_tags_are_immutable(make_bundle, tmp_path, keys):
     r = run_cli("publish", rebuilt, f"layout:{reg}:1.0.0", "--key", keys[1])
     assert r.returncode == 2 and first["digest"] in r.stderr and "refusing to move it" in r.stderr and "--force" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and index(reg) == before
-    r = run_cli("publish", rebuilt, f"layout:{reg}:1.0.0", "--key", keys[1], "--force")
-    assert r.returncode == 0, r.stderr
-    moved = tagged(reg)["1.0.0"]["digest"]
-    assert moved not in (first["digest"], second["digest"]) and moved in r.stdout
+    moved = registry.push(rebuilt, f"layout:{reg}:1.0.0", trust=keys[1], force=True)["digest"]
+    assert tagged(reg)["1.0.0"]["digest"] == moved and moved not in (first["digest"], second["digest"])
     tags = registry.list_tags(reg)
     assert [t["tag"] for t in tags] == ["1.0.0", "1.1.0"]  # one entry per tag; referrers are not tags
     row = next(t for t in tags if t["tag"] == "1.1.0")
@@ -165,16 +163,16 @@ def test_downgrade_tag_repointed_or_other_name_is_refused(make_bundle, keys, tmp
     entry = dict(tagged(reg)["1.0.0"], annotations={**tagged(reg)["1.0.0"]["annotations"], REF_NAME: "1.0.1"})
     idx["manifests"].append(entry)
     (reg / "index.json").write_text(json.dumps(idx))
-    for cmd in (["pull", f"layout:{reg}:1.0.1", "-o", tmp_path / "out", "--key", keys[1]],
-                ["verify", f"layout:{reg}:1.0.1", "--key", keys[1]]):
-        r = run_cli(*cmd)
-        assert r.returncode == 4 and "version '1.0.0'" in r.stderr and "tag is '1.0.1'" in r.stderr, r.stderr
+    r = run_cli("pull", f"layout:{reg}:1.0.1", "-o", tmp_path / "out", "--key", keys[1])
+    assert r.returncode == 4 and "version '1.0.0'" in r.stderr and "tag is '1.0.1'" in r.stderr, r.stderr
+    with pytest.raises(VerificationError, match="version '1.0.0' but the reference's tag is '1.0.1'"):
+        registry.verify(f"layout:{reg}:1.0.1", keys[1])
     assert not (tmp_path / "out").exists()
     other = tmp_path / "reg" / "other"  # the same signed bytes under another model's name, pinned by digest
     shutil.copytree(reg, other)
-    r = run_cli("pull", f"layout:{other}@{old['digest']}", "-o", tmp_path / "out", "--key", keys[1])
-    assert r.returncode == 4 and "name 'tiny'" in r.stderr and "'other'" in r.stderr
-    assert run_cli("pull", f"layout:{reg}@{old['digest']}", "-o", tmp_path / "out", "--key", keys[1]).returncode == 0
+    with pytest.raises(VerificationError, match="name 'tiny' but the reference names 'other'"):
+        registry.pull(f"layout:{other}@{old['digest']}", tmp_path / "out", keys[1])
+    registry.pull(f"layout:{reg}@{old['digest']}", tmp_path / "out", keys[1])
     with pytest.raises(BadInputError, match="version '1.0.0' but the reference's tag is 'stable'"):
         registry.push(make_bundle("1.0.0"), f"layout:{reg}:stable")  # nor published under another tag
 
@@ -182,23 +180,25 @@ def test_downgrade_tag_repointed_or_other_name_is_refused(make_bundle, keys, tmp
 def test_pull_refuses_a_folder_edgepack_did_not_write(make_bundle, keys, tmp_path):
     """Issue 11 #9: -o DIR holding edgepack.json next to the user's files is not replaced without --force."""
     reg = tmp_path / "reg" / "tiny"
-    registry.push(make_bundle(), f"layout:{reg}:1.0.0")
+    b = make_bundle()
+    registry.push(b, f"layout:{reg}:1.0.0")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "edgepack.json").write_text("{}")
+    (out / "edgepack.json").write_bytes((b / "edgepack.json").read_bytes())  # a real manifest, next to user files
     (out / "notes.txt").write_text("mine")
-    for o in (out, tmp_path / "plain"):
-        if o.name == "plain":
-            o.mkdir()
-            (o / "thesis.tex").write_text("mine")
-        r = run_cli("pull", f"layout:{reg}:1.0.0", "-o", o, "--key", keys[1])
-        assert r.returncode == 2 and "refusing to replace it" in r.stderr and "--force" in r.stderr, r.stderr
-    assert (out / "notes.txt").read_text() == "mine" and (tmp_path / "plain" / "thesis.tex").read_text() == "mine"
-    r = run_cli("pull", f"layout:{reg}:1.0.0", "-o", out, "--key", keys[1], "--force")
-    assert r.returncode == 0, r.stderr
+    r = run_cli("pull", f"layout:{reg}:1.0.0", "-o", out, "--key", keys[1])
+    assert r.returncode == 2 and "holds notes.txt" in r.stderr and "--force" in r.stderr, r.stderr
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "thesis.tex").write_text("mine")
+    with pytest.raises(BadInputError, match="holds no bundle written by edgepack; refusing to replace it"):
+        registry.pull(f"layout:{reg}:1.0.0", plain, keys[1])
+    assert (out / "notes.txt").read_text() == "mine" and (plain / "thesis.tex").read_text() == "mine"
+    registry.pull(f"layout:{reg}:1.0.0", out, keys[1], force=True)
     assert not (out / "notes.txt").exists() and (out / "targets/ort/model.onnx").is_file()
-    r = run_cli("pull", f"layout:{reg}:1.0.0", "-o", out, "--key", keys[1])  # a bundle edgepack wrote: replaced
-    assert r.returncode == 0, r.stderr
+    registry.pull(f"layout:{reg}:1.0.0", out, keys[1])  # a bundle edgepack wrote: replaced without --force
+    registry.pull(f"layout:{reg}:1.0.0", plain, keys[1], force=True)
+    assert not (plain / "thesis.tex").exists()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "symlink", "extra"])

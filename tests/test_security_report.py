@@ -30,7 +30,7 @@ def test_report_has_no_host_paths_and_the_models_own_memory(tiny_recipe, tmp_pat
     for name in ("model.onnx", "calib.npz", "val.npz", "labels.npy"):
         text = text.replace(f"path: {name}", f"path: {d / name}").replace(f"labels: {name}", f"labels: {d / name}")
     tiny_recipe.write_text(text)
-    out, cache, registry = tmp_path / "dist" / "bundle", tmp_path / "cache", tmp_path / "registry"
+    out, cache, registry = tmp_path / "dist" / "bundle", tmp_path / "cache", tmp_path / "registry" / "tiny"
     res = subprocess.run([sys.executable, "-c", HEAVY_BUILD, "build", str(tiny_recipe.absolute()), "-o", str(out),
                           "--cache-dir", str(cache), "--registry", f"layout:{registry}"], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]

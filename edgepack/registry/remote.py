@@ -72,6 +72,22 @@ def check_access(ref: str | Ref, plain_http: bool = False) -> None:
         store_for(ref, plain_http).check_access()
 
 
+def check_release(ref: str | Ref, name: str, force: bool = False, plain_http: bool = False) -> None:
+    """Build pre-flight: the reference names this model (repository = name, tag = version) and the
+    version's tag is free: a rebuild never moves a published release unless ``force`` (exit 2)."""
+    ref = as_ref(ref)
+    check_identity(ref, name, ref.tag, f"publishing {name} as {ref}", error=BadInputError)
+    if ref.kind == "layout" and not (ref.path / "oci-layout").is_file():
+        return  # a new layout: nothing published yet
+    store = store_for(ref, plain_http)
+    if ref.kind == "remote":
+        store.check_access()
+    if not force and store.has_manifest(ref.tag):
+        _, _, current = store.get_manifest(ref.tag)
+        raise BadInputError(f"{store.name}:{ref.tag} is already published ({current}); refusing to build over a release",
+                            hint="bump the recipe's version, build with --no-publish, or pass --force to move the tag")
+
+
 def pull(ref: str | Ref, out_dir: Path, public_key, device=None, target: str | None = None, plain_http: bool = False,
          force: bool = False, timeout: float | None = None) -> dict:
     ref = as_ref(ref)

@@ -63,7 +63,7 @@ def main() -> None:
         priv, pub = keygen(d / "k.pem")
         b = make_bundle(d, a.targets, a.mb, priv)
         with RegistryServer(d / "registry") as reg:
-            ref = f"{reg.host}/bench/model:1"
+            ref = f"{reg.host}/models/bench:1"  # repository = model name, tag = version
             push_s = timed(lambda: registry.push(b, ref), 1)
             dev = DeviceProfile(name="edge", runtimes=["onnxruntime"])
             rows = {}
@@ -82,13 +82,13 @@ def main() -> None:
 
                 from edgepack.registry.http import RemoteStore
 
-                idx = json.loads(RemoteStore(reg.host, "bench/model").get_manifest("1")[0])
+                idx = json.loads(RemoteStore(reg.host, "models/bench").get_manifest("1")[0])
                 m = idx["manifests"][0]["digest"]
                 client = oras.client.OrasClient(insecure=True)
 
                 def oras_pull():
                     shutil.rmtree(d / "oras", ignore_errors=True)
-                    client.pull(target=f"{reg.host}/bench/model@{m}", outdir=str(d / "oras"))
+                    client.pull(target=f"{reg.host}/models/bench@{m}", outdir=str(d / "oras"))
 
                 rows["oras-py pull, one target (unverified)"] = (timed(oras_pull, a.repeat), tree_bytes(d / "oras"))
             except ImportError:

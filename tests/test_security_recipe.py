@@ -75,3 +75,11 @@ def test_oversized_recipe_is_refused_before_reading(tmp_path):
 def test_deeply_nested_yaml_is_a_recipe_error():
     with pytest.raises(RecipeError, match="nested too deeply|expands to more than"):
         safe_yaml.load("a: " + "[" * 5_000 + "]" * 5_000 + "\n", Path("r.yaml"))
+
+
+def test_device_profile_gets_the_same_limits(tmp_path):
+    profile = tmp_path / "dev.yaml"
+    profile.write_text("name: dev\nname: other\nruntimes: [onnxruntime]\n")
+    res = run_cli("devices", "check", profile, timeout=120)
+    line = _one_error_line(res)
+    assert "dev.yaml:2:1" in line and "duplicate key 'name'" in line

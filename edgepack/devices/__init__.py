@@ -109,7 +109,9 @@ def load_profile(ref: str, base_dir: Path | None = None) -> tuple[DeviceProfile,
 
 def _parse(path: Path) -> DeviceProfile:
     try:
-        data = yaml.safe_load(path.read_text())
+        from .. import safe_yaml
+
+        data = safe_yaml.load(safe_yaml.read(path), path)  # size / alias budget, duplicate keys refused
         transport = data.get("transport") if isinstance(data, dict) else None
         for k in ("key", "known_hosts"):  # relative key files are relative to the profile
             v = transport.get(k) if isinstance(transport, dict) else None

@@ -77,7 +77,7 @@ def _check_metric(i, m, where, outs, shapes, label_sets, base_dir):
                               hint="add 'labels: NAME'")
 
 
-def _check_gates(recipe, where, outs, shapes):
+def _check_gates(recipe, where, outs, shapes, label_sets):
     gates = recipe.gates
     ids = [m.id for m in recipe.evaluate]
     prefixes = tuple(f"{m.id}." for m in recipe.evaluate if isinstance(m, FnMetric))
@@ -96,6 +96,9 @@ def _check_gates(recipe, where, outs, shapes):
     if outs is not None and len(outs) > 1:
         raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: top-1 of which output? The model has outputs {', '.join(outs)}",
                           hint="add `evaluate: [{type: top1, output: NAME}]` naming the classifier output, or gate a metric with gates.metrics")
+    if outs is not None and label_sets is not None and len(label_sets) > 1:  # (the output comes first)
+        raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: top-1 against which labels? The data has label sets {', '.join(sorted(label_sets))}",
+                          hint="add `evaluate: [{type: top1, output: NAME, labels: SET}]`")
     if outs and shapes and _shape_problem(Top1(type="top1"), shapes.get(outs[0])):
         raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: top-1 needs a classifier output [N, classes]; output '{outs[0]}' has shape {_dims(shapes[outs[0]])}",
                           hint="gate the task's metric instead: evaluate: + gates.metrics")
@@ -121,7 +124,7 @@ def check_evaluation(recipe, where, outputs: dict | list | None = None, label_se
         _check_metric(i, m, where, outs, shapes, label_sets, base_dir)
     if sum(1 for m in recipe.evaluate if m.primary) > 1:
         raise RecipeError(f"{where('evaluate')}: more than one metric has primary: true")
-    _check_gates(recipe, where, outs, shapes)
+    _check_gates(recipe, where, outs, shapes, label_sets)
 
 
 def effective_metrics(recipe, outputs: dict, label_sets: set[str]) -> list:

@@ -101,6 +101,8 @@ def test_check_after_convert_with_exported_shapes(tmp_path):
     with pytest.raises(RecipeError, match=r"output 'output_0' has shape \['batch', 1\]"):
         check_evaluation(r, where, outputs={"output_0": ["batch", 1]}, label_sets=set())
     check_evaluation(r, where, outputs={"output_0": ["batch", 10]}, label_sets=set())  # top-1 agreement with FP32
+    with pytest.raises(RecipeError, match="against which labels.*label sets a, b"):
+        check_evaluation(r, where, outputs={"output_0": ["batch", 10]}, label_sets={"a", "b"})
     with pytest.raises(RecipeError, match="needs labels; data.validation has none"):
         r2 = parse_recipe(base + "data: {validation: {path: v.npz}}\nevaluate: [{type: top1}]\n", tmp_path / "r.yaml")
         check_evaluation(r2, where, outputs={"output_0": ["batch", 10]}, label_sets=set())

@@ -195,19 +195,37 @@ def latency_rows(doc: dict, where: str) -> dict[tuple[str, str], dict]:
         for dev, d in doc.get("devices", {}).items():
             for tid, t in (d.get("targets") or {}).items():
                 if t.get("latency"):
-                    rows[(tid, dev)] = {"latency": t["latency"], "noisy": t.get("noisy", False)}
+                    rows[(tid, dev)] = {"latency": t["latency"], "noisy": t.get("noisy", False), "metrics": _metrics_of(t)}
     elif isinstance(doc.get("targets"), dict):
         for tid, t in doc["targets"].items():
             for dev, d in (t.get("devices") or {}).items():
                 if isinstance(d, dict) and d.get("latency"):
-                    rows[(tid, dev)] = {"latency": d["latency"], "noisy": d.get("noisy", False)}
+                    rows[(tid, dev)] = {"latency": d["latency"], "noisy": d.get("noisy", False), "metrics": _metrics_of(d)}
     else:
         raise BadInputError(f"{where}: neither an `edgepack bench --json` result nor a bundle report.json")
     return rows
 
 
+def _metrics_of(rec: dict) -> dict:
+    """{name: {value, higher_is_better}} of a run's `evaluate:` metrics (report.json accuracy.metrics)."""
+    return {k: v for k, v in ((rec.get("accuracy") or {}).get("metrics") or {}).items() if isinstance(v, dict)}
+
+
+def metric_deltas(ma: dict, mb: dict) -> dict:
+    """Per metric in both runs: A, B, delta (B - A) and worse_by (positive: B is worse, in the metric's direction)."""
+    from .validate.metrics import drop
+
+    out = {}
+    for name in sorted(set(ma) & set(mb)):
+        va, vb, hib = ma[name].get("value"), mb[name].get("value"), bool(ma[name].get("higher_is_better", True))
+        delta = vb - va if va is not None and vb is not None else None
+        out[name] = {"a": va, "b": vb, "delta": delta, "worse_by": drop(vb, va, hib), "higher_is_better": hib}
+    return out
+
+
 def compare(a: Path, b: Path) -> dict:
-    """Per (target, device) in both files: B/A ratios of p50, p90 and mean (below 1: B is faster)."""
+    """Per (target, device) in both files: B/A ratios of p50, p90 and mean (below 1: B is faster), and the
+    deltas of every `evaluate:` metric both runs have (bundle report.json files carry them)."""
     docs = []
     for p in (a, b):
         try:
@@ -222,6 +240,7 @@ def compare(a: Path, b: Path) -> dict:
                "noisy": bool(ra[key]["noisy"] or rb[key]["noisy"])}
         for m in ("p50_ms", "p90_ms", "mean_ms"):
             row[f"ratio_{m[:-3]}"] = (lb[m] / la[m]) if la.get(m) else None
+        row["metrics"] = metric_deltas(ra[key]["metrics"], rb[key]["metrics"])
         rows.append(row)
     if not rows:
         raise StageError(f"{a} and {b} have no (target, device) pair in common",
@@ -260,6 +279,10 @@ def format_compare(cmp: dict) -> str:
         fmt = lambda v: f"{v:.3f}" if v is not None else "-"
         lines.append(f"{r['target']:<14} {r['device']:<16} {r['a_p50_ms']:9.3f} {r['b_p50_ms']:9.3f} {fmt(r['ratio_p50']):>8} "
                      f"{fmt(r['ratio_p90']):>8} {fmt(r['ratio_mean']):>9}{'  (noisy)' if r['noisy'] else ''}")
+        for name, m in (r.get("metrics") or {}).items():
+            worse = m["worse_by"]
+            verdict = "-" if worse is None else ("worse" if worse > 0 else "better" if worse < 0 else "same")
+            lines.append(f"{'':<14} {name:<16} A {fmt(m['a']):>9} B {fmt(m['b']):>9}  delta {fmt(m['delta'])} ({verdict})")
     if cmp["unmatched"]:
         lines.append(f"only in one file: {', '.join(cmp['unmatched'])}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
 from .recipe_evaluate import METRIC_TAGS, CosineGate, Metric, MetricGate, MinCosine, metric_model_for
@@ -162,9 +162,10 @@ class AccuracyMetric(str, enum.Enum):
 class AccuracyAware(Strict):
     """Keep the most sensitive nodes in float, one at a time, until the budget is met on validation data."""
 
-    max_accuracy_drop: float = Field(ge=0, description="Allowed drop of the metric vs FP32 (absolute, or a fraction when relative).")
-    relative: bool = Field(False, description="max_accuracy_drop is a fraction of the FP32 score.")
-    metric: AccuracyMetric = AccuracyMetric.TOP1
+    max_drop: float = Field(ge=0, validation_alias=AliasChoices("max_drop", "max_accuracy_drop"),
+                            description="Allowed drop of the metric vs FP32, in its own units (or a fraction when relative); also spelt max_accuracy_drop.")
+    relative: bool = Field(False, description="max_drop is a fraction of the FP32 score.")
+    metric: str = Field("top1", description="A metric name from `evaluate:`, or a builtin: top1, cosine, max_abs_error, top1_agreement.")
     max_float_nodes: int | None = Field(None, ge=1, description="Give up after keeping this many nodes in float.")
 
 
@@ -526,6 +527,9 @@ def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
     from .validate_plan import check_evaluation
 
     check_evaluation(lr.recipe, lr.where, base_dir=lr.dir)
+    from .optimize import check_metric_names
+
+    check_metric_names(lr)  # accuracy_aware.metric names an `evaluate:` metric or a builtin
     return lr
 
 

@@ -38,6 +38,26 @@ class PassContext:
     recipe_dir: Path
     model: object  # recipe.ModelSection
     gates: object  # recipe.Gates
+    evaluate: tuple = ()  # recipe `evaluate:` metrics: the named numbers a pass's budget and search use
+
+
+def check_metric_names(lr) -> None:
+    """Load time: every `accuracy_aware.metric` names an `evaluate:` metric (or a user function's) or a builtin."""
+    from ..errors import RecipeError
+    from .accuracy_aware import BUILTINS
+
+    r = lr.recipe
+    names = [m.id for m in r.evaluate]
+    has_fn = any(getattr(m, "fn", None) for m in r.evaluate)
+    for i, p in enumerate(r.optimize):
+        aa = getattr(p, "accuracy_aware", None)
+        if aa is None or aa.metric in names or aa.metric in BUILTINS or has_fn:
+            continue
+        raise RecipeError(
+            f"{lr.where('optimize', i, 'accuracy_aware', 'metric')}: '{aa.metric}' is not a metric of evaluate: "
+            f"({', '.join(names) or 'none listed'}) nor a builtin ({', '.join(BUILTINS)})",
+            hint="name a metric listed under evaluate:, or add it there",
+        )
 
 
 def count_ops(path: Path) -> dict[str, int]:

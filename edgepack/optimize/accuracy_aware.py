@@ -23,35 +23,66 @@ from ..recipe import AccuracyAware, AccuracyMetric
 from .effect import run_model, scores
 
 
+BUILTINS = tuple(m.value for m in AccuracyMetric)  # the historical metric values, still accepted by name
+
+
 class _Evaluator:
-    def __init__(self, validation: Path, reference: list[np.ndarray], cfg: AccuracyAware, where: str):
+    """Scores a model on the validation set with the search's metric: a named `evaluate:` metric
+    (edgepack/validate/metrics.py, the same numbers as the build's gates) or a builtin."""
+
+    def __init__(self, validation: Path, reference: list[np.ndarray], cfg: AccuracyAware, where: str,
+                 specs=(), output_names: list[str] | None = None, base_dir: Path | None = None):
         from ..data import read_npz
 
         self.arrays, self.labels = read_npz(validation)
         self.reference = reference
         self.cfg = cfg
-        if cfg.metric is AccuracyMetric.TOP1:
+        self.specs, self.names, self.base_dir = list(specs), output_names or [f"output_{k}" for k in range(len(reference))], base_dir
+        self.named = named_metric(cfg.metric, self.specs)
+        self.higher_is_better = True
+        if self.named is None and cfg.metric == AccuracyMetric.TOP1.value:
             if self.labels is None:
                 raise BadInputError(f"{where}.accuracy_aware.metric: 'top1' needs labels in data.validation", hint="give labels, or use metric: cosine / top1_agreement / max_abs_error")
             if scores(reference, self.labels, None)["top1"] is None:
                 raise BadInputError(f"{where}.accuracy_aware.metric: 'top1' needs a classifier output [N, classes]", hint="use metric: cosine or max_abs_error")
-        self.fp32 = self.score(scores(reference, self.labels, reference))
+        self.fp32, _ = self.score(reference)
         # scale for relative budgets (max_abs_error is relative to the largest reference magnitude)
-        self.scale = float(np.max(np.abs(reference[0]))) if cfg.metric is AccuracyMetric.MAX_ABS_ERROR else abs(self.fp32)
+        self.scale = float(np.max(np.abs(reference[0]))) if cfg.metric == AccuracyMetric.MAX_ABS_ERROR.value and self.named is None else abs(self.fp32)
 
-    def score(self, s: dict) -> float:
-        m = self.cfg.metric
-        if m is AccuracyMetric.MAX_ABS_ERROR:
-            return -float(s["max_abs_error"])
-        return float(s[m.value])
+    def score(self, outputs: list[np.ndarray]) -> tuple[float, float | None]:
+        """(score, mse): the metric with higher = better (lower-is-better metrics are negated)."""
+        s = scores(outputs, self.labels, self.reference)
+        if self.named is not None:
+            from ..validate.metrics import compute_metrics
+
+            named = lambda outs: dict(zip(self.names, outs))  # noqa: E731
+            res = compute_metrics(self.named, named(outputs), self.labels, reference=named(self.reference), base_dir=self.base_dir)[self.cfg.metric]
+            self.higher_is_better = bool(res["higher_is_better"])
+            value = float(res["value"])
+            return (value if self.higher_is_better else -value), s.get("mse")
+        if self.cfg.metric == AccuracyMetric.MAX_ABS_ERROR.value:
+            return -float(s["max_abs_error"]), s.get("mse")
+        return float(s[self.cfg.metric]), s.get("mse")
 
     def __call__(self, path: Path) -> dict:
-        s = scores(run_model(path, self.arrays), self.labels, self.reference)
-        value = self.score(s)
+        value, mse = self.score(run_model(path, self.arrays))
         drop = self.fp32 - value
         if self.cfg.relative:
             drop = drop / self.scale if self.scale > 0 else float("inf") if drop > 0 else 0.0
-        return {"score": round(value, 6), "drop": round(drop, 6), "mse": s.get("mse"), "met": drop <= self.cfg.max_accuracy_drop + 1e-12}
+        shown = value if self.higher_is_better else -value  # the metric's own value in the record
+        return {"score": round(shown, 6), "drop": round(drop, 6), "mse": mse, "met": drop <= self.cfg.max_drop + 1e-12}
+
+
+def named_metric(name: str, specs) -> list | None:
+    """The `evaluate:` spec(s) that produce ``name`` (an id, or any user function, which may return several names)."""
+    specs = list(specs or [])
+    exact = [m for m in specs if m.id == name]
+    if exact:
+        return exact
+    if name in BUILTINS:
+        return None
+    fns = [m for m in specs if getattr(m, "fn", None)]
+    return fns or None
 
 
 def search(
@@ -64,16 +95,21 @@ def search(
     out: Path,
     workdir: Path,
     where: str,
+    specs=(),
+    base_dir: Path | None = None,
 ) -> dict:
     import onnx
 
-    ev = _Evaluator(validation, reference, cfg, where)
-    op_of = {n.name: n.op_type for n in onnx.load(str(model_in), load_external_data=False).graph.node}
+    model = onnx.load(str(model_in), load_external_data=False)
+    ev = _Evaluator(validation, reference, cfg, where, specs, [o.name for o in model.graph.output], base_dir)
+    op_of = {n.name: n.op_type for n in model.graph.node}
     rec: dict = {
-        "metric": cfg.metric.value,
+        "metric": cfg.metric,
+        "metric_source": "evaluate" if ev.named is not None else "builtin",
+        "higher_is_better": ev.higher_is_better,
         "relative": cfg.relative,
-        "max_accuracy_drop": cfg.max_accuracy_drop,
-        "fp32_score": round(ev.fp32, 6),
+        "max_drop": cfg.max_drop,
+        "fp32_score": round(ev.fp32 if ev.higher_is_better else -ev.fp32, 6),
         "candidates": len(candidates),
     }
     trial = workdir / "trial.onnx"
@@ -122,7 +158,7 @@ def search(
             "op_type": by_node[n]["op_type"],
             "drop_when_only_this_kept_float": by_node[n]["drop_when_kept_float"],
             "effect_in_search": step_of[n]["effect"] if n in step_of else None,
-            "reason": f"kept in float: fully quantized drop {full['drop']:.4g} > budget {cfg.max_accuracy_drop:g}; this node alone in float gives {by_node[n]['drop_when_kept_float']:.4g}",
+            "reason": f"kept in float: fully quantized drop {full['drop']:.4g} > budget {cfg.max_drop:g}; this node alone in float gives {by_node[n]['drop_when_kept_float']:.4g}",
         }
         for n in best[1]
     ]
@@ -131,9 +167,9 @@ def search(
     if not met:
         names = ", ".join(best[1][:8]) + (" ..." if len(best[1]) > 8 else "")
         raise PassFailedError(
-            f"{where}.accuracy_aware: no configuration meets {cfg.metric.value} drop <= {cfg.max_accuracy_drop:g}; "
+            f"{where}.accuracy_aware: no configuration meets {cfg.metric} drop <= {cfg.max_drop:g}; "
             f"best found: drop {best[0]:.4g} with {len(best[1])} node(s) in float ({names or 'none'}), fully quantized drop {full['drop']:.4g}",
-            hint="raise max_accuracy_drop or max_float_nodes, try per_channel / calibration: entropy / percentile, or use more calibration data",
+            hint="raise max_drop or max_float_nodes, try per_channel / calibration: entropy / percentile, or use more calibration data",
             record=rec,
         )
     shutil.move(best[2], out)

@@ -41,6 +41,7 @@ class DistillStage(Stage):
             "student_code": digest_path(code) if code else None,
             "model": self.ctx.model.model_dump(mode="json"),
             "gates": self.ctx.gates.model_dump(mode="json") if self.ctx.gates is not None else None,
+            "evaluate": [m.model_dump(mode="json") for m in self.ctx.evaluate],
         }
 
     def toolchain(self) -> dict[str, str]:
@@ -60,7 +61,7 @@ class DistillStage(Stage):
         where = self.ctx.where
         names = [t.name for t in src.inputs]
         validation = inputs["validation"].path if "validation" in inputs else None
-        teacher_rec, teacher_val = measure(src.path, validation)
+        teacher_rec, teacher_val = measure(src.path, validation, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir)
         tr_arrays, tr_labels = read_npz(inputs["training"].path)
         tr_arrays = {n: tr_arrays[n] for n in names}
         teacher_train = run_model(src.path, tr_arrays)[0]
@@ -86,7 +87,7 @@ class DistillStage(Stage):
         example = {n: tr_arrays[n][:1] for n in names}
         out = export(student, src, self.ctx.model, example, workdir, record)
         torch_meta = save_state(student, workdir, c.student, self.ctx.recipe_dir)
-        student_rec, _ = measure(out, validation, teacher_val)
+        student_rec, _ = measure(out, validation, teacher_val, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir)
         record["before"], record["after"] = teacher_rec, student_rec
         record["size_ratio"] = round(teacher_rec["size_bytes"] / student_rec["size_bytes"], 3)
         record["params_ratio"] = round(teacher_rec["params"] / max(student_rec["params"], 1), 3)

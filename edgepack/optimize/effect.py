@@ -151,7 +151,20 @@ def scores(outputs: list[np.ndarray], labels: np.ndarray | None, reference: list
     return out
 
 
-def measure(path: Path, validation: Path | None, reference: list[np.ndarray] | None = None, latency: bool = True) -> tuple[dict, list | None]:
+def named_metrics(path: Path, specs, outputs: list[np.ndarray], labels, reference: list[np.ndarray] | None, base_dir) -> dict:
+    """The recipe's `evaluate:` metrics on these outputs ({name: {value, higher_is_better}}; edgepack/validate/metrics.py)."""
+    import onnx
+
+    from ..validate.metrics import compute_metrics
+
+    names = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+    by_name = lambda outs: dict(zip(names, outs)) if outs is not None else None  # noqa: E731
+    res = compute_metrics(specs, by_name(outputs), labels, reference=by_name(reference), base_dir=base_dir)
+    return {k: {"value": v.get("value"), "higher_is_better": v.get("higher_is_better")} for k, v in res.items()}
+
+
+def measure(path: Path, validation: Path | None, reference: list[np.ndarray] | None = None, latency: bool = True,
+            specs=(), base_dir: Path | None = None) -> tuple[dict, list | None]:
     """Effect record of one model, and its outputs on the validation inputs (None without data)."""
     from ..data import read_npz
 
@@ -161,13 +174,44 @@ def measure(path: Path, validation: Path | None, reference: list[np.ndarray] | N
         arrays, labels = read_npz(validation)
         outputs = run_model(path, arrays)
         rec["accuracy"] = scores(outputs, labels, reference)
+        if specs:
+            rec["metrics"] = named_metrics(path, specs, outputs, labels, reference, base_dir)
         if latency:
             rec["latency"] = latency_ms(path, {k: v[:1] for k, v in arrays.items()})
     return rec, outputs
 
 
 def budget_check(before: dict, after: dict, gates, where: str) -> dict | None:
-    """Compare a pass's top-1 with its input's against gates.max_accuracy_drop; raise unless waived."""
+    """A pass's budget: top-1 vs its input's against gates.max_accuracy_drop, and every named metric with a
+    `gates.metrics.NAME.max_drop` (the same numbers the build's gates use); raise unless waived."""
+    res = _top1_budget(before, after, gates, where)
+    named = _metric_budgets(before, after, gates, where)
+    if named:
+        res = {**res, "metrics": named}
+    return res
+
+
+def _metric_budgets(before: dict, after: dict, gates, where: str) -> dict:
+    from ..errors import StageError
+    from ..validate.metrics import drop
+
+    out = {}
+    for name, g in (getattr(gates, "metrics", None) or {}).items():
+        b, a = (before.get("metrics") or {}).get(name), (after.get("metrics") or {}).get(name)
+        if g.max_drop is None or a is None or b is None or a["value"] is None or b["value"] is None:
+            continue
+        d = drop(a["value"], b["value"], a["higher_is_better"])
+        r = out[name] = {"before": b["value"], "after": a["value"], "drop": round(d, 6), "max_drop": g.max_drop, "met": d <= g.max_drop + 1e-12}
+        if not r["met"]:
+            if f"metrics.{name}" in getattr(gates, "waive", []):
+                r["waived"] = True
+                continue
+            raise StageError(f"{where}: {name} went from {b['value']:.4f} to {a['value']:.4f} (drop {d:.4f} > gates.metrics.{name}.max_drop {g.max_drop:g})",
+                             hint=f"lower the pass's strength, use accuracy_aware: {{metric: {name}, max_drop: ...}}, or waive metrics.{name}")
+    return out
+
+
+def _top1_budget(before: dict, after: dict, gates, where: str) -> dict:
     from ..errors import StageError
 
     limit = getattr(gates, "max_accuracy_drop", None)

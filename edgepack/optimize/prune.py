@@ -40,7 +40,8 @@ class PruneStage(Stage):
     def config(self) -> dict:
         g = self.ctx.gates
         return {"pass": self.cfg.model_dump(mode="json", by_alias=True), "gates": g.model_dump(mode="json") if g is not None else None,
-                "model": self.ctx.model.model_dump(mode="json") if self.cfg.method == "channel" else None}
+                "model": self.ctx.model.model_dump(mode="json") if self.cfg.method == "channel" else None,
+                "evaluate": [m.model_dump(mode="json") for m in self.ctx.evaluate]}
 
     def toolchain(self) -> dict[str, str]:
         names = ("onnx", "onnxruntime") + (("torch", "torch-pruning", "onnxscript") if self.cfg.method == "channel" else ())
@@ -57,7 +58,7 @@ class PruneStage(Stage):
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         src = inputs["model"]
         validation = inputs["validation"].path if "validation" in inputs else None
-        before, reference = measure(src.path, validation)
+        before, reference = measure(src.path, validation, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir)
         record: dict = {"method": self.cfg.method}
         meta = {k: v for k, v in src.meta.items() if k != "torch"}
         meta["passes"] = [*src.meta.get("passes", []), f"prune:{self.cfg.method}"]
@@ -69,7 +70,7 @@ class PruneStage(Stage):
         else:
             out = workdir / "model.onnx"
             prune_onnx(src.path, out, self.cfg, record)
-        after, _ = measure(out, validation, reference)
+        after, _ = measure(out, validation, reference, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir)
         for r in (before, after):
             r["compressed_bytes"] = len(zlib.compress(Path(src.path if r is before else out).read_bytes(), 6))
         record["before"], record["after"] = before, after

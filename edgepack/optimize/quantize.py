@@ -70,7 +70,8 @@ class QuantizeStage(Stage):
         if "calibration" in inputs and self.cfg.mode is QuantizeMode.STATIC:
             record["calibration_sha256"] = inputs["calibration"].digest
             record["calibration_samples"] = inputs["calibration"].meta.get("samples")
-        before, reference = measure(src.path, validation)
+        specs, base = self.ctx.evaluate, self.ctx.recipe_dir
+        before, reference = measure(src.path, validation, specs=specs, base_dir=base)
         if self.cfg.mode is not QuantizeMode.FP16 and any(op in count_ops(src.path) for op in QUANTIZED_OPS):
             shutil.copyfile(src.path, out)
             record["skipped"] = "the model is already quantized (it has QuantizeLinear/DequantizeLinear or integer ops)"
@@ -82,7 +83,7 @@ class QuantizeStage(Stage):
             self._dynamic(src.path, out, workdir, validation, reference, record)
         else:
             self._static(src.path, out, inputs["calibration"].path, workdir, validation, reference, record)
-        after, _ = measure(out, validation, reference)
+        after, _ = measure(out, validation, reference, specs=specs, base_dir=base)
         record["before"], record["after"] = before, after
         record["size_before"], record["size_after"] = before["size_bytes"], after["size_bytes"]
         record["ops_after"] = count_ops(out)
@@ -166,7 +167,8 @@ class QuantizeStage(Stage):
         types = c.op_types or (DYNAMIC_OPS if c.mode is QuantizeMode.DYNAMIC else None)
         candidates = ort_static.candidate_nodes(model_in, types, fmt, c.nodes, c.exclude_nodes)
         try:
-            record["accuracy_aware"] = search(quantize, candidates, model_in, validation, reference, c.accuracy_aware, out, workdir, self.ctx.where)
+            record["accuracy_aware"] = search(quantize, candidates, model_in, validation, reference, c.accuracy_aware, out, workdir, self.ctx.where,
+                                              self.ctx.evaluate, self.ctx.recipe_dir)
         except PassFailedError as e:
             record["accuracy_aware"] = e.record  # sensitivities and steps, kept in the report
             raise
@@ -208,7 +210,11 @@ class QuantizeStage(Stage):
 
 
 def _gates(ctx) -> dict | None:
+    """What of the gates and `evaluate:` the pass's result depends on (its cache key)."""
     g = getattr(ctx, "gates", None)
     if g is None:
         return None
-    return {"max_accuracy_drop": g.max_accuracy_drop, "waived": "max_accuracy_drop" in g.waive}
+    metrics = {k: v.model_dump(mode="json") for k, v in (getattr(g, "metrics", None) or {}).items()}
+    return {"max_accuracy_drop": g.max_accuracy_drop, "waived": "max_accuracy_drop" in g.waive, "metrics": metrics,
+            "waive": sorted(w for w in g.waive if w.startswith("metrics.")),
+            "evaluate": [m.model_dump(mode="json") for m in getattr(ctx, "evaluate", ())]}

@@ -193,13 +193,14 @@ def budget_check(before: dict, after: dict, gates, where: str) -> dict | None:
 
 def _metric_budgets(before: dict, after: dict, gates, where: str) -> dict:
     from ..errors import StageError
-    from ..validate.metrics import drop
 
     out = {}
     for name, g in (getattr(gates, "metrics", None) or {}).items():
         b, a = (before.get("metrics") or {}).get(name), (after.get("metrics") or {}).get(name)
         if g.max_drop is None or a is None or b is None or a["value"] is None or b["value"] is None:
             continue
+        from ..validate.metrics import drop
+
         d = drop(a["value"], b["value"], a["higher_is_better"])
         r = out[name] = {"before": b["value"], "after": a["value"], "drop": round(d, 6), "max_drop": g.max_drop, "met": d <= g.max_drop + 1e-12}
         if not r["met"]:

@@ -64,7 +64,7 @@ def test_gates_metrics_is_the_pass_budget(outlier, tmp_path):  # noqa: F811
 
 
 def test_unknown_metric_name_is_a_load_time_error(tmp_path):
-    (tmp_path / "r.yaml").write_text(BASE + "evaluate:\n  - {name: digit_acc, type: top1}\noptimize:\n"
+    (tmp_path / "r.yaml").write_text(BASE + "data: {validation: {path: val.npz, labels: labels.npy}}\nevaluate:\n  - {name: digit_acc, type: top1}\noptimize:\n"
                                      "  - pass: quantize\n    accuracy_aware: {metric: digit_accc, max_drop: 0.01}\n")
     with pytest.raises(RecipeError, match=r"r.yaml:\d+:\d+ optimize\[0\].accuracy_aware.metric: 'digit_accc' is not a metric of evaluate: "
                                           r"\(digit_acc\) nor a builtin \(top1, cosine, max_abs_error, top1_agreement\)"):

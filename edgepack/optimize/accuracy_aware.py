@@ -32,9 +32,10 @@ class _Evaluator:
 
     def __init__(self, validation: Path, reference: list[np.ndarray], cfg: AccuracyAware, where: str,
                  specs=(), output_names: list[str] | None = None, base_dir: Path | None = None):
-        from ..data import read_npz
+        from ..data import read_data, read_npz
 
         self.arrays, self.labels = read_npz(validation)
+        self.label_sets = read_data(validation)[1]  # every named label set, for `evaluate:` metrics
         self.reference = reference
         self.cfg = cfg
         self.specs, self.names, self.base_dir = list(specs), output_names or [f"output_{k}" for k in range(len(reference))], base_dir
@@ -56,7 +57,7 @@ class _Evaluator:
             from ..validate.metrics import compute_metrics
 
             named = lambda outs: dict(zip(self.names, outs))  # noqa: E731
-            res = compute_metrics(self.named, named(outputs), self.labels, reference=named(self.reference), base_dir=self.base_dir)[self.cfg.metric]
+            res = compute_metrics(self.named, named(outputs), self.label_sets, reference=named(self.reference), base_dir=self.base_dir)[self.cfg.metric]
             self.higher_is_better = bool(res["higher_is_better"])
             value = float(res["value"])
             return (value if self.higher_is_better else -value), s.get("mse")

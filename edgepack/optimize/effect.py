@@ -175,7 +175,9 @@ def measure(path: Path, validation: Path | None, reference: list[np.ndarray] | N
         outputs = run_model(path, arrays)
         rec["accuracy"] = scores(outputs, labels, reference)
         if specs:
-            rec["metrics"] = named_metrics(path, specs, outputs, labels, reference, base_dir)
+            from ..data import read_data
+
+            rec["metrics"] = named_metrics(path, specs, outputs, read_data(validation)[1], reference, base_dir)
         if latency:
             rec["latency"] = latency_ms(path, {k: v[:1] for k, v in arrays.items()})
     return rec, outputs

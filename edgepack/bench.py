@@ -65,21 +65,28 @@ def open_bundle(ref: str, workdir: Path, key: Path | None = None) -> tuple[Path,
     return dest, read_manifest(dest), f"pulled from {ref}, signature verified with {key}"
 
 
-def _source_inputs(entry: dict) -> tuple[list[dict], dict[str, tuple[tuple, str]]]:
-    """The runner's input map, and each source array's (shape, dtype) from the artifact's specs."""
+def _source_inputs(entry: dict):
+    """The target's runner contract (old bundles' loose keys included), and each data input's
+    (shape, dtype) as a one-sample array (batch axis removed, source layout) from the artifact's specs."""
+    from .contract import RunnerContract
+
+    contract = RunnerContract.from_entry(entry)
     specs = {s["name"]: s for s in entry.get("inputs", [])}
-    input_map = (entry.get("runner") or {}).get("input_map") or [{"source": n, "name": n} for n in specs]
     sources = {}
-    for m in input_map:
-        spec = specs.get(m["name"], {"shape": [1], "dtype": "float32"})
+    for b in contract.data_inputs():
+        spec = specs.get(b.name, {"shape": [1], "dtype": "float32"})
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]]
-        if m.get("perm"):  # feed = transpose(source, perm): source.shape[perm[i]] = feed.shape[i]
+        if b.reshape is not None:  # a size-1 axis the converter added (a scalar made [1])
+            shape = [d for d in shape if d != 1]
+        if b.perm:  # feed = transpose(source, perm): source.shape[perm[i]] = feed.shape[i]
             src = [1] * len(shape)
-            for i, axis in enumerate(m["perm"]):
+            for i, axis in enumerate(b.perm):
                 src[axis] = shape[i]
             shape = src
-        sources[m["source"]] = (tuple(shape), "float32" if m.get("dtype") else spec["dtype"])
-    return input_map, sources
+        if b.batch_axis is not None and b.batch_axis < len(shape):
+            del shape[b.batch_axis]
+        sources[b.source] = ((1, *shape), "float32" if b.quantization else b.dtype)
+    return contract, sources
 
 
 def make_inputs(entry: dict, tid: str, dest: Path, data: Path | None) -> dict:
@@ -121,11 +128,8 @@ def bench_device(profile: DeviceProfile, bundle: Path, manifest: dict, targets: 
             out[tid] = {"status": "skipped", "reason": f"device {profile.name} has no {runtime} runtime (profile runtimes: "
                         f"{', '.join(profile.runtimes)})"}
             continue
-        input_map, _ = _source_inputs(entry)
-        runner = entry.get("runner") or {}
-        job = {"mode": "bench", "runtime": runtime, "protocol": protocol, "options": runner.get("runner_options", {}),
-               "input_map": input_map}
-        job.update({k: runner[k] for k in ("output_perms", "output_order") if runner.get(k) is not None})
+        contract, _ = _source_inputs(entry)
+        job = {"mode": "bench", "runtime": runtime, "protocol": protocol, "contract": contract.to_json()}
         files = {"artifact": bundle / entry["path"], "inputs": inputs[tid]}
         try:
             res = transport.execute(job, files, {})

@@ -27,7 +27,7 @@ from .paths import check_free_space, check_writable, scrub_host_paths, tree_size
 from .recipe import LoadedRecipe, TargetInput
 from .targets import TargetContext, make_target
 from .devices.fleet import run_fleet
-from .validate import ReferenceStage, ValidateStage
+from .validate import ReferenceStage, ValidateStage, artifact_contract
 from .validate.gates import evaluate
 from .validate.threads import gates_at_threads, validate_at_threads
 from .validate_plan import accuracy_gate_metric, check_evaluation, effective_metrics, onnx_outputs
@@ -159,8 +159,8 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     for role in ("calibration", "validation", "training"):
         src = getattr(r.data, role)
         if src is not None:
-            arrays, labels = load_source(lr, src, role, r.model.inputs)
-            data[role] = freeze(arrays, labels, data_dir, role)
+            arrays, labels = load_source(lr, src, role, r.model.data_inputs())
+            data[role] = freeze(arrays, labels, data_dir, role, src.mode)
     label_sets = set((data["validation"].meta.get("label_sets") or []) if "validation" in data else [])
     check_evaluation(r, lr.where, label_sets=label_sets, base_dir=lr.dir)
 
@@ -177,8 +177,9 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     check_evaluation(r, lr.where, outputs=out_shapes or None, label_sets=label_sets, base_dir=lr.dir)
     metric_specs = effective_metrics(r, out_shapes, label_sets)
     evaluation, reference = None, None
+    stream = r.data.validation is not None and r.data.validation.mode == "stream"  # outputs [S, T, ...]
     if "validation" in data:  # FP32 outputs and metrics first: a metric that cannot be computed fails before any long stage
-        reference = engine.run("reference fp32", ReferenceStage(), {"model": fp32, "validation": data["validation"]}).outputs["outputs"]
+        reference = engine.run("reference fp32", ReferenceStage(r.model, lr.dir, stream), {"model": fp32, "validation": data["validation"]}).outputs["outputs"]
         evaluation = fp32_evaluation(metric_specs, reference, data["validation"], lr.dir, declared=bool(r.evaluate))
 
     # Optimize (a failing pass fails alone: the targets that need its model fail, `input: fp32` ones go on)
@@ -243,7 +244,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         def validate_on(dev, tid=tid, vinputs=vinputs):  # at each of the device's thread counts (validate/threads.py)
             make = lambda profile: ValidateStage(profile, r.benchmark, [i.name for i in r.model.inputs],  # noqa: E731
                                                  metrics=metric_specs, base_dir=lr.dir, output_names=list(out_shapes) or None,
-                                                 cosine=r.gates.cosine)
+                                                 cosine=r.gates.cosine, stream=stream)
             return validate_at_threads(engine, f"validate {tid} @ {dev.name}", dev, make, vinputs)
 
         # Devices in parallel (fleet run, per-device timeout); a failing device fails alone.
@@ -331,7 +332,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
                 "precision": artifacts[tid].meta.get("precision"),
                 "inputs": [s.to_json() for s in artifacts[tid].inputs],
                 "outputs": [s.to_json() for s in artifacts[tid].outputs],
-                "runner": {k: v for k, v in artifacts[tid].meta.items() if k in ("input_map", "output_perms", "output_order", "runner_options")},
+                "runner": artifact_contract(artifacts[tid], [i.name for i in r.model.inputs]).to_json(),  # edgepack/contract.py
                 "toolchain": target_stages[tid].toolchain(),  # converters/runtimes this target's compile stage used
                 "validated_on": [d for d, v in targets[tid]["devices"].items() if v.get("status") == "ok"],
             }

@@ -1,7 +1,10 @@
 """Calibration, validation and training data: loaded, checked against the model's inputs, frozen to .npz.
 
-Convention: every array has the samples on axis 0; the model's first input dimension is its batch.
-A sample ``i`` is fed to the model as ``array[i:i+1]``.
+Convention: an array holds one model input without its batch axis (model.inputs[].batch_axis,
+default 0): samples on axis 0 (``data.<role>.mode: batch``, ``[N, ...]``) or sequences and steps on
+axes 0 and 1 (``mode: stream``, ``[S, T, ...]``). Constant inputs (``value``) and model.state inputs
+are never in the data. The runner contract (edgepack/contract.py) says how a sample is fed; for a
+batch-axis-0 input, sample ``i`` is fed as ``array[i:i+1]``.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ def load_labels(lr: LoadedRecipe, src: DataSource, field: str) -> dict[str, np.n
     return None
 
 
-def check_labels(labels: dict | None, n: int, where: str) -> None:
+def check_labels(labels: dict | None, n: int, where: str, per: str = "samples") -> None:
     for name, y in (labels or {}).items():
         if y.ndim == 0 or len(y) != n:
             got = "a scalar" if y.ndim == 0 else f"{len(y)} labels"
-            raise BadInputError(f"{where}: label set '{name}' has {got} for {n} samples", hint="give exactly one label per sample")
+            raise BadInputError(f"{where}: label set '{name}' has {got} for {n} {per}",
+                                hint="give exactly one label per sample (per sequence in stream mode)")
         if y.dtype == object:
             raise BadInputError(f"{where}: label set '{name}' is an object array", hint="use numbers or a unicode string array")
 
@@ -83,32 +87,55 @@ def _as_dict(value, inputs: list[InputSpec], where: str) -> tuple[dict[str, np.n
     return {k: np.asarray(v) for k, v in value.items()}, (sets or None)
 
 
-def check_arrays(arrays: dict[str, np.ndarray], labels, inputs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
+def _expected(spec: InputSpec, lead: list[str]) -> str:
+    return "[" + ", ".join(lead + [str(d) for d in spec.sample_shape]) + "]"
+
+
+def check_arrays(arrays: dict[str, np.ndarray], labels, inputs: list[InputSpec], where: str,
+                 mode: str = "batch") -> dict[str, np.ndarray]:
+    """Check each data input's array against its spec: [N, *sample shape] (batch mode) or
+    [S, T, *sample shape] (stream mode), where the sample shape is the input's shape without its
+    batch axis (model.inputs[].batch_axis). Constant and state inputs are not given here."""
     names = [i.name for i in inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
         raise BadInputError(f"{where}: no data for model input(s) {missing}; arrays given: {sorted(arrays)}")
+    if not inputs:
+        raise BadInputError(f"{where}: no model input is fed from data (all are constants or states)",
+                            hint="a validation/calibration set needs at least one input without 'value' that is not a model.state input")
+    lead = ["N"] if mode == "batch" else ["S", "T"]
     counts = set()
     out = {}
     for spec in inputs:
         a = arrays[spec.name]
-        want = spec.shape[1:]
-        if a.ndim != len(spec.shape) or any(isinstance(w, int) and w != g for w, g in zip(want, a.shape[1:])):
-            raise BadInputError(
-                f"{where}: input '{spec.name}' has shape {list(a.shape)}, expected [N, {', '.join(map(str, want))}]",
-                hint="axis 0 holds the samples; the rest must match model.inputs[].shape",
-            )
+        want = spec.sample_shape
+        ax = spec.feed_batch_axis
+        hint = (f"axis 0 holds the samples; the rest is model.inputs[].shape {spec.shape}"
+                if mode == "batch" else f"stream mode: axis 0 holds the sequences, axis 1 the steps; the rest is model.inputs[].shape {spec.shape}")
+        if ax is not None:
+            hint += f" without its batch axis {ax}"
+        if a.ndim == 0:
+            raise BadInputError(f"{where}: input '{spec.name}' is a 0-d array (a single value), expected {_expected(spec, lead)}",
+                                hint="for a value that is the same for every sample, declare it in the recipe: model.inputs[].value")
+        if a.ndim != len(want) + len(lead) or any(isinstance(w, int) and w != g for w, g in zip(want, a.shape[len(lead):])):
+            raise BadInputError(f"{where}: input '{spec.name}' has shape {list(a.shape)}, expected {_expected(spec, lead)}", hint=hint)
+        if a.dtype.kind not in "fiub":
+            raise BadInputError(f"{where}: input '{spec.name}' has dtype {a.dtype}, not a number (model.inputs[].dtype is {spec.dtype.value})")
         if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
             bad = int(np.count_nonzero(~np.isfinite(a)))
             raise BadInputError(f"{where}: input '{spec.name}' contains {bad} NaN or infinite value(s)", hint="clean the data")
+        if a.dtype.kind == "f" and spec.dtype.value in ("int64", "int32", "int8", "uint8", "bool") and not np.all(a == np.round(a)):
+            raise BadInputError(f"{where}: input '{spec.name}' holds fractional values but model.inputs[].dtype is {spec.dtype.value}",
+                                hint="save integer arrays (token ids, masks) with an integer dtype")
         out[spec.name] = a.astype(spec.dtype.value, copy=False)
-        counts.add(a.shape[0])
+        counts.add(tuple(a.shape[: len(lead)]))
     if len(counts) > 1:
-        raise BadInputError(f"{where}: inputs have different sample counts {sorted(counts)}")
-    n = counts.pop()
-    if n == 0:
-        raise BadInputError(f"{where}: no samples")
-    check_labels(_label_sets(labels), n, where)
+        what = "sample counts" if mode == "batch" else "(sequences, steps)"
+        raise BadInputError(f"{where}: inputs have different {what} {sorted(counts)}")
+    count = counts.pop()
+    if 0 in count:
+        raise BadInputError(f"{where}: no samples" if mode == "batch" else f"{where}: no sequences or no steps (shape {list(count)})")
+    check_labels(_label_sets(labels), count[0], where, "samples" if mode == "batch" else "sequences (axis 0)")
     return out
 
 
@@ -137,7 +164,7 @@ def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[Inpu
     arrays, labels = _as_dict(value, inputs, where)
     if src.labels:
         labels = load_labels(lr, src, field)
-    arrays = check_arrays(arrays, labels, inputs, where)
+    arrays = check_arrays(arrays, labels, inputs, where, src.mode)
     if src.limit:
         arrays = {k: v[: src.limit] for k, v in arrays.items()}
         labels = None if labels is None else {k: v[: src.limit] for k, v in labels.items()}
@@ -153,7 +180,7 @@ def is_label_key(key: str) -> bool:
     return key == LABELS or key.startswith(LABELS + ".")
 
 
-def freeze(arrays: dict[str, np.ndarray], labels, directory: Path, role: str) -> Artifact:
+def freeze(arrays: dict[str, np.ndarray], labels, directory: Path, role: str, mode: str = "batch") -> Artifact:
     """Write arrays (and label sets) to a content-addressed .npz, atomically (keys sorted: deterministic)."""
     payload = dict(arrays)
     sets = _label_sets(labels) or {}
@@ -173,7 +200,7 @@ def freeze(arrays: dict[str, np.ndarray], labels, directory: Path, role: str) ->
             np.savez(f, **{k: payload[k] for k in [*arrays, *(label_key(n) for n in sorted(sets))]})
         os.replace(tmp, path)
     n = len(next(iter(arrays.values())))
-    return Artifact(path, "npz", digest=digest, meta={"role": role, "samples": n, "labels": bool(sets), "label_sets": sorted(sets)})
+    return Artifact(path, "npz", digest=digest, meta={"role": role, "samples": n, "labels": bool(sets), "label_sets": sorted(sets), "mode": mode})
 
 
 def read_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -196,3 +223,28 @@ def samples(arrays: dict[str, np.ndarray], limit: int | None = None):
     n = len(next(iter(arrays.values())))
     for i in range(n if limit is None else min(n, limit)):
         yield {k: v[i : i + 1] for k, v in arrays.items()}
+
+
+def is_stream(inputs: list[InputSpec], arrays: dict[str, np.ndarray]) -> bool:
+    """Whether frozen arrays are in stream layout ([S, T, ...]): told by the first data input's rank."""
+    for spec in inputs:
+        if spec.name in arrays:
+            return arrays[spec.name].ndim == len(spec.sample_shape) + 2
+    return False
+
+
+def model_samples(model, arrays: dict[str, np.ndarray], recipe_dir: Path | None = None, limit: int | None = None) -> list[dict]:
+    """Complete model feeds, one per sample, fed as the device runner feeds them (batch of 1 at each
+    input's batch axis, constants, states at their init). Stream data gives one feed per step of
+    each sequence, each with the state at its init (not carried): for calibration and checks."""
+    from .contract import for_recipe
+    from .devices.runner import make_feeds, state_init
+
+    contract = for_recipe(model, recipe_dir).to_json()
+    inputs = model.data_inputs()
+    if is_stream(inputs, arrays):
+        a = arrays[inputs[0].name]
+        index = [(s, t) for s in range(a.shape[0]) for t in range(a.shape[1])]
+    else:
+        index = list(range(len(arrays[inputs[0].name]))) if inputs else [0]
+    return [make_feeds(contract, arrays, i, state_init(contract)) for i in index[:limit]]

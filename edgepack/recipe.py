@@ -63,10 +63,15 @@ class Strict(BaseModel):
 
 class InputSpec(Strict):
     name: str
-    shape: list[int | str] = Field(description="Dimensions; a string names a dynamic axis.")
+    shape: list[int | str] = Field(description="Dimensions; a string names a dynamic axis. [] for a scalar.")
     dtype: DType = DType.FLOAT32
     dynamic_axes: dict[int, str] = Field(default_factory=dict, description="axis index -> symbolic name")
     layout: Literal["NCHW", "NHWC"] | None = None
+    batch_axis: int | None = Field(
+        0, ge=0, description="The axis where a sample's batch of 1 goes (default 0; null: the input has no batch axis). "
+        "Data arrays hold the input without this axis.")
+    value: float | int | bool | list | None = Field(
+        None, description="A constant input: fed as given (with the input's dtype and shape) to every step; never read from data files.")
 
     @field_validator("shape")
     @classmethod
@@ -74,6 +79,63 @@ class InputSpec(Strict):
         for d in v:
             if isinstance(d, int) and d <= 0:
                 raise ValueError(f"dimension {d} must be positive (use a string such as 'batch' for a dynamic axis)")
+        return v
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _value_kind(cls, v):
+        if v is not None and not isinstance(v, (int, float, bool, list)):
+            raise ValueError(f"value must be a number, a bool or a (nested) list of them, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _axis_and_value(self):
+        if self.value is not None:
+            if "batch_axis" in self.model_fields_set and self.batch_axis is not None:
+                raise ValueError(f"input '{self.name}' is a constant (value): it has no batch_axis; remove batch_axis")
+            if any(isinstance(d, str) for d in self.shape):
+                raise ValueError(f"input '{self.name}' is a constant (value): its shape must be fixed sizes, got {self.shape}")
+            import numpy as np
+
+            try:
+                got = list(np.asarray(self.value, dtype=self.dtype.value).shape)
+            except (ValueError, TypeError, OverflowError) as e:
+                raise ValueError(f"input '{self.name}': value is not an array of {self.dtype.value} ({e})") from None
+            if got != list(self.shape):
+                raise ValueError(f"input '{self.name}': value has shape {got}, but shape is {self.shape}")
+        elif self.batch_axis is not None and self.batch_axis >= max(len(self.shape), 1):
+            if not self.shape and "batch_axis" not in self.model_fields_set:
+                return self  # a 0-d input without a batch axis: see feed_batch_axis
+            raise ValueError(f"input '{self.name}': batch_axis {self.batch_axis} is out of range for shape {self.shape} "
+                             "(use null for an input without a batch axis)")
+        return self
+
+    @property
+    def feed_batch_axis(self) -> int | None:
+        """Where the runners insert the batch of 1 (None: fed as the data holds it; constants and 0-d inputs)."""
+        if self.value is not None or not self.shape:
+            return None
+        return self.batch_axis
+
+    @property
+    def sample_shape(self) -> list[int | str]:
+        """The shape of one sample (one step) in the data files: the input's shape without its batch axis."""
+        ax = self.feed_batch_axis
+        return list(self.shape) if ax is None else [d for i, d in enumerate(self.shape) if i != ax]
+
+
+class StateSpec(Strict):
+    """A recurrent state: the model output fed back into the model input at the next step (stream mode)."""
+
+    input: str = Field(description="The model input that receives the state.")
+    output: str = Field(description="The model output that holds the next state.")
+    init: str = Field("zeros", description="'zeros', or a .npy file (relative to the recipe) with the first step's state.")
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v):
+        if v != "zeros" and not v.endswith(".npy"):
+            raise ValueError(f"init must be 'zeros' or a .npy file, got '{v}'")
         return v
 
 
@@ -84,6 +146,7 @@ class ModelSection(Strict):
     weights: str | None = Field(None, description="State dict loaded with torch.load(weights_only=True).")
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[str] | None = Field(None, description="Output names (default output_0, ...).")
+    state: list[StateSpec] = Field(default_factory=list, description="States carried from an output to an input between steps (stream mode).")
     opset: int = Field(18, ge=13, le=23)
     tolerance: float = Field(1e-3, gt=0, description="Max abs difference allowed between source and ONNX.")
     trust_code: bool = Field(False, description="Let code and file I/O inside the model file run (Keras lambdas, TF file/Python ops): docs/security.md.")
@@ -99,6 +162,40 @@ class ModelSection(Strict):
             raise ValueError("entrypoint must look like 'module:function'")
         return self
 
+    @model_validator(mode="after")
+    def _state(self):
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two model inputs share a name: {names}")
+        by_name = {i.name: i for i in self.inputs}
+        seen: set[str] = set()
+        for k, st in enumerate(self.state):
+            spec = by_name.get(st.input)
+            if spec is None:
+                raise ValueError(f"state[{k}].input '{st.input}' is not a model input (inputs: {', '.join(names)})")
+            if spec.value is not None:
+                raise ValueError(f"state[{k}].input '{st.input}' is a constant input (value); a state input has no value")
+            if self.outputs is not None and st.output not in self.outputs:
+                raise ValueError(f"state[{k}].output '{st.output}' is not a model output (outputs: {', '.join(self.outputs)})")
+            if st.input in seen:
+                raise ValueError(f"state[{k}].input '{st.input}' is used by two states")
+            seen.add(st.input)
+            if st.init == "zeros":
+                ax = spec.feed_batch_axis
+                dyn = [d for i, d in enumerate(spec.shape) if isinstance(d, str) and i != ax]
+                if dyn:
+                    raise ValueError(f"state[{k}]: input '{st.input}' has dynamic dimension(s) {dyn} besides its batch axis; "
+                                     "give fixed sizes in its shape, or init: a .npy file")
+        return self
+
+    @property
+    def state_inputs(self) -> set[str]:
+        return {s.input for s in self.state}
+
+    def data_inputs(self) -> list[InputSpec]:
+        """The inputs fed from data files (not constants, not states)."""
+        return [i for i in self.inputs if i.value is None and i.name not in self.state_inputs]
+
 
 # ---------------------------------------------------------------- data
 
@@ -108,7 +205,10 @@ class DataSource(Strict):
     loader: str | None = Field(None, description="module:function returning arrays, or (inputs, labels).")
     labels: str | dict[str, str] | None = Field(
         None, description=".npy file with one label per sample (the label set 'labels'), or {name: .npy} for several named label sets.")
-    limit: int | None = Field(None, gt=0, description="Use at most this many samples.")
+    limit: int | None = Field(None, gt=0, description="Use at most this many samples (sequences in stream mode).")
+    mode: Literal["batch", "stream"] = Field(
+        "batch", description="batch: arrays [N, ...], one sample per inference. stream: arrays [S, T, ...], "
+        "S sequences of T steps fed in order, model.state carried from step to step.")
 
     def files(self) -> list[str]:
         """The files this source names (data path and label files), relative to the recipe."""

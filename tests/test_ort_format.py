@@ -38,9 +38,9 @@ def test_ort_format_ships_both_files(tmp_path, style):
     config = (art.path / "model.required_operators.config").read_text()
     assert "/" not in config and "ai.onnx;" in config  # no build-host paths in the artifact
     assert res.record["ort_format"]["optimization_style"] == style
-    assert art.meta["runner_options"] == {"model_file": "model.ort"}
+    assert art.meta["runner"]["options"] == {"model_file": "model.ort"}
     adapter = OnnxRuntimeAdapter()
-    assert adapter.load(str(art.path), 1, art.meta["runner_options"])["model_file"] == "model.ort"
+    assert adapter.load(str(art.path), 1, art.meta["runner"]["options"])["model_file"] == "model.ort"
     x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
     ref = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
     assert np.abs(adapter.run({"input": x})[0] - ref).max() < 1e-4

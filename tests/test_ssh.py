@@ -81,8 +81,9 @@ def wait_for(fn, timeout=15.0, step=0.1):
 def job_files(bundle: Path, tmp: Path, n: int = 5):
     x = np.random.default_rng(1).standard_normal((n, 64)).astype(np.float32)
     np.savez(tmp / "inputs.npz", input=x)
-    job = {"mode": "bench", "runtime": "onnxruntime", "protocol": dict(FAST, threads=1),
-           "input_map": [{"source": "input", "name": "input"}]}
+    contract = {"inputs": [{"source": "input", "name": "input", "dtype": "float32", "batch_axis": 0}],
+                "outputs": [{"name": "logits", "index": 0, "batch_axis": 0}]}
+    job = {"mode": "bench", "runtime": "onnxruntime", "protocol": dict(FAST, threads=1), "contract": contract}
     return job, {"artifact": bundle / "targets/ort/model.onnx", "inputs": tmp / "inputs.npz"}
 
 
@@ -114,8 +115,8 @@ def test_bench_over_ssh_gives_the_same_outputs_as_local(server, bundle, tmp_path
     r_ssh = ssh.execute(job, files, {"outputs": tmp_path / "ssh.npz"})
     r_loc = local.execute(job, files, {"outputs": tmp_path / "local.npz"})
     with np.load(tmp_path / "ssh.npz") as a, np.load(tmp_path / "local.npz") as b:
-        assert a["output_0"].shape == (5, 10)
-        np.testing.assert_array_equal(a["output_0"], b["output_0"])
+        assert a["logits"].shape == (5, 10)
+        np.testing.assert_array_equal(a["logits"], b["logits"])
     same = {"latency", "samples_ms", "cold_load_ms", "first_inference_ms", "warmup", "timed", "host", "noisy", "runtime_version"}
     assert same <= set(r_ssh) and same <= set(r_loc)  # one protocol on every transport
     assert r_ssh["latency"]["count"] >= 20 and r_ssh["threads"] == 1

@@ -30,7 +30,7 @@ def test_cnn_int8_nncf(tmp_path):
     assert art.format == "openvino-ir" and art.path.is_dir()
     assert sorted(p.name for p in art.path.iterdir()) == ["model.bin", "model.xml"]
     assert rec["ops"].get("FakeQuantize", 0) >= 3 and rec["nncf"]["samples"] == 32
-    assert art.inputs[0].layout == "NCHW" and art.meta["input_map"] == [{"source": "input", "name": "input", "dtype": "float32"}]
+    assert art.inputs[0].layout == "NCHW" and [(i["source"], i["name"], i["dtype"]) for i in art.meta["runner"]["inputs"]] == [("input", "input", "float32")]
     # validated with the pinned precision, and the effective one recorded
     assert val["load"]["inference_precision_requested"] == "f32" and val["load"]["inference_precision"] == "f32"
     fid = val["accuracy"]["fidelity"]
@@ -133,7 +133,7 @@ devices: [local]""" + tail)
         assert manifest["targets"][tid]["precision"] == "fp16" and manifest["targets"][tid]["validated_on"] == ["local"]
     tfl = manifest["targets"]["tflite-fp16"]
     assert tfl["inputs"][0]["layout"] == "NHWC" and tfl["inputs"][0]["shape"] == [1, 8, 8, 1]
-    assert tfl["runner"]["input_map"][0]["perm"] == [0, 2, 3, 1]
+    assert tfl["runner"]["inputs"][0]["perm"] == [0, 2, 3, 1]
     assert {"onnx2tf", "tensorflow", "ai-edge-litert"} <= set(tfl["toolchain"])
     assert "openvino" in manifest["targets"]["openvino-fp16"]["toolchain"]
     assert report["targets"]["tflite-fp16"]["devices"]["local"]["load"]["xnnpack"] is True

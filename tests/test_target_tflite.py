@@ -80,7 +80,7 @@ def test_cnn_full_integer_int8_nhwc(tmp_path):
     # the artifact's contract: int8 NHWC input fed through a transpose, int8 output
     assert [(s.shape, s.dtype, s.layout) for s in art.inputs] == [((1, 8, 8, 1), "int8", "NHWC")]
     assert art.outputs[0].dtype == "int8"
-    assert art.meta["input_map"][0]["perm"] == [0, 2, 3, 1] and art.meta["input_map"][0]["source"] == "input"
+    assert art.meta["runner"]["inputs"][0]["perm"] == [0, 2, 3, 1] and art.meta["runner"]["inputs"][0]["source"] == "input"
     assert art.meta["quantized_io"] is True and art.meta["precision"] == "int8"
     assert rec["tensor_dtypes"].get("int8", 0) > 0 and "float32" not in rec["tensor_dtypes"]
     # the real runner: XNNPACK recorded, outputs dequantized and close to FP32 ONNX
@@ -99,7 +99,7 @@ def test_mlp_dynamic_batch_dynamic_range(tmp_path):
     assert rec["onnx2tf_file"].endswith("_dynamic_range_quant.tflite")
     assert rec["onnx2tf_args"]["overwrite_input_shape"] == ["x:1,16"]  # dynamic batch pinned to 1, and said
     assert "input 'x': batch dimension 'batch' fixed to 1" in rec["notes"]
-    assert art.inputs[0].shape == (1, 16) and art.meta["input_map"][0]["perm"] is None and art.inputs[0].layout is None
+    assert art.inputs[0].shape == (1, 16) and art.meta["runner"]["inputs"][0]["perm"] is None and art.inputs[0].layout is None
     # 16x32 and 32x5 weights are below TFLite's dynamic-range threshold: the model stays float, and says so
     assert "int8" not in rec["tensor_dtypes"]
     assert any("dynamic-range" in n for n in rec["notes"])

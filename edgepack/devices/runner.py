@@ -22,7 +22,7 @@ import platform
 import sys
 import time
 
-RUNNER_VERSION = "2"  # 2: memory is VmHWM over the post-import baseline (issue 11)
+RUNNER_VERSION = "3"  # 2: memory is VmHWM over the post-import baseline (issue 11); 3: job["contract"] (edgepack/contract.py), stream mode, outputs keyed by name
 
 # ------------------------------------------------------------------ adapters
 
@@ -444,7 +444,7 @@ class TensorRTAdapter:
         import numpy as np
 
         for name in self.ins:
-            a = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+            a = np.require(np.asarray(feeds[name], dtype=self.dtypes[name]), requirements="C")  # 0-d stays 0-d
             self.ctx.set_input_shape(name, a.shape)
             self.cuda.copy(self._buffer(name, a.nbytes), a.ctypes.data, a.nbytes, 1)
         outs = []
@@ -599,40 +599,118 @@ def _current_rss_mb():
     return _peak_rss_mb()
 
 
-def _feeds(arrays, i, job, input_names):
-    """Sample i of the data, mapped (and transposed) to the artifact's inputs."""
+# ------------------------------------------------------------------ feeding (the runner contract)
+# job["contract"] is edgepack/contract.py's RunnerContract as JSON. A data array holds one input
+# without its batch axis: samples on axis 0 ([N, ...]), or in stream mode (job["stream"]) sequences
+# and steps on axes 0 and 1 ([S, T, ...]). Constants are fed as given; states start at their init
+# and, in stream mode, take the state output of the previous step.
+
+
+def _to_feed(b, a):
+    """A source-layout array (batch of 1 included) as the artifact's input ``b`` wants it."""
     import numpy as np
 
-    mapping = job.get("input_map") or [{"source": s, "name": n} for s, n in zip(sorted(arrays), input_names)]
+    if b.get("perm"):
+        a = np.transpose(a, b["perm"])
+    if b.get("reshape") is not None:  # e.g. a scalar the converter made [1]
+        a = a.reshape(b["reshape"])
+    q = b.get("quantization")  # quantized input (e.g. full-integer TFLite): done here, outside the timed runs
+    if q and a.dtype.kind == "f":
+        info = np.iinfo(q.get("dtype", "int8"))
+        a = np.clip(np.round(a / q["scale"] + q["zero_point"]), info.min, info.max).astype(info.dtype)
+    if b.get("dtype"):
+        a = a.astype(b["dtype"], copy=False)
+    return np.require(a, requirements="C")  # not ascontiguousarray: it makes a 0-d input 1-d
+
+
+def state_init(contract):
+    """{state input: its first-step value} (zeros unless the contract carries an init)."""
+    import numpy as np
+
+    return {s["input"]: (np.zeros(s["shape"], s["dtype"]) if s.get("init") is None else np.asarray(s["init"], s["dtype"]))
+            for s in contract.get("state", [])}
+
+
+def make_feeds(contract, arrays, index, state):
+    """The feeds of one sample (index i) or one step (index (s, t)), with the current state values."""
+    import numpy as np
+
     feeds = {}
-    for m in mapping:
-        a = arrays[m["source"]][i : i + 1]
-        if m.get("perm"):
-            a = np.transpose(a, m["perm"])
-        q = m.get("quantization")  # quantized input (e.g. full-integer TFLite): done here, outside the timed runs
-        if q and a.dtype.kind == "f":
-            info = np.iinfo(q.get("dtype", "int8"))
-            a = np.clip(np.round(a / q["scale"] + q["zero_point"]), info.min, info.max).astype(info.dtype)
-        if m.get("dtype"):
-            a = a.astype(m["dtype"])
-        feeds[m["name"]] = np.ascontiguousarray(a)
+    for b in contract["inputs"]:
+        src = b["source"]
+        if b.get("value") is not None:
+            a = np.asarray(b["value"])
+        elif src in state:
+            a = np.asarray(state[src])
+        else:
+            a = np.asarray(arrays[src][index])
+            if b.get("batch_axis") is not None:
+                a = np.expand_dims(a, b["batch_axis"])
+        feeds[b["name"]] = _to_feed(b, a)
     return feeds
 
 
-def _map_outputs(outs, job):
+def map_outputs(outs, contract):
+    """{output name: array in the ONNX layout} from the runtime's output list."""
     import numpy as np
 
-    perms = job.get("output_perms") or []
-    order = job.get("output_order")
-    if order is not None:
-        outs = [outs[k] for k in order]
-    res = []
-    for k, o in enumerate(outs):
-        o = np.asarray(o)
-        if k < len(perms) and perms[k]:
-            o = np.transpose(o, perms[k])
-        res.append(o.astype(np.float32) if o.dtype.kind == "f" else o)
+    res = {}
+    for o in contract["outputs"]:
+        a = np.asarray(outs[o["index"]])
+        if o.get("perm"):
+            a = np.transpose(a, o["perm"])
+        res[o["name"]] = a.astype(np.float32) if a.dtype.kind == "f" else a
     return res
+
+
+def _unbatch(o, a):
+    ax = o.get("batch_axis")
+    return a[(slice(None),) * ax + (0,)] if ax is not None and ax < a.ndim and a.shape[ax] == 1 else a
+
+
+def data_count(contract, arrays, stream):
+    """(samples,) or (sequences, steps) of the data arrays the contract reads."""
+    states = {s["input"] for s in contract.get("state", [])}
+    for b in contract["inputs"]:
+        if b.get("value") is None and b["source"] not in states:
+            a = arrays[b["source"]]
+            return tuple(a.shape[:2]) if stream else (a.shape[0],)
+    raise RuntimeError("no model input is fed from the data (all are constants or states)")
+
+
+def first_feeds(contract, arrays, stream):
+    return make_feeds(contract, arrays, (0, 0) if stream else 0, state_init(contract))
+
+
+def run_all(run, contract, arrays, stream, limit=None):
+    """Every sample (or every step of every sequence, state carried) through ``run(feeds)``:
+    {output name: [N, ...] or [S, T, ...]}, each sample/step without its batch axis."""
+    import numpy as np
+
+    count = data_count(contract, arrays, stream)
+    n = count[0] if limit is None else min(count[0], limit)
+    names = [o["name"] for o in contract["outputs"]]
+    by_name = {o["name"]: o for o in contract["outputs"]}
+    rows = {k: [] for k in names}
+    for i in range(n):
+        state = state_init(contract)
+        steps = {k: [] for k in names}
+        for t in range(count[1] if stream else 1):
+            outs = map_outputs(run(make_feeds(contract, arrays, (i, t) if stream else i, state)), contract)
+            for s in contract.get("state", []):
+                state[s["input"]] = outs[s["output"]]
+            for k in names:
+                steps[k].append(_unbatch(by_name[k], outs[k]))
+        for k in names:
+            rows[k].append(np.stack(steps[k]) if stream else steps[k][0])
+    return {k: np.stack(v) for k, v in rows.items()}
+
+
+def _read_inputs(path):
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if not k.startswith("__")}
 
 
 def bench(job):
@@ -641,15 +719,13 @@ def bench(job):
     adapter = ADAPTERS[job["runtime"]]()
     proto = job.get("protocol", {})
     threads = proto.get("threads")
-    with np.load(job["inputs"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if not k.startswith("__labels__")}
-    n = len(next(iter(arrays.values())))
+    contract, stream = job["contract"], bool(job.get("stream"))
+    arrays = _read_inputs(job["inputs"])
 
     t0 = time.perf_counter()
-    load_info = adapter.load(job["artifact"], threads, job.get("options", {}))
+    load_info = adapter.load(job["artifact"], threads, contract.get("options", {}))
     cold_load_ms = (time.perf_counter() - t0) * 1e3
-    names = adapter.input_names()
-    first = _feeds(arrays, 0, job, names)
+    first = first_feeds(contract, arrays, stream)  # stream mode: latency is per step
     t0 = time.perf_counter()
     adapter.run(first)
     first_ms = (time.perf_counter() - t0) * 1e3
@@ -688,20 +764,13 @@ def bench(job):
     }
     cv_limit = proto.get("noisy_cv", 0.15)
     result["noisy"] = bool(result["latency"].get("cv", 0) > cv_limit)
+    result["stream"] = stream
     if job.get("outputs"):
-        limit = job.get("limit") or n
-        collected = None
-        for i in range(min(n, limit)):
-            outs = _map_outputs(adapter.run(_feeds(arrays, i, job, names)), job)
-            if collected is None:
-                collected = [[] for _ in outs]
-            for k, o in enumerate(outs):
-                collected[k].append(o)
-        payload = {f"output_{k}": np.concatenate(v, axis=0) for k, v in enumerate(collected or [])}
+        payload = run_all(adapter.run, contract, arrays, stream, job.get("limit"))
         tmp = job["outputs"] + ".tmp.npz"
-        np.savez(tmp, **payload)
+        np.savez(tmp, **payload)  # keyed by output name
         os.replace(tmp, job["outputs"])
-        result["outputs_written"] = min(n, limit)
+        result["outputs_written"] = len(next(iter(payload.values()))) if payload else 0
     return result
 
 
@@ -732,13 +801,13 @@ def memory(job):
 
     adapter = ADAPTERS[job["runtime"]]()
     runtime_version = adapter.version()  # imports the runtime: part of the baseline, not of the model
-    with np.load(job["inputs"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if not k.startswith("__labels__")}
+    contract = job["contract"]
+    arrays = _read_inputs(job["inputs"])
     baseline = _current_rss_mb()
     reset = _reset_peak()
-    adapter.load(job["artifact"], job.get("protocol", {}).get("threads"), job.get("options", {}))
+    adapter.load(job["artifact"], job.get("protocol", {}).get("threads"), contract.get("options", {}))
     after_load = _current_rss_mb()
-    first = _feeds(arrays, 0, job, adapter.input_names())
+    first = first_feeds(contract, arrays, bool(job.get("stream")))
     for _ in range(int(job.get("memory_runs", 5))):
         adapter.run(first)
     peak, method = _hwm_mb()

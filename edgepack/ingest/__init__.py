@@ -66,24 +66,21 @@ class ExportCheckError(StageError):
         return (self.__class__, (self.message, self.hint, self.check))
 
 
-def sample_inputs(model: ModelSection, data: dict[str, np.ndarray] | None, n: int = 4) -> list[dict[str, np.ndarray]]:
-    """Up to ``n`` single-sample batches: from data when given, else seeded random values."""
-    if data:
-        count = min(n, len(next(iter(data.values()))))
-        return [{k: v[i : i + 1] for k, v in data.items()} for i in range(count)]
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        s = {}
-        for spec in model.inputs:
-            shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-            shape[0] = 1
+def sample_inputs(model: ModelSection, data: dict[str, np.ndarray] | None, n: int = 4, recipe_dir: Path | None = None) -> list[dict[str, np.ndarray]]:
+    """Up to ``n`` complete single-sample feeds: from data when given, else seeded random values
+    (constants and state inputs as the runner feeds them: edgepack.data.model_samples)."""
+    from ..data import model_samples
+
+    if not data:
+        rng = np.random.default_rng(0)
+        data = {}
+        for spec in model.data_inputs():
+            shape = [n] + [d if isinstance(d, int) else 1 for d in spec.sample_shape]
             if spec.dtype.value.startswith("float"):
-                s[spec.name] = rng.standard_normal(shape).astype(spec.dtype.value)
+                data[spec.name] = rng.standard_normal(shape).astype(spec.dtype.value)
             else:
-                s[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype.value)
-        out.append(s)
-    return out
+                data[spec.name] = rng.integers(0, 2 if spec.dtype.value == "bool" else 10, shape).astype(spec.dtype.value)
+    return model_samples(model, data, recipe_dir, limit=n)
 
 
 def onnx_specs(path: Path, layouts: dict[str, str | None] | None = None) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -201,7 +198,7 @@ class ConvertStage(Stage):
         from ..data import read_npz
 
         data = read_npz(inputs["samples"].path)[0] if "samples" in inputs else None
-        samples = sample_inputs(self.model, data)
+        samples = sample_inputs(self.model, data, recipe_dir=self.recipe_dir)
         names = self.model.outputs or []
         ctx = ConvertContext(self.model, self.recipe_dir, self.source_where, samples, workdir, names, inputs["source"])
         if self.extra:

@@ -2,7 +2,8 @@
 
 One static table maps each target type to its stage class and pip extra. A target module imports
 its heavy backend only inside ``run``; a missing backend fails that target alone, naming the extra.
-The artifact's ``meta['runtime']`` names the runner adapter (edgepack/devices/runner.py) that loads it.
+The artifact's ``meta['runtime']`` names the runner adapter (edgepack/devices/runner.py) that loads it,
+``meta['runner']`` is its RunnerContract (edgepack/contract.py): how the runner feeds it and reads its outputs.
 """
 
 from __future__ import annotations
@@ -42,7 +43,19 @@ class TargetStage(Stage):
         self.ctx = ctx
 
     def config(self) -> dict:
-        return self.target.model_dump(mode="json", exclude={"name"})
+        from ..contract import model_config
+
+        # the runner contract the artifact carries depends on the recipe's inputs (batch axes, constants, state)
+        return {**self.target.model_dump(mode="json", exclude={"name"}), "io": model_config(self.ctx.model)}
+
+    def contract(self, onnx_path: Path, **mapping):
+        """The artifact's RunnerContract (edgepack/contract.py) as JSON, for ``meta["runner"]``."""
+        from ..contract import make_contract
+        from .common import onnx_io, source_names
+
+        ins, outs = onnx_io(onnx_path)
+        sources = source_names(ins, None, [i.name for i in getattr(self.ctx.model, "inputs", None) or []])
+        return make_contract(self.ctx.model, self.ctx.recipe_dir, ins, sources, outs, **mapping).to_json()
 
 
 def make_target(target: Target, ctx: TargetContext) -> TargetStage:

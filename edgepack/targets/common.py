@@ -106,17 +106,21 @@ def source_names(onnx_inputs: list[dict], arrays: dict[str, np.ndarray] | None, 
     return out
 
 
-def first_sample(onnx_inputs: list[dict], sources: list[str], arrays: dict | None, shapes: list[list[int]]) -> list[np.ndarray]:
-    """One input sample per ONNX input: calibration sample 0, or seeded random data when there is none."""
+def first_sample(model, recipe_dir, onnx_inputs: list[dict], sources: list[str], arrays: dict | None) -> list[np.ndarray]:
+    """One complete feed per ONNX input, as the device runner feeds it: calibration sample 0, or
+    seeded random data when there is none (constants and states as the recipe declares them)."""
+    from ..data import model_samples
+    from ..ingest import sample_inputs
+
+    feed = model_samples(model, arrays, recipe_dir, limit=1)[0] if arrays else sample_inputs(model, None, 1, recipe_dir)[0]
     rng = np.random.default_rng(0)
     out = []
-    for spec, src, shape in zip(onnx_inputs, sources, shapes):
-        if arrays is not None and src in arrays:
-            out.append(np.ascontiguousarray(arrays[src][:1]).astype(spec["dtype"]))
-        elif spec["dtype"].startswith("float"):
-            out.append(rng.random(shape).astype(spec["dtype"]))
-        else:
-            out.append(np.zeros(shape, dtype=spec["dtype"]))
+    for spec, src in zip(onnx_inputs, sources):
+        if src in feed:
+            out.append(np.require(feed[src].astype(spec["dtype"]), requirements="C"))
+        else:  # an ONNX input the recipe does not declare
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]]
+            out.append(rng.random(shape).astype(spec["dtype"]) if spec["dtype"].startswith("float") else np.zeros(shape, spec["dtype"]))
     return out
 
 

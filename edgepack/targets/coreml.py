@@ -124,7 +124,7 @@ class CoreMLTarget(TargetStage):
         record["structure"] = info
         record["numeric_validation"] = "Core ML prediction needs macOS: runs on a device profile with the coreml runtime (devices/mac.yaml)"
         outs = [TensorSpec(o["name"], tuple(o["shape"]), o["dtype"]) for o in info["outputs"]]
-        meta = {"runtime": self.runtime, "precision": self.precision, "runner_options": {"compute_units": self.opts["compute_units"]},
+        meta = {"runtime": self.runtime, "precision": self.precision, "runner": self.contract(fp32.path, options={"compute_units": self.opts["compute_units"]}),
                 "minimum_deployment_target": self.opts["minimum_deployment_target"]}
         return StageResult({"artifact": Artifact(out, "mlpackage", inputs=in_specs, outputs=outs, meta=meta)}, record)
 

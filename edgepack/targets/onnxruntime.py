@@ -48,11 +48,11 @@ class OnnxRuntimeTarget(TargetStage):
         except Exception as e:
             raise StageError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]}") from e
         record = {"providers": sess.get_providers()}
-        meta = {"runtime": self.runtime, "precision": self.target.precision or _precision(out)}
+        meta = {"runtime": self.runtime, "precision": self.target.precision or _precision(out), "runner": self.contract(out)}
         if not ort_format:
             return StageResult({"artifact": Artifact(out, "onnx", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
         record["ort_format"] = _to_ort(out, self.target.options.get("ort_optimization", "fixed"))
-        meta["runner_options"] = {"model_file": "model.ort"}  # devices validate the .ort file that ships to mobile
+        meta["runner"] = self.contract(out, options={"model_file": "model.ort"})  # devices validate the .ort file that ships to mobile
         return StageResult({"artifact": Artifact(folder, "onnx+ort", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
 
 

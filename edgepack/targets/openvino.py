@@ -130,8 +130,7 @@ class OpenVINOTarget(TargetStage):
         meta = {
             "runtime": self.runtime,
             "precision": self.precision,
-            "input_map": [{"source": src_name, "name": s["name"], "dtype": s["dtype"]} for s, src_name in zip(ins, sources)],
-            "runner_options": {"inference_precision": self.opts["inference_precision"], "device": self.opts["device"]},
+            "runner": self.contract(src.path, options={"inference_precision": self.opts["inference_precision"], "device": self.opts["device"]}),
             "files": sorted(p.name for p in out.iterdir()),
         }
         if not record["notes"]:
@@ -142,8 +141,11 @@ class OpenVINOTarget(TargetStage):
         require_backend("nncf", "openvino")
         import nncf
 
-        n = len(next(iter(arrays.values())))
-        items = [{s["name"]: np.ascontiguousarray(arrays[src][i : i + 1]).astype(s["dtype"]) for s, src in zip(ins, sources)} for i in range(n)]
+        from ..data import model_samples
+
+        samples = model_samples(self.ctx.model, arrays, self.ctx.recipe_dir)  # fed as the runner feeds them
+        n = len(samples)
+        items = [{s["name"]: np.require(f[src].astype(s["dtype"]), requirements="C") for s, src in zip(ins, sources)} for f in samples]
         subset = min(self.opts["subset_size"], n)
         try:
             q = nncf.quantize(
@@ -165,8 +167,7 @@ class OpenVINOTarget(TargetStage):
     def _sample_check(self, xml: Path, onnx_path: Path, ins, sources, arrays) -> dict:
         import openvino as ov
 
-        shapes = [[1 if (d == 0 or not isinstance(x, int)) else x for d, x in enumerate(s["shape"])] for s in ins]
-        feeds = first_sample(ins, sources, arrays, shapes)
+        feeds = first_sample(self.ctx.model, self.ctx.recipe_dir, ins, sources, arrays)
         reference = onnx_reference(onnx_path, [s["name"] for s in ins], feeds)
         cm = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": self.opts["inference_precision"]})
         req = cm.create_infer_request()

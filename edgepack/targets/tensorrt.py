@@ -100,8 +100,7 @@ class TensorRTTarget(TargetStage):
         if built:
             record["engine_check"] = _engine_check(out, feeds, reference)
         meta = {"runtime": self.runtime, "precision": precision, "engine": "built here" if built else "built on device"}
-        if self.opts["engine_cache"]:
-            meta["runner_options"] = {"engine_cache": self.opts["engine_cache"]}
+        meta["runner"] = self.contract(onnx_out, options={"engine_cache": self.opts["engine_cache"]} if self.opts["engine_cache"] else None)
         from ..ingest import onnx_specs
 
         ins, outs = onnx_specs(onnx_out, {t.name: t.layout for t in model.inputs})

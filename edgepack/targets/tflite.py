@@ -5,8 +5,9 @@ float activations), int8 (full-integer, calibrated on the recipe's calibration d
 default, ``options.io_dtype`` uint8 or float32). onnx2tf never gets to download its MS-COCO sample
 images: calibration data always comes from the recipe (see ``_offline_stand_in``).
 
-onnx2tf makes 3-D/4-D/5-D inputs channels-last (NCHW -> NHWC) unless ``options.keep_nchw``; the
-artifact's ``meta.input_map`` carries the transpose for every runner and the manifest records it.
+onnx2tf makes 3-D/4-D/5-D inputs channels-last (NCHW -> NHWC) unless ``options.keep_nchw``, or the
+input is a model.state input or is batched on an axis other than 0 (those keep their layout); the
+artifact's runner contract (``meta.runner``, edgepack/contract.py) carries the transpose for every runner and the manifest records it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..artifact import Artifact
 from ..engine import StageResult, package_versions
 from ..errors import BadInputError, StageError, require_backend
 from . import TargetStage
-from .common import check_options, check_precision, check_self_quantizing, model_io_and_calibration, quantized_ops
+from .common import check_options, check_precision, check_self_quantizing, first_sample, model_io_and_calibration, quantized_ops
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
 OPTIONS = {
@@ -44,7 +45,7 @@ def channels_last(rank: int) -> list[int] | None:
 
 class TFLiteTarget(TargetStage):
     kind = "compile.tflite"
-    version = "2"  # 2: input_map carries the input quantization (the runner quantizes outside the timed runs)
+    version = "3"  # 3: meta.runner is the RunnerContract (batch axes, constants, state; int inputs keep their dtype)
     runtime = "tflite"
     extra = "tflite"
     isolated = True
@@ -75,9 +76,13 @@ class TFLiteTarget(TargetStage):
         record: dict = {"precision": self.precision, "converter": "onnx2tf", "notes": []}
         if quantized_ops(src.path):
             record["notes"].append(f"input model already has quantized ops {quantized_ops(src.path)}; onnx2tf converts them as they are")
-        shapes = self._fixed_shapes(ins, sources, arrays, record)
-        keep = [s["name"] for s, shp in zip(ins, shapes) if self.opts["keep_nchw"] and channels_last(len(shp))]
+        feeds = self._feeds(arrays)
+        shapes = self._fixed_shapes(ins, sources, feeds, record)
+        keep = [s["name"] for s, shp, src in zip(ins, shapes, sources)
+                if channels_last(len(shp)) and (self.opts["keep_nchw"] or not self._image_like(src))]
         perms = [None if s["name"] in keep else channels_last(len(shp)) for s, shp in zip(ins, shapes)]
+        first_feeds = first_sample(self.ctx.model, self.ctx.recipe_dir, ins, sources, arrays)
+        arrays = self._batched(ins, sources, feeds, record)
 
         scratch = (workdir / "_onnx2tf").resolve()  # absolute: onnx2tf runs with it as the working directory
         scratch.mkdir()
@@ -95,7 +100,7 @@ class TFLiteTarget(TargetStage):
         kwargs = dict(  # noqa: C408 - onnx2tf.convert's keyword arguments, recorded below
             input_onnx_file_path=str(onnx_copy),
             output_folder_path=str(out_dir),
-            overwrite_input_shape=[f"{s['name']}:{','.join(map(str, shp))}" for s, shp in zip(ins, shapes)],
+            overwrite_input_shape=[f"{s['name']}:{','.join(map(str, shp))}" for s, shp in zip(ins, shapes) if shp],  # 0-d: onnxsim rejects 'k:' 
             copy_onnx_input_output_names_to_tflite=False,  # renaming needs the flatc binary (a download); input_map maps names
             output_dynamic_range_quantized_tflite=self.precision == "int8-dynamic",
             output_integer_quantized_tflite=self.precision == "int8",
@@ -125,14 +130,14 @@ class TFLiteTarget(TargetStage):
 
         from .tflite_io import describe
 
-        specs_in, specs_out, meta, check = describe(out, src.path, ins, outs, sources, shapes, perms, arrays)
+        specs_in, specs_out, mapping, meta, check = describe(out, src.path, ins, outs, sources, shapes, perms, first_feeds)
         record.update(check)
         kinds = record["tensor_dtypes"]
         if self.precision == "int8-dynamic" and "int8" not in kinds:
             record["notes"].append("no int8 tensors: TFLite's dynamic-range quantization skips weights below its size threshold (1024 elements); the model stays float")
         if self.precision == "fp16" and "float16" not in kinds:
             record["notes"].append("no float16 tensors in the model: weights stayed float32")
-        meta.update(runtime=self.runtime, precision=self.precision, runner_options={"xnnpack": self.opts["xnnpack"]})
+        meta.update(runtime=self.runtime, precision=self.precision, runner=self.contract(src.path, **mapping, options={"xnnpack": self.opts["xnnpack"]}))
         if not record["notes"]:
             del record["notes"]
         return StageResult({"artifact": Artifact(out, "tflite", inputs=specs_in, outputs=specs_out, meta=meta)}, record)
@@ -144,25 +149,56 @@ class TFLiteTarget(TargetStage):
             return "integer_quant" if self.opts["io_dtype"] == "float32" else "full_integer_quant"
         return {"fp32": "float32", "fp16": "float16", "int8-dynamic": "dynamic_range_quant"}[self.precision]
 
-    def _fixed_shapes(self, ins, sources, arrays, record) -> list[list[int]]:
-        """Batch 1 (the runners feed one sample at a time); other symbolic dims from the calibration data."""
+    def _image_like(self, source: str) -> bool:
+        """Whether onnx2tf may make this input channels-last: not a state, a constant or an input
+        batched on another axis than 0 (a recurrent state [layers, batch, hidden] is no image)."""
+        spec = next((i for i in self.ctx.model.inputs if i.name == source), None)
+        return spec is None or (spec.feed_batch_axis == 0 and source not in self.ctx.model.state_inputs)
+
+    def _feeds(self, arrays) -> list[dict] | None:
+        """The calibration samples as the runner feeds them (batch of 1 at each input's batch axis, constants, states)."""
+        from ..data import model_samples
+
+        return model_samples(self.ctx.model, arrays, self.ctx.recipe_dir) if arrays is not None else None
+
+    def _batched(self, ins, sources, feeds, record) -> dict | None:
+        """The calibration feeds stacked on the batch axis 0 (onnx2tf's -cind), or None when an input has
+        its batch elsewhere (constants, states, batch_axis): onnx2tf then checks shapes with all-ones inputs."""
+        if not feeds:
+            return None
+        axes = {i.name: i.feed_batch_axis for i in self.ctx.model.inputs}
+        odd = [src for src in sources if axes.get(src, 0) != 0 or src in self.ctx.model.state_inputs]
+        if odd:
+            if self.precision == "int8":
+                raise BadInputError(f"{self.ctx.where}.precision: int8 (full-integer) TFLite needs calibration data for every input, "
+                                    f"and inputs {odd} are constants, states or have their batch on another axis",
+                                    hint="use precision int8-dynamic or fp16 for this model")
+            record["notes"].append(f"inputs {odd} are constants, states or batched on another axis: no -cind data for onnx2tf")
+            return None
+        return {src: np.concatenate([f[src] for f in feeds], axis=0) for src in sources}
+
+    def _fixed_shapes(self, ins, sources, feeds, record) -> list[list[int]]:
+        """Batch 1 at each input's batch axis (the runners feed one sample at a time); other symbolic
+        dims from the calibration data."""
+        axes = {i.name: i.feed_batch_axis for i in self.ctx.model.inputs}
         shapes = []
         for spec, src in zip(ins, sources):
             shape = []
+            ax = axes.get(src, 0)
             for d, dim in enumerate(spec["shape"]):
-                if d == 0:
+                if d == ax:
                     shape.append(1)
                 elif isinstance(dim, int) and dim > 0:
                     shape.append(dim)
-                elif arrays is not None and src in arrays:
-                    shape.append(int(arrays[src].shape[d]))
+                elif feeds and src in feeds[0]:
+                    shape.append(int(feeds[0][src].shape[d]))
                 else:
                     raise BadInputError(
                         f"{self.ctx.where}: ONNX input '{spec['name']}' dimension {d} is dynamic ({dim!r}) and TFLite needs a fixed size",
                         hint="give a fixed size in model.inputs[].shape, or add data.calibration so the size is taken from it",
                     )
-            if spec["shape"] and spec["shape"][0] != 1:
-                record["notes"].append(f"input '{spec['name']}': batch dimension {spec['shape'][0]!r} fixed to 1")
+            if ax is not None and ax < len(spec["shape"]) and spec["shape"][ax] != 1:
+                record["notes"].append(f"input '{spec['name']}': batch dimension {spec['shape'][ax]!r} (axis {ax}) fixed to 1")
             shapes.append(shape)
         return shapes
 

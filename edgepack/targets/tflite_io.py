@@ -1,8 +1,8 @@
 """What onnx2tf made: the .tflite's inputs and outputs matched to the ONNX model's, by name and shape,
 and checked on one sample against ONNX Runtime.
 
-The result tells every runner how to feed the artifact (``input_map``: source name, tflite name,
-transpose) and how to put the outputs back into the ONNX model's order and layout
+The result tells every runner how to feed the artifact (the RunnerContract's inputs: source name,
+tflite name, dtype, transpose, quantization) and how to put the outputs back into the ONNX model's order and layout
 (``output_order``, ``output_perms``). Output matching is numeric: onnx2tf reorders and renames
 outputs, and channels-last outputs are indistinguishable by shape when dimensions are equal.
 """
@@ -17,7 +17,7 @@ import numpy as np
 from ..artifact import TensorSpec
 from ..errors import StageError
 from ..validate.fidelity import max_abs_error
-from .common import compare, first_sample, onnx_reference
+from .common import compare, onnx_reference
 
 
 def load_interpreter(path: Path):
@@ -62,11 +62,15 @@ def match_inputs(details: list[dict], ins: list[dict], shapes, perms) -> list[di
         if d is None:
             raise StageError(f"the .tflite has no input matching ONNX input '{spec['name']}' (inputs: {[x['name'] for x in details]})")
         want = list(np.transpose(np.empty(shapes[k]), perms[k]).shape) if perms[k] else shapes[k]
-        if list(d["shape"]) != want:
+        if list(d["shape"]) != want and _squeezed(d["shape"]) != _squeezed(want):
             raise StageError(f"ONNX input '{spec['name']}' {shapes[k]} became tflite input '{d['name']}' {list(d['shape'])}, expected {want}",
                              hint="onnx2tf changed the input layout unexpectedly; try options.keep_nchw: true")
         chosen.append(d)
     return chosen
+
+
+def _squeezed(shape) -> list[int]:
+    return [int(x) for x in shape if int(x) != 1]
 
 
 def match_outputs(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[list[int], list[list[int] | None]]:
@@ -93,15 +97,17 @@ def match_outputs(reference: list[np.ndarray], got: list[np.ndarray]) -> tuple[l
     return order, perms
 
 
-def describe(path: Path, onnx_path: Path, ins, outs, sources, shapes, perms, arrays):
-    """(input specs, output specs, runner meta, record) for the .tflite at ``path``."""
+def describe(path: Path, onnx_path: Path, ins, outs, sources, shapes, perms, feeds):
+    """(input specs, output specs, contract mapping, meta, record) for the .tflite at ``path``."""
     it = load_interpreter(path)
     in_details = match_inputs(it.get_input_details(), ins, shapes, perms)
     out_details = it.get_output_details()
-    feeds = first_sample(ins, sources, arrays, shapes)
     reference = onnx_reference(onnx_path, [s["name"] for s in ins], feeds)
+    reshapes = []  # onnx2tf makes a 0-d input [1]: the runner reshapes (sizes are equal)
     for d, a, perm in zip(in_details, feeds, perms):
-        it.set_tensor(d["index"], _quantize(np.transpose(a, perm) if perm else a, d))
+        a = np.transpose(a, perm) if perm else a
+        reshapes.append([int(x) for x in d["shape"]] if list(a.shape) != list(d["shape"]) else None)
+        it.set_tensor(d["index"], _quantize(a.reshape(d["shape"]), d))
     it.invoke()
     got = [_dequantize(it.get_tensor(d["index"]), d) for d in out_details]
     order, out_perms = match_outputs(reference, got)
@@ -115,19 +121,20 @@ def describe(path: Path, onnx_path: Path, ins, outs, sources, shapes, perms, arr
     for j, d in enumerate(out_details):
         perm = out_perms[order.index(j)] if j in order else None
         specs_out.append(TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name, layout(d["shape"], perm)))
-    input_map = []
-    for src, d, p in zip(sources, in_details, perms):
-        m = {"source": src, "name": d["name"], "perm": p}
-        if np.dtype(d["dtype"]).kind == "f":
-            m["dtype"] = np.dtype(d["dtype"]).name
-        elif d["quantization"][0]:
-            m["quantization"] = {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1]),
-                                 "dtype": np.dtype(d["dtype"]).name}
-        input_map.append(m)
+    quant = []
+    for d in in_details:
+        q = d["quantization"]
+        quant.append({"scale": float(q[0]), "zero_point": int(q[1]), "dtype": np.dtype(d["dtype"]).name} if q[0] else None)
+    mapping = {  # the runner contract's I/O part (edgepack/contract.py make_contract): names, dtypes, transposes
+        "names": [d["name"] for d in in_details],
+        "dtypes": [np.dtype(d["dtype"]).name for d in in_details],  # int64 ids stay int64; int32 where onnx2tf made int32
+        "perms": perms,
+        "quantization": quant,
+        "reshapes": reshapes,
+        "order": order,
+        "out_perms": out_perms,
+    }
     meta = {
-        "input_map": input_map,
-        "output_order": order,
-        "output_perms": out_perms,
         "layout": sorted({s.layout for s in specs_in if s.layout}) or None,
         "quantized_io": any(np.dtype(d["dtype"]).kind in "iu" and d["quantization"][0] for d in in_details + out_details),
     }
@@ -141,4 +148,4 @@ def describe(path: Path, onnx_path: Path, ins, outs, sources, shapes, perms, arr
         "sample_check": {"vs": "ONNX Runtime, 1 sample", "outputs": compare([reference[k] for k in range(len(order))],
                                                                          [np.transpose(got[j], p) if p else got[j] for j, p in zip(order, out_perms)])},
     }
-    return specs_in, specs_out, meta, record
+    return specs_in, specs_out, mapping, meta, record

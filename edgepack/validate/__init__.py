@@ -25,46 +25,61 @@ def read_outputs(path: Path, names: list[str] | None = None) -> dict[str, np.nda
 
 
 class ReferenceStage(Stage):
-    """FP32 ONNX outputs on the validation inputs: what every target is compared with."""
+    """FP32 ONNX outputs on the validation inputs: what every target is compared with.
+
+    Fed by the device runner's own code (devices/runner.py run_all) through the FP32 model's
+    identity contract, so batch and stream mode (state carried) are exactly what the devices do."""
 
     kind = "reference"
-    version = "2"  # outputs keyed by name
+    version = "3"  # 2: outputs keyed by name; 3: fed by the runner contract (batch axes, constants, stream)
+
+    def __init__(self, model=None, recipe_dir: Path | None = None, stream: bool = False):
+        self.model = model
+        self.recipe_dir = recipe_dir
+        self.stream = stream
+
+    def config(self):
+        from ..contract import model_config
+
+        return {"stream": self.stream, **model_config(self.model)}
 
     def toolchain(self):
         return package_versions("onnxruntime")
 
     def run(self, inputs, workdir):
-        from ..data import samples
-        from ..ingest import run_onnx
+        from ..contract import for_onnx
+        from ..devices.runner import OnnxRuntimeAdapter, run_all
 
+        contract = for_onnx(self.model, self.recipe_dir, inputs["model"].path).to_json()
         arrays, _ = read_npz(inputs["validation"].path)
-        outs = run_onnx(inputs["model"].path, list(samples(arrays)))
-        names = [t.name for t in inputs["model"].outputs] or onnx_output_names(inputs["model"].path)
-        payload = {names[k]: np.concatenate([o[k] for o in outs], axis=0) for k in range(len(outs[0]))}
+        adapter = OnnxRuntimeAdapter()
+        adapter.load(str(inputs["model"].path), None, {})
+        payload = run_all(adapter.run, contract, arrays, self.stream)
         path = workdir / "reference.npz"
         np.savez(path, **payload)
-        return StageResult({"outputs": Artifact(path, "npz")}, {"samples": len(outs)})
+        n = len(next(iter(payload.values()))) if payload else 0
+        return StageResult({"outputs": Artifact(path, "npz")}, {"samples" if not self.stream else "sequences": n})
 
 
-def onnx_output_names(path: Path) -> list[str]:
-    import onnx
+def artifact_contract(artifact: Artifact, source_inputs: list[str]):
+    """The artifact's RunnerContract (meta["runner"]); artifacts cached before it: from the loose meta keys."""
+    from ..contract import RunnerContract
 
-    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
-
-
-def runner_job(artifact: Artifact, source_inputs: list[str], protocol: dict) -> dict:
-    """The runner job for an artifact: adapter, input mapping/transposes from the artifact's meta."""
     meta = artifact.meta
-    job = {"mode": "bench", "runtime": meta["runtime"], "protocol": protocol, "options": meta.get("runner_options", {})}
-    if meta.get("input_map"):
-        job["input_map"] = meta["input_map"]
-    else:
+    if isinstance(meta.get("runner"), dict) and "inputs" in meta["runner"]:
+        return RunnerContract.from_json(meta["runner"])
+    legacy = dict(meta)
+    if not legacy.get("input_map"):
         names = [t.name for t in artifact.inputs] or source_inputs
-        job["input_map"] = [{"source": s, "name": n} for s, n in zip(source_inputs, names)]
-    for k in ("output_perms", "output_order"):
-        if meta.get(k) is not None:
-            job[k] = meta[k]
-    return job
+        legacy["input_map"] = [{"source": s, "name": n} for s, n in zip(source_inputs, names)]
+    return RunnerContract.from_legacy(legacy, [t.to_json() for t in artifact.inputs], [t.to_json() for t in artifact.outputs])
+
+
+def runner_job(artifact: Artifact, source_inputs: list[str], protocol: dict, stream: bool = False) -> dict:
+    """The runner job for an artifact: its adapter, its contract (JSON) and the validation mode."""
+    contract = artifact_contract(artifact, source_inputs)
+    return {"mode": "bench", "runtime": artifact.meta["runtime"], "protocol": protocol, "contract": contract.to_json(),
+            "stream": stream}
 
 
 class ValidateStage(Stage):
@@ -75,7 +90,7 @@ class ValidateStage(Stage):
 
     def __init__(self, profile: DeviceProfile, benchmark: Benchmark, source_inputs: list[str],
                  metrics: list | None = None, base_dir: Path | None = None, output_names: list[str] | None = None,
-                 cosine=None):
+                 cosine=None, stream: bool = False):
         self.profile = profile
         self.benchmark = benchmark
         self.source_inputs = source_inputs
@@ -84,13 +99,17 @@ class ValidateStage(Stage):
         self.output_names = output_names
         # gates.min_cosine aggregated other than as the mean over every output: computed here, from all samples
         self.cosine = cosine if cosine is not None and (cosine.per_sample != "mean" or cosine.output) else None
+        self.stream = stream  # data.validation.mode: stream (outputs [S, T, ...], latency per step)
 
     def config(self):
         from .scoring import metrics_config
 
-        return {"device": self.profile.model_dump(mode="json"), "benchmark": self.protocol(), "inputs": self.source_inputs,
-                "metrics": metrics_config(self.metrics, self.base_dir), "outputs": self.output_names,
-                "cosine": None if self.cosine is None else self.cosine.model_dump(mode="json")}
+        cfg = {"device": self.profile.model_dump(mode="json"), "benchmark": self.protocol(), "inputs": self.source_inputs,
+               "metrics": metrics_config(self.metrics, self.base_dir), "outputs": self.output_names,
+               "cosine": None if self.cosine is None else self.cosine.model_dump(mode="json")}
+        if self.stream:
+            cfg["stream"] = True
+        return cfg
 
     def toolchain(self):
         from ..devices.runner import RUNNER_VERSION
@@ -105,7 +124,7 @@ class ValidateStage(Stage):
     def run(self, inputs, workdir):
         artifact: Artifact = inputs["artifact"]
         transport = transport_for(self.profile)
-        job = runner_job(artifact, self.source_inputs, self.protocol())
+        job = runner_job(artifact, self.source_inputs, self.protocol(), self.stream)
         out_path = workdir / "outputs.npz"
         result = transport.execute(job, {"artifact": artifact.path, "inputs": inputs["validation"].path}, {"outputs": out_path})
         mem = transport.execute(dict(job, mode="memory"), {"artifact": artifact.path, "inputs": inputs["validation"].path}, {})
@@ -126,6 +145,7 @@ class ValidateStage(Stage):
             "warmup": result.get("warmup"),
             "timed": result.get("timed"),
             "transport": result.get("transport") or {"type": self.profile.transport.type.value},
+            "mode": "stream" if self.stream else "batch",  # stream: outputs [S, T, ...], latency per step
         }
         reference = read_outputs(inputs["reference"].path) if "reference" in inputs else None
         names = self.output_names or (list(reference) if reference is not None else None)

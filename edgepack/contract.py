@@ -64,7 +64,9 @@ class RunnerContract:
     version: int = VERSION
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        import json
+
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # lists, not tuples: the same before and after a JSON trip
 
     @classmethod
     def from_json(cls, d: dict) -> RunnerContract:

@@ -198,7 +198,8 @@ class TFLiteTarget(TargetStage):
                         hint="give a fixed size in model.inputs[].shape, or add data.calibration so the size is taken from it",
                     )
             if ax is not None and ax < len(spec["shape"]) and spec["shape"][ax] != 1:
-                record["notes"].append(f"input '{spec['name']}': batch dimension {spec['shape'][ax]!r} (axis {ax}) fixed to 1")
+                where = f" (axis {ax})" if ax else ""
+                record["notes"].append(f"input '{spec['name']}': batch dimension {spec['shape'][ax]!r}{where} fixed to 1")
             shapes.append(shape)
         return shapes
 

@@ -101,7 +101,7 @@ class TFLiteTarget(TargetStage):
             input_onnx_file_path=str(onnx_copy),
             output_folder_path=str(out_dir),
             overwrite_input_shape=[f"{s['name']}:{','.join(map(str, shp))}" for s, shp in zip(ins, shapes) if shp],  # 0-d: onnxsim rejects 'k:' 
-            copy_onnx_input_output_names_to_tflite=False,  # renaming needs the flatc binary (a download); input_map maps names
+            copy_onnx_input_output_names_to_tflite=False,  # renaming needs the flatc binary (a download); the runner contract maps names
             output_dynamic_range_quantized_tflite=self.precision == "int8-dynamic",
             output_integer_quantized_tflite=self.precision == "int8",
             quant_type=self.opts["quant_type"],

@@ -3,7 +3,7 @@ and checked on one sample against ONNX Runtime.
 
 The result tells every runner how to feed the artifact (the RunnerContract's inputs: source name,
 tflite name, dtype, transpose, quantization) and how to put the outputs back into the ONNX model's order and layout
-(``output_order``, ``output_perms``). Output matching is numeric: onnx2tf reorders and renames
+(the contract's outputs: ``index``, ``perm``). Output matching is numeric: onnx2tf reorders and renames
 outputs, and channels-last outputs are indistinguishable by shape when dimensions are equal.
 """
 

@@ -121,8 +121,8 @@ def test_channel_pruning_in_a_build(digits_recipe, tmp_path, monkeypatch):
 
 targets:""", text)
     text = re.sub(r"  - type: onnxruntime\n    name: ort-fp32\n    input: fp32\n", "", text)
-    # a pruned, fine-tuned model is a different model: its logits drift from FP32 (cosine ~0.95) while top-1 holds
-    text = text.replace("min_cosine: 0.98", "min_cosine: 0.9")
+    # a pruned, fine-tuned model is a different model: its logits drift from FP32 (centred cosine ~0.82) while top-1 holds
+    text = text.replace("min_cosine: 0.98", "min_cosine: 0.75")
     digits_recipe.write_text(text)
     from edgepack.build import BuildOptions, build
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from . import __version__, failpoints
 from .artifact import Artifact
 from .cache import StageCache, edgepack_home
 from .data import freeze, load_source
@@ -75,8 +75,18 @@ def _resolve_key(lr: LoadedRecipe, opts: BuildOptions, progress: Progress) -> Pa
     if lr.recipe.package.key:
         return lr.resolve(lr.recipe.package.key)
     key = edgepack_home() / DEFAULT_KEY
-    if not key.exists():
-        keygen(key)
+    from .locks import flocked
+
+    try:
+        with flocked(key.with_name(".signing-key.lock")):  # concurrent first builds create one key, not two
+            created = not key.exists()
+            if created:
+                keygen(key)
+    except OSError as e:
+        from .errors import BadInputError
+
+        raise BadInputError(f"cannot create the signing key {key}: {e.strerror or e}", hint="set EDGEPACK_HOME to a folder you can write to") from e
+    if created:
         if not progress.quiet:
             print(f"  created signing key {key} (public key {_public_key_for(key)})", file=progress.stream)
     return key
@@ -344,24 +354,29 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     manifest = scrub_host_paths(manifest, _host_prefixes(lr, out_dir, cache))
     progress.start("package + sign")
     t0 = time.perf_counter()
+    from .bundle.fsutil import owned_temp_path
     from .bundle.provenance import PROVENANCE_NAME, write_provenance
 
     manifest["provenance"] = PROVENANCE_NAME  # signed in-toto SLSA statement, covered by the bundle signature too
-    prov = write_provenance(out_dir.parent / f".{out_dir.name}.{PROVENANCE_NAME}", files, manifest, key,
-                            started, report["finished"], lr.path.name)
-    try:
-        bundle = write_bundle(out_dir, {**files, PROVENANCE_NAME: prov}, manifest, report)
-    finally:
-        prov.unlink(missing_ok=True)
     pkg = r.package
     cert = lr.resolve(pkg.certificate) if pkg.certificate else None
     chain = [lr.resolve(c) for c in pkg.certificate_chain]
-    sign_bundle(bundle, key, certificate=cert, certificate_chain=chain)
-    if cert is not None and chain:
-        verify_bundle(bundle, cert_chain=chain)  # the certificate must chain to the recipe's CA
-    else:
-        with tempfile.TemporaryDirectory(prefix="edgepack-pub-") as d:  # the public half of the key just used
-            verify_bundle(bundle, _public_pem(key, Path(d)))
+
+    def sign_staged(staged: Path) -> None:  # sign and verify in the staging folder: only a signed bundle is swapped in
+        sign_bundle(staged, key, certificate=cert, certificate_chain=chain)
+        failpoints.hit("sign.after_write")
+        if cert is not None and chain:
+            verify_bundle(staged, cert_chain=chain)  # the certificate must chain to the recipe's CA
+        else:
+            with tempfile.TemporaryDirectory(prefix="edgepack-pub-") as d:  # the public half of the key just used
+                verify_bundle(staged, _public_pem(key, Path(d)))
+
+    prov = write_provenance(owned_temp_path(out_dir, PROVENANCE_NAME), files, manifest, key,  # unique per build
+                            started, report["finished"], lr.path.name)
+    try:
+        bundle = write_bundle(out_dir, {**files, PROVENANCE_NAME: prov}, manifest, report, before_swap=sign_staged)
+    finally:
+        prov.unlink(missing_ok=True)
     progress.done("package + sign", "ok", time.perf_counter() - t0)
     published = None
     if publish:

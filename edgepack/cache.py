@@ -1,9 +1,12 @@
-"""Content-addressed stage cache with atomic entries.
+"""Content-addressed stage cache with atomic, re-checked entries.
 
 An entry is a directory ``<root>/<key[:2]>/<key>/`` holding the stage's output files and
-``entry.json``. It is built in ``<root>/tmp/`` and renamed into place only once complete, so an
-interrupted build (even ``kill -9``) never leaves a half entry: the next build simply misses and
-re-runs that stage.
+``entry.json`` (outputs, record, and the sha256 and size of every file). It is built in an owned
+workdir under ``<root>/tmp/`` and renamed into place only once complete, so an interrupted build
+(even ``kill -9``) never leaves a half entry: the next build simply misses and re-runs that stage,
+and removes the dead run's workdir. A hit's files are re-hashed against ``entry.json`` before use
+(one sha256 pass); a mismatching entry is evicted and the stage re-runs. ``locked(key)`` is an
+flock per entry, so concurrent builds sharing a cache compute an entry once and the others wait.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .artifact import Artifact
+from . import failpoints
+from .artifact import Artifact, iter_files, sha256_file
+from .locks import flocked, owner_token, remove_dead
+
+ENTRY_NAME = "entry.json"
 
 
 def edgepack_home() -> Path:
@@ -42,30 +49,51 @@ class StageCache:
     def __init__(self, root: Path | None = None, enabled: bool = True):
         self.root = Path(root) if root else default_cache_dir()
         self.enabled = enabled
+        self._cleaned = False
 
     def entry_dir(self, key: str) -> Path:
         return self.root / key[:2] / key
 
+    def locked(self, key: str):
+        """An exclusive flock for entry ``key`` (``<root>/<key[:2]>/.<key>.lock``); hold it from
+        lookup to commit so that two builds never write or evict one entry at once."""
+        return flocked(self.root / key[:2] / f".{key}.lock")
+
     def get(self, key: str) -> tuple[dict[str, Artifact], dict] | None:
+        return self.lookup(key)[0]
+
+    def lookup(self, key: str) -> tuple[tuple[dict[str, Artifact], dict] | None, str | None]:
+        """``(hit, None)``, ``(None, None)`` on a miss, or ``(None, problem)`` when the entry's files
+        no longer match its digests: that entry has been evicted and the stage must re-run."""
+        self._clean_once()
         if not self.enabled:
-            return None
+            return None, None
         d = self.entry_dir(key)
-        meta_path = d / "entry.json"
+        meta_path = d / ENTRY_NAME
         if not meta_path.is_file():
-            return None
+            return None, None
         try:
             meta = json.loads(meta_path.read_text())
             outputs = {k: Artifact.from_json(v, base=d) for k, v in meta["outputs"].items()}
-        except (OSError, ValueError, KeyError):
-            return None
-        if not all(a.path.exists() for a in outputs.values()):
-            return None
-        return outputs, meta.get("record", {})
+            problem = check_entry(d, meta.get("files"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            problem = f"unreadable {ENTRY_NAME}: {e}"
+        if problem:
+            shutil.rmtree(d, ignore_errors=True)
+            return None, problem
+        return (outputs, meta.get("record", {})), None
 
     def new_workdir(self, key: str) -> Path:
         tmp = self.root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=key[:12] + "-", dir=tmp))
+        self._clean_once()
+        return Path(tempfile.mkdtemp(prefix=f"{key[:12]}-{owner_token()}-", dir=tmp))
+
+    def _clean_once(self) -> None:
+        """Remove workdirs of killed builds (owner dead), once per build; a live build's are kept."""
+        if not self._cleaned:
+            self._cleaned = True
+            remove_dead(self.root / "tmp")
 
     def commit(self, key: str, workdir: Path, outputs: dict[str, Artifact], record: dict) -> dict[str, Artifact]:
         """Move a finished workdir into place; return outputs re-rooted at the entry."""
@@ -73,8 +101,10 @@ class StageCache:
         for a in outputs.values():
             if not a.path.resolve().is_relative_to(workdir.resolve()):
                 raise ValueError(f"stage output {a.path} is outside its workdir")
-        meta = {"key": key, "outputs": {k: a.to_json(relative_to=workdir) for k, a in outputs.items()}, "record": record}
-        (workdir / "entry.json").write_text(json.dumps(meta, indent=2, default=str))
+        meta = {"key": key, "outputs": {k: a.to_json(relative_to=workdir) for k, a in outputs.items()}, "record": record,
+                "files": file_digests(workdir)}
+        (workdir / ENTRY_NAME).write_text(json.dumps(meta, indent=2, default=str))
+        failpoints.hit("cache.before_commit")
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(final)
@@ -94,3 +124,28 @@ class StageCache:
 
     def discard(self, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def file_digests(folder: Path) -> dict[str, dict]:
+    """``{relpath: {sha256, size}}`` of every file below ``folder`` except entry.json."""
+    return {rel.as_posix(): {"sha256": sha256_file(folder / rel), "size": (folder / rel).stat().st_size}
+            for rel in iter_files(folder) if rel.as_posix() != ENTRY_NAME}
+
+
+def check_entry(folder: Path, files) -> str | None:
+    """What is wrong with an entry's files (missing, extra, resized, re-written), or None. Sizes
+    are compared first; then each file is hashed once, so a check costs one sha256 pass."""
+    if not isinstance(files, dict):
+        return f"{ENTRY_NAME} lists no file digests"
+    on_disk = {rel.as_posix() for rel in iter_files(folder)} - {ENTRY_NAME}
+    for rel in sorted(set(files) | on_disk):
+        if rel not in files:
+            return f"{rel}: not listed in {ENTRY_NAME}"
+        if rel not in on_disk:
+            return f"{rel}: missing"
+        if (folder / rel).stat().st_size != files[rel]["size"]:
+            return f"{rel}: size changed"
+    for rel in sorted(files):
+        if sha256_file(folder / rel) != files[rel]["sha256"]:
+            return f"{rel}: sha256 mismatch"
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,12 @@ class Progress:
             prefix = "\r" if self.live else ""
             print(f"{prefix}  {name:<34} {status:<7} {seconds:6.1f}s{extra}", file=self.stream, flush=True)
 
+    def note(self, line: str) -> None:
+        """A line about what the build did on its own (e.g. evicted a cache entry)."""
+        if not self.quiet:
+            prefix = "\r" if self.live else ""
+            print(f"{prefix}  {line}", file=self.stream, flush=True)
+
 
 def _identity(a: Artifact) -> str:
     """What an input contributes to a cache key: its content digest, plus its meta (which tells
@@ -149,61 +156,70 @@ class Engine:
         key = self.key_for(stage, inputs)
         self.progress.start(name)
         t0 = time.perf_counter()
-        hit = self.cache.get(key) if stage.cacheable else None
-        if hit is not None:
-            outputs, record = hit
-            result = StageResult(outputs, record, cached=True, seconds=time.perf_counter() - t0, key=key)
-            self.progress.done(name, "cached", result.seconds)
-        else:
-            try:
-                stage.check_inputs(inputs)
-            except EdgepackError as e:
-                self.progress.done(name, "failed", time.perf_counter() - t0)
-                raise e.prefixed(name) from e
-            before = self._input_digests(inputs)
-            workdir = self.cache.new_workdir(key)
-            log_path = None
-            if self.log_dir is not None:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-                log_path = self.log_path(name)
-                log_path.unlink(missing_ok=True)
-            try:
-                if stage.isolated:
-                    result = run_isolated(
-                        _run_stage, stage, inputs, workdir, timeout=stage.timeout, log_path=log_path, what=f"stage {name}"
-                    )
-                else:
-                    result = stage.run(inputs, workdir)
-                self._check_inputs_unchanged(name, inputs, before)
-                stage.check_outputs(inputs, result)
-                if stage.cacheable:
-                    result.outputs = self.cache.commit(key, workdir, result.outputs, result.record)
-            except EdgepackError as e:
-                self.cache.discard(workdir)
-                self.progress.done(name, "failed", time.perf_counter() - t0)
-                if e.message.startswith(f"{name}:"):
-                    raise
-                raise e.prefixed(name) from e
-            except Exception as e:
-                self.cache.discard(workdir)
-                self.progress.done(name, "failed", time.perf_counter() - t0)
-                raise StageError(f"{name}: {e.__class__.__name__}: {e}", hint="rerun with --verbose for the traceback") from e
-            result.cached = False
-            result.key = key
-            result.seconds = time.perf_counter() - t0
-            if log_path is not None:
-                result.record.setdefault("log", str(log_path))
-            self.progress.done(name, "ok", result.seconds)
-        self.lineage.append(
-            {
-                "name": name,
-                "stage": stage.kind,
-                "version": stage.version,
-                "key": key,
-                "cached": result.cached,
-                "seconds": round(result.seconds, 3),
-                "inputs": {k: a.digest for k, a in inputs.items()},
-                "outputs": {k: a.digest for k, a in result.outputs.items()},
-            }
-        )
+        evicted = None
+        with self.cache.locked(key) if stage.cacheable else contextlib.nullcontext():  # one builder per entry
+            hit, evicted = self.cache.lookup(key) if stage.cacheable else (None, None)
+            if evicted:
+                self.progress.note(f"{name}: cache entry {key[:12]} failed its check ({evicted}); evicted, re-running")
+            if hit is not None:
+                outputs, record = hit
+                result = StageResult(outputs, record, cached=True, seconds=time.perf_counter() - t0, key=key)
+                self.progress.done(name, "cached", result.seconds)
+            else:
+                result = self._execute(name, stage, inputs, key, t0)
+        entry = {
+            "name": name,
+            "stage": stage.kind,
+            "version": stage.version,
+            "key": key,
+            "cached": result.cached,
+            "seconds": round(result.seconds, 3),
+            "inputs": {k: a.digest for k, a in inputs.items()},
+            "outputs": {k: a.digest for k, a in result.outputs.items()},
+        }
+        if evicted:
+            entry["evicted"] = evicted
+        self.lineage.append(entry)
+        return result
+
+    def _execute(self, name: str, stage: Stage, inputs: dict[str, Artifact], key: str, t0: float) -> StageResult:
+        try:
+            stage.check_inputs(inputs)
+        except EdgepackError as e:
+            self.progress.done(name, "failed", time.perf_counter() - t0)
+            raise e.prefixed(name) from e
+        before = self._input_digests(inputs)
+        workdir = self.cache.new_workdir(key)
+        log_path = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_path(name)
+            log_path.unlink(missing_ok=True)
+        try:
+            if stage.isolated:
+                result = run_isolated(
+                    _run_stage, stage, inputs, workdir, timeout=stage.timeout, log_path=log_path, what=f"stage {name}"
+                )
+            else:
+                result = stage.run(inputs, workdir)
+            self._check_inputs_unchanged(name, inputs, before)
+            stage.check_outputs(inputs, result)
+            if stage.cacheable:
+                result.outputs = self.cache.commit(key, workdir, result.outputs, result.record)
+        except EdgepackError as e:
+            self.cache.discard(workdir)
+            self.progress.done(name, "failed", time.perf_counter() - t0)
+            if e.message.startswith(f"{name}:"):
+                raise
+            raise e.prefixed(name) from e
+        except Exception as e:
+            self.cache.discard(workdir)
+            self.progress.done(name, "failed", time.perf_counter() - t0)
+            raise StageError(f"{name}: {e.__class__.__name__}: {e}", hint="rerun with --verbose for the traceback") from e
+        result.cached = False
+        result.key = key
+        result.seconds = time.perf_counter() - t0
+        if log_path is not None:
+            result.record.setdefault("log", str(log_path))
+        self.progress.done(name, "ok", result.seconds)
         return result

@@ -2,6 +2,11 @@
 
 Backends that can crash the interpreter or hold gigabytes (TensorFlow, onnx2tf, coremltools,
 OpenVINO, TensorRT, torch training) run here, so a crash or hang fails that stage alone.
+
+A worker dies with its build: it asks the kernel for SIGKILL when the build dies
+(``prctl(PR_SET_PDEATHSIG)``, Linux), and runs in its own process group with a forked guard that
+SIGKILLs the group once the worker is gone, so a converter's own subprocesses go too (the guard
+blocks on a pipe only the worker holds; nothing polls).
 """
 
 from __future__ import annotations
@@ -13,11 +18,48 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from . import failpoints
 from .errors import EdgepackError, StageError
 
 
-def _child(conn, fn, args, kwargs, log_path, sys_path):
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent (the build) dies, on Linux; no-op elsewhere."""
+    import ctypes
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(ctypes.c_int(1), ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the build died before prctl took effect
+        os._exit(1)
+
+
+def _start_group_guard(conn) -> None:
+    """Fork a guard that SIGKILLs this worker's process group once the worker exits or dies."""
+    r, w = os.pipe()  # the worker keeps ``w`` (close-on-exec, so its subprocesses do not)
+    if os.fork() != 0:
+        os.close(r)
+        return
+    try:  # the guard: wait for EOF (every holder of ``w``, i.e. the worker, is gone), then kill the group
+        os.close(w)
+        conn.close()  # the result pipe must close when the worker dies, not when the guard does
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # nor may the guard hold the build's stdout/stderr open
+            os.dup2(null, fd)
+        while os.read(r, 1):
+            pass
+        os.killpg(0, 9)
+    finally:
+        os._exit(0)
+
+
+def _child(conn, fn, args, kwargs, log_path, sys_path, parent_pid=None):
     os.setpgrp()  # its own process group: a timeout kills the converter's own subprocesses too
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+    _start_group_guard(conn)
+    failpoints.hit("worker.start")
     if log_path:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
@@ -52,7 +94,7 @@ def run_isolated(
     """Call ``fn(*args, **kwargs)`` in a spawned process; return its result or raise StageError."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, fn, args, kwargs, str(log_path) if log_path else None, list(sys.path)))
+    proc = ctx.Process(target=_child, args=(child, fn, args, kwargs, str(log_path) if log_path else None, list(sys.path), os.getpid()))
     proc.start()
     child.close()
     try:

@@ -63,3 +63,23 @@ def test_a_stage_that_modifies_its_input_fails_and_the_entry_is_evicted(tmp_path
         eng.run("scribble", Copy(scribble=True, tag="s"), {"x": produced})
     assert not produced.path.exists()  # the corrupted entry is gone, so the next build re-runs it
     assert not list((tmp_path / "cache" / "tmp").iterdir())  # and the failed stage left no workdir
+
+
+def test_a_hit_whose_files_were_overwritten_is_evicted_and_the_stage_reruns(tmp_path):
+    import io
+
+    from edgepack.engine import Progress
+
+    cache = StageCache(tmp_path / "cache")
+    x = _input(tmp_path, b"the real model")
+    first = Engine(cache).run("copy", Copy(), {"x": x}).outputs["y"]
+    first.path.write_bytes(b"the evil model")  # same size: only the digest can tell
+    out = io.StringIO()
+    eng = Engine(cache, Progress(stream=out))
+    again = eng.run("copy", Copy(), {"x": x})
+    assert not again.cached and again.outputs["y"].path.read_bytes() == b"the real model"
+    assert f"copy: cache entry {again.key[:12]} failed its check (out.bin: sha256 mismatch); evicted, re-running" in out.getvalue()
+    assert eng.lineage[-1]["evicted"] == "out.bin: sha256 mismatch"
+    assert Engine(cache).run("copy", Copy(), {"x": x}).cached  # the re-run entry is whole again
+    (again.outputs["y"].path.parent / "extra.bin").write_bytes(b"")
+    assert cache.lookup(again.key) == (None, "extra.bin: not listed in entry.json")

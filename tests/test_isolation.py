@@ -146,3 +146,72 @@ def test_killed_converter_worker_fails_only_its_target(digits_recipe, tmp_path, 
     assert (out / "targets" / "ort" / "model.onnx").is_file()
     assert (out / "targets" / "trt" / "tensorrt" / "build_spec.json").is_file()
     assert not (out / "targets" / "coreml").exists()
+
+
+# ------------------------------------------------------------------ workers die with their build
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return out
+
+
+def _wait_gone(pids, seconds=20.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not all(_gone(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if not _gone(p)]
+
+
+def test_worker_and_its_subprocesses_die_with_a_killed_build(tmp_path):
+    """kill -9 of the process that called run_isolated: the worker (parent-death signal) and the
+    converter subprocess it started (its process group, killed by the worker's guard) go too."""
+    pidfile = tmp_path / "pid"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from test_isolation import _hang_with_subprocess; "
+              "from edgepack.worker import run_isolated; run_isolated(_hang_with_subprocess, sys.argv[2], timeout=600)")
+    build = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent), str(pidfile)],
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        deadline = time.monotonic() + 120
+        while not pidfile.exists() and time.monotonic() < deadline and build.poll() is None:
+            time.sleep(0.1)
+        assert pidfile.exists(), "the worker never started its subprocess"
+        time.sleep(0.2)  # the pid is written right after Popen returns
+        workers = _children(build.pid)
+        converter = int(pidfile.read_text())
+        assert workers and not _gone(converter)
+        os.kill(build.pid, signal.SIGKILL)
+        build.wait()
+        assert _wait_gone([*workers, converter]) == [], "a worker or its subprocess outlived the killed build"
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+
+
+def test_convert_worker_dies_with_a_killed_build(digits_recipe, tmp_path, edgepack_home):
+    """A real build whose PyTorch convert worker is held at its start (fail point worker.start=stop):
+    kill -9 of the build, and the worker is gone (before, it ran on, orphaned)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), EDGEPACK_HOME=str(edgepack_home), EDGEPACK_FAILPOINTS="worker.start=stop")
+    proc = subprocess.Popen([sys.executable, "-m", "edgepack.cli", "build", str(digits_recipe), "-o", str(tmp_path / "out"),
+                             "--no-publish"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        worker, deadline = None, time.monotonic() + 300
+        while worker is None and proc.poll() is None and time.monotonic() < deadline:
+            stopped = [p for p in _children(proc.pid) if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"]
+            worker = stopped[0] if stopped else None
+            time.sleep(0.05)
+        assert worker is not None, f"never saw the convert worker: {proc.poll()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _wait_gone([worker]) == [], "the convert worker outlived the killed build"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

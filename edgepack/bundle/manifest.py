@@ -17,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+from edgepack import failpoints
 from edgepack.artifact import sha256_file
 from edgepack.bundle.fsutil import atomic_write_bytes, replace_dir, safe_relpath, temp_dir_beside
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
@@ -32,11 +33,15 @@ def dump_json(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def write_bundle(out_dir: Path, files: dict[str, Path], manifest: dict, report: dict) -> Path:
-    """Build a bundle next to ``out_dir`` and move it into place in one rename.
+def write_bundle(out_dir: Path, files: dict[str, Path], manifest: dict, report: dict, before_swap=None) -> Path:
+    """Build a bundle in an owned staging folder next to ``out_dir`` and swap it into place
+    atomically (``replace_dir``).
 
     ``files`` maps relative posix paths inside the bundle to source files or folders.
     ``schema_version`` and ``files`` in the written manifest are always set here.
+    ``before_swap(staging_dir)`` runs on the complete staged bundle before the swap (the build
+    signs and verifies there), so ``out_dir`` only ever holds the old or the new finished bundle;
+    if it raises, or the process dies, ``out_dir`` is untouched.
     """
     out_dir = Path(out_dir)
     sources = _check_sources(files)
@@ -57,6 +62,9 @@ def write_bundle(out_dir: Path, files: dict[str, Path], manifest: dict, report: 
         doc["schema_version"] = SCHEMA_VERSION
         doc["files"] = list_files(tmp)
         atomic_write_bytes(tmp / MANIFEST_NAME, dump_json(doc))
+        failpoints.hit("package.after_write")
+        if before_swap is not None:
+            before_swap(tmp)
         return replace_dir(tmp, out_dir, "the bundle")
     finally:
         if tmp.exists():

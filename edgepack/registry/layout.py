@@ -29,6 +29,7 @@ from edgepack.bundle.keys import load_public_key
 from edgepack.bundle.manifest import MANIFEST_NAME
 from edgepack.bundle.sigcheck import verify_bundle
 from edgepack.errors import BadInputError, VerificationError
+from edgepack.locks import owner_token, remove_dead
 from edgepack.registry.refs import DIGEST_RE, Ref, as_ref, check_identity
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -95,7 +96,8 @@ def _blob_path(root: Path, digest: str) -> Path:
 def _put_file(root: Path, src: Path, media_type: str) -> dict:
     """Copy ``src`` into the blob store, hashing while copying; return its descriptor."""
     blobs = root / "blobs" / "sha256"
-    fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".", suffix=".tmp")
+    remove_dead(blobs, ".", (".tmp",))  # blob temps of killed pushes (a live push's are kept)
+    fd, tmp = tempfile.mkstemp(dir=blobs, prefix=f".{owner_token()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
             digest, size = _copy_hashing(f, out)

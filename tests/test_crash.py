@@ -222,7 +222,8 @@ def test_killed_publish_and_pull_leave_temps_the_next_run_removes(built, tmp_pat
     """The index temp of a push killed before its rename, and a pull killed after its swap (the old
     copy under the staging name): the next push and pull remove both; DIR always verifies."""
     recipe, out, cache, home, first = built
-    reg, ref, pulled = tmp_path / "reg", f"layout:{tmp_path / 'reg'}:1.0.0", tmp_path / "pulled"
+    reg, pulled = tmp_path / "registry" / "tiny", tmp_path / "pulled"  # repository = model name, tag = version
+    ref = f"layout:{reg}:0.1.0"
     assert run_cli("publish", out, ref, env=_env(home)).returncode == 0
     r = run_cli("publish", out, ref, env=_env(home, "atomic_write.index.json=kill"))
     assert r.returncode == -signal.SIGKILL and len(_leftovers(reg)) == 1

@@ -23,7 +23,8 @@ from .engine import Engine, Progress, package_versions
 from .errors import BadInputError, EdgepackError, GateFailedError, StageError
 from .ingest import ConvertStage, source_artifact
 from .optimize import PassContext, make_pass
-from .paths import check_free_space, check_writable, scrub_host_paths, tree_size, write_json_atomic
+from . import build_checks as pre_build
+from .paths import check_writable, scrub_host_paths, write_json_atomic
 from .recipe import LoadedRecipe, TargetInput
 from .targets import TargetContext, make_target
 from .devices.fleet import run_fleet
@@ -92,34 +93,6 @@ def _resolve_key(lr: LoadedRecipe, opts: BuildOptions, progress: Progress) -> Pa
     return key
 
 
-def _check_target_names(lr: LoadedRecipe, wanted: list[str] | None) -> None:
-    import difflib
-
-    ids = [t.id for t in lr.recipe.targets]
-    for name in wanted or []:
-        if name not in ids:
-            close = difflib.get_close_matches(name, ids, n=1, cutoff=0.5)
-            raise BadInputError(f"--target {name}: {lr.path} has no target '{name}' (its targets: {', '.join(ids)})",
-                                hint=f"did you mean '{close[0]}'?" if close else "use a target's name (or type when it has no name)")
-
-
-def _host_prefixes(lr: LoadedRecipe, out_dir: Path, cache: StageCache) -> dict[str, str]:
-    """Build-host directories -> what report.json and edgepack.json say instead (bundle- or recipe-relative)."""
-    import os
-
-    return {os.path.expanduser("~"): "~", tempfile.gettempdir(): "$TMPDIR", str(edgepack_home().absolute()): "$EDGEPACK_HOME",
-            str(cache.root.absolute()): "$EDGEPACK_CACHE", str(lr.dir.absolute()): "", str(out_dir.parent): "..", str(out_dir): "."}
-
-
-def _input_sizes(lr: LoadedRecipe) -> tuple[int, int]:
-    """Bytes of the model source and of the data files, for the pre-flight free-space estimate."""
-    m = lr.recipe.model
-    model = sum(tree_size(lr.resolve(p)) for p in (m.path, m.weights) if p)
-    data = sum(tree_size(lr.resolve(p)) for role in ("calibration", "validation", "training")
-               for src in [getattr(lr.recipe.data, role)] if src is not None for p in src.files())
-    return model, data
-
-
 def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     opts = opts or BuildOptions()
     r = lr.recipe
@@ -132,7 +105,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
 
     # Pre-flight: everything that can be checked cheaply is checked before any long stage.
     check_writable(out_dir, "package.output")
-    _check_target_names(lr, opts.targets)
+    pre_build.check_target_names(lr, opts.targets)
     from .registry.refs import parse_ref
 
     ref = parse_ref(f"{registry}:{r.version}")
@@ -154,11 +127,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     target_stages = {t.id: make_target(t, TargetContext(lr.where("targets", i), lr.dir, r.model)) for i, t in enumerate(r.targets) if t in selected}
 
     cache = StageCache(opts.cache_dir, enabled=opts.use_cache)
-    cache_field = "--cache-dir" if opts.cache_dir else "stage cache ($EDGEPACK_CACHE or $EDGEPACK_HOME/cache)"
-    check_writable(cache.root, cache_field)
-    model_bytes, data_bytes = _input_sizes(lr)
-    check_free_space(cache.root, 8 * 2**20 + model_bytes * (2 + len(r.optimize) + len(selected)) + 2 * data_bytes, cache_field)
-    check_free_space(out_dir, 4 * 2**20 + 2 * model_bytes * len(selected), "package.output")
+    pre_build.check_space(lr, out_dir, cache.root, len(selected), "--cache-dir" if opts.cache_dir else None)
     engine = Engine(cache, progress, log_dir=out_dir.parent / f".{out_dir.name}.logs")
     if not opts.quiet:
         print(f"edgepack build {lr.path} -> {out_dir}", file=progress.stream)
@@ -304,7 +273,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     }
     for tid, art in artifacts.items():  # where it lies in the bundle, not in the build host's cache
         targets[tid]["artifact"]["path"] = f"targets/{tid}/{art.path.name}"
-    report = scrub_host_paths(report, _host_prefixes(lr, out_dir, cache))  # issue 11: no build-host paths
+    report = scrub_host_paths(report, pre_build.host_prefixes(lr, out_dir, cache.root))  # issue 11: no build-host paths
     built_ok = [tid for tid, e in targets.items() if e["status"] == "ok"]
     if gate_failures or not built_ok:
         report_path = out_dir.parent / f"{out_dir.name}.report.json"
@@ -351,7 +320,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         "toolchain": report["toolchain"],
         "lineage": [{k: s[k] for k in ("name", "stage", "version", "key", "inputs", "outputs")} for s in engine.lineage],
     }
-    manifest = scrub_host_paths(manifest, _host_prefixes(lr, out_dir, cache))
+    manifest = scrub_host_paths(manifest, pre_build.host_prefixes(lr, out_dir, cache.root))
     progress.start("package + sign")
     t0 = time.perf_counter()
     from .bundle.fsutil import owned_temp_path

@@ -118,7 +118,9 @@ def make_inputs(entry: dict, tid: str, dest: Path, data: Path | None) -> dict:
 def bench_device(profile: DeviceProfile, bundle: Path, manifest: dict, targets: list[str], inputs: dict[str, Path],
                  overrides: dict) -> dict:
     """Every selected target on one device, one after the other. Per-target failures are recorded."""
-    protocol = protocol_for(profile, overrides)
+    # the profile's thread counts (threads: [1, 4]) unless --threads overrides them; each count is one run
+    counts = [None] if overrides.get("threads") is not None else profile.thread_counts()
+    protocols = {n: protocol_for(profile.at_threads(n), overrides) for n in counts}
     transport = transport_for(profile)
     out: dict = {}
     for tid in targets:
@@ -129,20 +131,28 @@ def bench_device(profile: DeviceProfile, bundle: Path, manifest: dict, targets: 
                         f"{', '.join(profile.runtimes)})"}
             continue
         contract, _ = _source_inputs(entry)
-        job = {"mode": "bench", "runtime": runtime, "protocol": protocol, "contract": contract.to_json()}
         files = {"artifact": bundle / entry["path"], "inputs": inputs[tid]}
         try:
-            res = transport.execute(job, files, {})
-            mem = transport.execute(dict(job, mode="memory"), files, {})
+            runs = {n: _bench_one(transport, runtime, protocol, contract, files) for n, protocol in protocols.items()}
         except DeviceUnreachableError:
             raise  # the whole device fails once, not once per target
         except EdgepackError as e:
             out[tid] = {"status": "failed", "error": e.one_line()}
             continue
-        rec = {k: res[k] for k in KEPT if k in res}
-        rec.update(status="ok", protocol=protocol, memory={k: v for k, v in mem.items() if k not in ("ok", "transport")})
-        out[tid] = rec
+        out[tid] = dict(runs[counts[0]])
+        if len(runs) > 1:  # the first count at the top level (as with one count), every count under threads_runs
+            out[tid]["threads_runs"] = {str(n): r for n, r in runs.items()}
     return out
+
+
+def _bench_one(transport, runtime: str, protocol: dict, contract, files: dict) -> dict:
+    """One target at one protocol: the bench job, then the memory job in its own process."""
+    job = {"mode": "bench", "runtime": runtime, "protocol": protocol, "contract": contract.to_json()}
+    res = transport.execute(job, files, {})
+    mem = transport.execute(dict(job, mode="memory"), files, {})
+    rec = {k: res[k] for k in KEPT if k in res}
+    rec.update(status="ok", protocol=protocol, memory={k: v for k, v in mem.items() if k not in ("ok", "transport")})
+    return rec
 
 
 def run_bench(ref: str, devices: list[str], targets: list[str] | None = None, data: Path | None = None,

@@ -64,3 +64,18 @@ def test_single_count_pins_the_protocol(tmp_path):
     prof = load_profile(str(p))[0]
     assert prof.thread_counts() == [2] and prof.at_threads(2).benchmark["threads"] == 2
     assert load_profile("local")[0].thread_counts() == [None]
+
+
+def test_bench_runs_every_listed_count_unless_threads_is_given(tmp_path):
+    from sshd import tiny_bundle
+
+    from edgepack.bench import run_bench
+
+    bundle = tiny_bundle(tmp_path / "b")
+    prof = tmp_path / "t12.yaml"
+    prof.write_text(PROFILE.format(name="t12", threads="[1, 2]"))
+    quick = {"runs": 5, "min_seconds": 0, "warmup_runs": 1}
+    t = run_bench(str(bundle), [str(prof)], overrides=quick)["devices"]["t12"]["targets"]["ort"]
+    assert t["threads"] == 1 and {n: r["threads"] for n, r in t["threads_runs"].items()} == {"1": 1, "2": 2}
+    t = run_bench(str(bundle), [str(prof)], overrides={**quick, "threads": 2})["devices"]["t12"]["targets"]["ort"]
+    assert t["threads"] == 2 and "threads_runs" not in t

@@ -181,15 +181,19 @@ class TFLiteTarget(TargetStage):
         """Batch 1 at each input's batch axis (the runners feed one sample at a time); other symbolic
         dims from the calibration data."""
         axes = {i.name: i.feed_batch_axis for i in self.ctx.model.inputs}
+        declared = {i.name: i.shape for i in self.ctx.model.inputs}
         shapes = []
         for spec, src in zip(ins, sources):
             shape = []
             ax = axes.get(src, 0)
+            decl = declared.get(src) or []
             for d, dim in enumerate(spec["shape"]):
                 if d == ax:
                     shape.append(1)
                 elif isinstance(dim, int) and dim > 0:
                     shape.append(dim)
+                elif len(decl) == len(spec["shape"]) and isinstance(decl[d], int):  # the recipe's declared size
+                    shape.append(decl[d])
                 elif feeds and src in feeds[0]:
                     shape.append(int(feeds[0][src].shape[d]))
                 else:

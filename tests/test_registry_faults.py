@@ -163,11 +163,11 @@ def test_endless_or_oversized_bodies_are_cut_off(reg, proxy, bundle, keys, tmp_p
     ref = f"{proxy.host}/endless/tiny:1.2.0"
     registry.push(bundle, ref)
     proxy.add("GET", r"/blobs/sha256:", "endless", times=100)
-    r = run_cli("pull", ref, "-o", tmp_path / "out", "--key", keys[0][1], "--target", "ort", timeout=120)  # not forever
+    r = run_cli("pull", ref, "-o", tmp_path / "out", "--key", keys[0][1], "--target", "ort", timeout=60)  # not forever
     assert r.returncode == 4 and "larger than its" in r.stderr, r.stderr
     proxy.clear()
     proxy.add("GET", r"/manifests/1\.2\.0$", "endless")
-    r = run_cli("pull", ref, "-o", tmp_path / "out", "--key", keys[0][1], timeout=120)
+    r = run_cli("pull", ref, "-o", tmp_path / "out", "--key", keys[0][1], timeout=60)
     assert r.returncode == 4 and "4194304-byte bound" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 

@@ -47,6 +47,7 @@ class BuildOptions:
     quiet: bool = False
     targets: list[str] | None = None  # build only these target ids
     force: bool = False  # publish over an existing tag of this version (release tags are immutable)
+    progress: object = None  # a callable taking one event dict per stage start/done/note (edgepack/progress_hooks.py)
 
 
 @dataclass
@@ -97,6 +98,9 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     opts = opts or BuildOptions()
     r = lr.recipe
     progress = Progress(quiet=opts.quiet)
+    from .progress_hooks import attach
+
+    attach(progress, opts.progress)  # also to the "edgepack" logger and the caller's callback
     started = _now()
     out_dir = Path(opts.output) if opts.output else (lr.resolve(r.package.output) if r.package.output else Path("dist") / f"{r.name}-{r.version}")
     out_dir = out_dir.expanduser().absolute()

@@ -17,12 +17,17 @@ class Ctx:
     verbose = False
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--verbose", "-v", is_flag=True, help="Show tracebacks and backend messages.")
 @click.version_option(package_name="edgepack")
 @click.pass_context
 def cli(ctx, verbose):
-    """Ship trained models to edge devices."""
+    """Ship trained models to edge devices.
+
+    \b
+    Example:
+      edgepack build recipes/digits/recipe.yaml
+      python -m edgepack build -h"""
     Ctx.verbose = verbose
 
 
@@ -38,7 +43,11 @@ def cli(ctx, verbose):
 @click.option("--force", is_flag=True, help="Publish even if this version's tag exists (moves the tag).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
 def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, force, as_json):
-    """Run a recipe: convert, optimize, compile, validate, sign, publish."""
+    """Run a recipe: convert, optimize, compile, validate, sign, publish.
+
+    \b
+    Example:
+      edgepack build recipes/digits/recipe.yaml --target ort-int8 --no-publish"""
     from .build import BuildOptions
     from .build import build as run_build
     from .recipe import load_recipe
@@ -66,7 +75,11 @@ def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cach
 
 @cli.command()
 def schema():
-    """Print the recipe's JSON Schema."""
+    """Print the recipe's JSON Schema.
+
+    \b
+    Example:
+      edgepack schema > recipe.schema.json"""
     from .recipe import json_schema
 
     click.echo(json_schema())
@@ -77,7 +90,11 @@ def schema():
 @click.option("--curve", type=click.Choice(["P-256", "P-384", "P-521"]), default="P-256")
 @click.option("--force", is_flag=True, help="Overwrite an existing key.")
 def keygen(private_key, curve, force):
-    """Create an EC signing key pair (default $EDGEPACK_HOME/keys/signing-key.pem)."""
+    """Create an EC signing key pair (default $EDGEPACK_HOME/keys/signing-key.pem).
+
+    \b
+    Example:
+      edgepack keygen keys/release.pem --curve P-384"""
     from .bundle.sign import keygen as make
     from .build import DEFAULT_KEY
     from .cache import edgepack_home
@@ -133,7 +150,12 @@ def _is_ref(arg: str) -> bool:
 @_PLAIN_HTTP
 @_TIMEOUT
 def verify(bundle, key, cert_chain, plain_http, timeout):
-    """Check a bundle folder, or a registry artifact (REF) without downloading its files."""
+    """Check a bundle folder, or a registry artifact (REF) without downloading its files.
+
+    \b
+    Example:
+      edgepack verify dist/digits-1.0.0 --key keys/signing-key.pub.pem
+      edgepack verify localhost:5000/digits:1.0.0 --plain-http"""
     if _is_ref(bundle):
         from .registry import verify as verify_ref
 
@@ -160,7 +182,11 @@ def verify(bundle, key, cert_chain, plain_http, timeout):
 def publish(bundle, ref, key, cert_chain, force, plain_http, timeout):
     """Publish a signed bundle to a registry: layout:PATH:TAG or HOST[:PORT]/REPO:TAG (docs/registry.md).
 
-    The bundle's digests and signature are verified before anything is uploaded."""
+    The bundle's digests and signature are verified before anything is uploaded.
+
+    \b
+    Example:
+      edgepack publish dist/digits-1.0.0 registry.example.com/models/digits:1.0.0"""
     from .registry import push
     from .registry.refs import parse_ref
 
@@ -179,7 +205,11 @@ def publish(bundle, ref, key, cert_chain, force, plain_http, timeout):
 @_PLAIN_HTTP
 @_TIMEOUT
 def pull(ref, output, key, cert_chain, device, target, force, plain_http, timeout):
-    """Fetch a bundle, re-hash every blob, verify the signature, then move it into place."""
+    """Fetch a bundle, re-hash every blob, verify the signature, then move it into place.
+
+    \b
+    Example:
+      edgepack pull layout:registry/digits:1.0.0 -o digits --device devices/pi4.yaml"""
     from .registry import pull as do_pull
     from .registry.refs import parse_ref
 
@@ -203,7 +233,11 @@ def pull(ref, output, key, cert_chain, device, target, force, plain_http, timeou
 @_TIMEOUT
 @click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON on stdout.")
 def ls(ref, plain_http, timeout, as_json):
-    """List a registry's tags (or one tag) with targets, sizes and validation status."""
+    """List a registry's tags (or one tag) with targets, sizes and validation status.
+
+    \b
+    Example:
+      edgepack ls layout:registry/digits"""
     from .registry.remote import list_tags  # works on layout and remote references
 
     rows = list_tags(ref, plain_http=plain_http, timeout=timeout)
@@ -229,7 +263,11 @@ def ls(ref, plain_http, timeout, as_json):
 def copy(src, dst, key, cert_chain, force, plain_http, timeout):
     """Copy a bundle between a layout and a remote registry (or two of either), digests preserved.
 
-    The source is verified (signature, every layer digest) before anything is uploaded."""
+    The source is verified (signature, every layer digest) before anything is uploaded.
+
+    \b
+    Example:
+      edgepack copy layout:registry/digits:1.0.0 registry.example.com/models/digits:1.0.0"""
     from .registry import copy as do_copy
 
     info = do_copy(src, dst, _trust(key, cert_chain), plain_http=plain_http, force=force,
@@ -252,7 +290,11 @@ def copy(src, dst, key, cert_chain, force, plain_http, timeout):
               help="Print B/A latency ratios per target and device instead of running.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
 def bench(bundle, devices, targets, data, threads, runs, min_seconds, warmup_runs, timeout, key, compare, as_json):
-    """Benchmark a bundle (folder or registry reference) on one or many devices (docs/benchmark-protocol.md)."""
+    """Benchmark a bundle (folder or registry reference) on one or many devices (docs/benchmark-protocol.md).
+
+    \b
+    Example:
+      edgepack bench dist/digits-1.0.0 -d local -d devices/pi4.yaml --min-seconds 2"""
     from . import bench as b
 
     if compare:
@@ -272,14 +314,22 @@ def bench(bundle, devices, targets, data, threads, runs, min_seconds, warmup_run
 
 @cli.group()
 def devices():
-    """Device profiles (devices/*.yaml)."""
+    """Device profiles (devices/*.yaml).
+
+    \b
+    Example:
+      edgepack devices check devices/pi4.yaml"""
 
 
 @devices.command("check")
 @click.argument("profile")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def devices_check(profile, as_json):
-    """Reach a device: architecture, Python, runtimes, free memory and disk, which targets it can run."""
+    """Reach a device: architecture, Python, runtimes, free memory and disk, which targets it can run.
+
+    \b
+    Example:
+      edgepack devices check devices/pi4.yaml --json"""
     from .devices import load_profile
     from .devices.check import check_device, format_check
 

@@ -19,7 +19,8 @@ from edgepack.bundle.fsutil import replace_dir, safe_relpath, staged_dir
 from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME, read_manifest
 from edgepack.bundle.provenance import PROVENANCE_NAME, verify_provenance
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
-from edgepack.registry.http import ATTEMPTS, MAX_MANIFEST, OCI_INDEX, TransientError
+from edgepack.registry.http import MAX_MANIFEST, OCI_INDEX, TransientError
+from edgepack.registry.limits import ATTEMPTS
 from edgepack.registry.index import A_TARGET, A_TITLE, ARTIFACT_TYPE, SIG_REL, SIGNATURE_TYPE, list_referrers, target_groups
 from edgepack.registry.refs import Ref, check_identity
 from edgepack.registry.select import choose_target

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
 from edgepack.registry.auth import api_host, credentials_for, parse_challenge, realm_allowed, scheme_for, tls_verify
+from edgepack.registry.limits import ATTEMPTS, MIN_RATE, RETRY_STATUS, chunk_size, timeouts
 from edgepack.registry.refs import DIGEST_RE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -43,12 +43,6 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 ACCEPT = ", ".join([OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST])
 MAX_MANIFEST = 4 << 20  # the spec's suggested limit; edgepack manifests are a few KB
-DEFAULT_CHUNK = 8 << 20
-DEFAULT_TIMEOUT = 600.0  # overall, seconds (--timeout / EDGEPACK_REGISTRY_TIMEOUT)
-REQUEST_TIMEOUT = 60.0  # per request (EDGEPACK_REGISTRY_REQUEST_TIMEOUT)
-MIN_RATE = 1 << 20  # bytes/s a blob body is allowed on top of the per-request time
-ATTEMPTS = 4  # one try and 3 retries
-RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 _BOUND_HINT = "the registry sent more than the artifact declares; nothing was kept"
@@ -56,32 +50,6 @@ _BOUND_HINT = "the registry sent more than the artifact declares; nothing was ke
 
 class TransientError(EdgepackError):
     """A network failure that may pass: reset, stall, time out (exit 1 once the retries are spent)."""
-
-
-def chunk_size() -> int:
-    """Upload chunk in bytes (``EDGEPACK_REGISTRY_CHUNK`` overrides; blobs up to it go in one PUT)."""
-    return int(_env_number("EDGEPACK_REGISTRY_CHUNK", DEFAULT_CHUNK, minimum=1024))
-
-
-def _env_number(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise BadInputError(f"{name}={raw!r} is not a number") from e
-    if value <= 0:
-        raise BadInputError(f"{name}={raw!r} must be positive")
-    return max(minimum, value)
-
-
-def timeouts(timeout: float | None = None) -> tuple[float, float]:
-    """(overall, per request) seconds: ``timeout`` (``--timeout``) or the environment, else the defaults."""
-    if timeout is not None and timeout <= 0:
-        raise BadInputError(f"--timeout {timeout:g}: must be a positive number of seconds")
-    overall = timeout if timeout is not None else _env_number("EDGEPACK_REGISTRY_TIMEOUT", DEFAULT_TIMEOUT)
-    return overall, min(overall, _env_number("EDGEPACK_REGISTRY_REQUEST_TIMEOUT", REQUEST_TIMEOUT))
 
 
 class RemoteStore:

@@ -26,7 +26,7 @@ from .optimize import PassContext, make_pass
 from . import build_checks as pre_build
 from .paths import check_writable, scrub_host_paths, write_json_atomic
 from .recipe import LoadedRecipe, TargetInput
-from .targets import TargetContext, make_target
+from .targets import TargetContext, make_target, run_compile
 from .devices.fleet import run_fleet
 from .validate import ReferenceStage, ValidateStage, artifact_contract
 from .validate.gates import evaluate
@@ -196,7 +196,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
             failures.append(err.one_line())
             continue
         try:
-            res = engine.run(f"compile {tid}", stage, {"model": src_model, "source": source, "fp32": fp32, **data})
+            res = run_compile(engine, f"compile {tid}", stage, {"model": src_model, "source": source, "fp32": fp32, **data})
         except EdgepackError as e:
             entry.update(status="failed", error=e.one_line())
             failures.append(e.one_line())

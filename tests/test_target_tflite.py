@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_onnx
+from conftest import run_cli, tiny_onnx
 
 from edgepack.artifact import Artifact, digest_path
 from edgepack.cache import StageCache
@@ -89,6 +89,56 @@ def test_cnn_full_integer_int8_nhwc(tmp_path):
     fid = val["accuracy"]["fidelity"]
     assert fid["samples"] == 24 and fid["cosine"] > 0.98 and fid["top1_agreement"] >= 0.9
     assert fid["max_abs_error"] > 0  # it really is quantized
+
+
+BUILD = """\
+name: tfl
+version: '1'
+model:
+  format: onnx
+  path: model.onnx
+  inputs:
+    - {name: input, shape: [batch, 1, 8, 8], layout: NCHW}
+  outputs: [logits]
+data:
+  calibration: {path: calib.npz}
+  validation: {path: val.npz}
+targets:
+  - {type: tflite, name: tfl-fp32}
+  - {type: tflite, name: tfl-int8, precision: int8}
+devices: [local]
+benchmark: {warmup_runs: 1, warmup_seconds: 0, runs: 3, min_seconds: 0}
+"""
+
+
+def test_build_with_two_tflite_precisions_converts_onnx_once(tmp_path):
+    """fp32 + int8 TFLite targets of one model: one onnx2tf run (a shared SavedModel stage), each
+    compile converts only its own variant from it, and both stay close to FP32 ONNX."""
+    import json
+
+    tiny_onnx(tmp_path / "model.onnx")
+    np.savez(tmp_path / "calib.npz", input=images(32, 1))
+    np.savez(tmp_path / "val.npz", input=images(24, 2))
+    (tmp_path / "recipe.yaml").write_text(BUILD)
+    res = run_cli("build", tmp_path / "recipe.yaml", "-o", tmp_path / "out", "--no-publish", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    conv = [s for s in report["stages"] if s["stage"] == "convert.onnx2tf-savedmodel"]
+    assert len(conv) == 1 and not conv[0]["cached"]  # the second target reused it: no second onnx2tf run
+    compiles = {s["name"]: s for s in report["stages"] if s["stage"] == "compile.tflite"}
+    assert set(compiles) == {"compile tfl-fp32", "compile tfl-int8"}
+    assert {c["inputs"]["saved_model"] for c in compiles.values()} == {conv[0]["outputs"]["saved_model"]}
+    logs = sorted(p.name for p in (tmp_path / ".out.logs").glob("*.log"))
+    assert [n for n in logs if "saved_model" in n] == [f"compile_tfl-fp32_[saved_model].log"]
+    fp32, int8 = report["targets"]["tfl-fp32"], report["targets"]["tfl-int8"]
+    assert fp32["compile"]["onnx2tf_produced"] == ["model_float32.tflite"]  # only the requested variant
+    assert int8["compile"]["onnx2tf_produced"] == ["model_full_integer_quant.tflite"]
+    assert int8["compile"]["tflite_converter"]["representative_samples"] == 32
+    assert fp32["compile"]["saved_model"]["shared_stage"] is True
+    assert int8["artifact"]["inputs"][0]["dtype"] == "int8" and "float32" not in int8["compile"]["tensor_dtypes"]
+    f32, i8 = fp32["devices"]["local"]["accuracy"]["fidelity"], int8["devices"]["local"]["accuracy"]["fidelity"]
+    assert f32["cosine"] > 0.9999 and f32["max_abs_error"] < 1e-4
+    assert i8["cosine"] > 0.98 and i8["top1_agreement"] >= 0.9 and i8["max_abs_error"] > 0
 
 
 def test_mlp_dynamic_batch_dynamic_range(tmp_path):

@@ -1,0 +1,109 @@
+"""Build a real model's recipe with the real `edgepack` command and read back what it produced.
+
+`build()` runs `edgepack build` in a child process and returns the exit code, the stderr line and the
+report; `run_artifact()` runs a compiled target (ONNX Runtime or OpenVINO) on arrays here, so a test
+computes the task metric itself from the artifacts edgepack produced and checks edgepack's number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+BENCH = "benchmark: {warmup_runs: 0, warmup_seconds: 0, runs: 1, min_seconds: 0, max_runs: 1}\n"
+
+
+@dataclass
+class Build:
+    rc: int
+    stdout: str
+    stderr: str
+    report: dict
+    bundle: Path
+
+    def target(self, tid: str) -> dict:
+        return self.report["targets"][tid]
+
+    def device(self, tid: str) -> dict:
+        return self.target(tid)["devices"]["local"]
+
+    def metric(self, tid: str, name: str) -> float:
+        """The named task metric edgepack reports for a target on the local device."""
+        return float(self.device(tid)["metrics"][name]["value"])
+
+    def gate_failed(self, tid: str) -> bool:
+        dev = self.device(tid)
+        return self.target(tid)["status"] != "ok" or not dev.get("gates", {}).get("passed", False)
+
+    def signed(self) -> set[str]:
+        """Target ids in a signed bundle (empty when nothing was signed)."""
+        manifest = self.bundle / "edgepack.json"
+        if not manifest.is_file():
+            return set()
+        return set(json.loads(manifest.read_text())["targets"])
+
+    def why(self) -> str:
+        return f"exit {self.rc}\nstderr: {self.stderr[-2500:]}\nstdout: {self.stdout[-1500:]}"
+
+
+def recipe_dir(tmp_path: Path, *modules: str) -> Path:
+    """A recipe folder with the named helper modules (nets.py, metrics_fns.py) copied beside it."""
+    d = tmp_path / "recipe"
+    d.mkdir(exist_ok=True)
+    for m in modules:
+        shutil.copy(HERE / m, d / m)
+    return d
+
+
+def build(d: Path, recipe: str, home: Path, *extra: str, timeout: int = 900) -> Build:
+    (d / "recipe.yaml").write_text(recipe)
+    env = dict(os.environ, PYTHONPATH=str(REPO), EDGEPACK_HOME=str(home))
+    r = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", "recipe.yaml", "-o", "out", "--no-publish", *extra],
+                       cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
+    report_path = next((p for p in (d / "out" / "report.json", d / "out.report.json") if p.is_file()), None)
+    report = json.loads(report_path.read_text()) if report_path else {}
+    return Build(r.returncode, r.stdout, r.stderr, report, d / "out")
+
+
+def error_line(b: Build) -> str:
+    """The one error line the CLI printed (house rule: one line naming the field/node and what to do)."""
+    lines = [ln for ln in b.stderr.splitlines() if ln.startswith("error")]
+    assert lines, b.why()
+    assert "Traceback" not in b.stderr, b.why()
+    return lines[-1]
+
+
+def run_artifact(artifact: dict, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """Run a compiled ONNX Runtime / OpenVINO artifact on per-sample feeds; outputs concatenated on axis 0."""
+    path = Path(artifact["path"])
+    runtime = artifact.get("meta", {}).get("runtime", artifact.get("kind"))
+    if path.is_dir():  # an OpenVINO IR folder
+        path = next(path.glob("*.xml"))
+    if path.suffix == ".xml":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+        outs = [[np.asarray(v) for v in compiled(f).values()] for f in feeds]
+    else:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.log_severity_level = 1, 3
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        outs = [sess.run(None, f) for f in feeds]
+    assert outs, f"no feeds for {runtime} artifact {path}"
+    return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
+
+
+def samples(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(n)]

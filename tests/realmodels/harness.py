@@ -29,6 +29,7 @@ class Build:
     stderr: str
     report: dict
     bundle: Path
+    home: Path
 
     def target(self, tid: str) -> dict:
         return self.report["targets"][tid]
@@ -38,7 +39,22 @@ class Build:
 
     def metric(self, tid: str, name: str) -> float:
         """The named task metric edgepack reports for a target on the local device."""
-        return float(self.device(tid)["metrics"][name]["value"])
+        return float(self.device(tid)["accuracy"]["metrics"][name]["value"])
+
+    def reference(self, name: str) -> float:
+        return float(self.report["evaluate"]["reference"][name]["value"])
+
+    def artifact(self, tid: str) -> dict:
+        """The target's artifact with `path` resolved on this host: in the signed bundle, else in the stage
+        cache of the compile stage that produced it (a build whose gates failed writes no bundle)."""
+        art = dict(self.target(tid)["artifact"])
+        rel = Path(art["path"])
+        if (self.bundle / rel).exists():
+            art["path"] = str(self.bundle / rel)
+            return art
+        stage = next(s for s in self.report["stages"] if s.get("outputs", {}).get("artifact") == art["digest"])
+        art["path"] = str(self.home / "cache" / stage["key"][:2] / stage["key"] / rel.name)
+        return art
 
     def gate_failed(self, tid: str) -> bool:
         dev = self.device(tid)
@@ -71,7 +87,7 @@ def build(d: Path, recipe: str, home: Path, *extra: str, timeout: int = 900) -> 
                        cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
     report_path = next((p for p in (d / "out" / "report.json", d / "out.report.json") if p.is_file()), None)
     report = json.loads(report_path.read_text()) if report_path else {}
-    return Build(r.returncode, r.stdout, r.stderr, report, d / "out")
+    return Build(r.returncode, r.stdout, r.stderr, report, d / "out", home)
 
 
 def error_line(b: Build) -> str:

@@ -12,11 +12,11 @@ import numpy as np
 CHARSET = Path(__file__).resolve().parent / "charset.txt"  # written beside the recipe by the OCR test
 
 
-def words(logits: np.ndarray) -> list[str]:
+def words(logits: np.ndarray, charset: Path = CHARSET) -> list[str]:
     """PP-OCR word crops: CTC greedy decode (blank 0, then charset.txt in order), surrounding spaces dropped."""
     from edgepack.validate.text import ctc_greedy, read_charset
 
-    return [s.strip() for s in ctc_greedy(logits, read_charset(CHARSET), 0)]
+    return [s.strip() for s in ctc_greedy(logits, read_charset(charset), 0)]
 
 
 def text_f1(outputs: dict, labels) -> float:
@@ -46,3 +46,15 @@ def stream_vad(run_step, chunks: np.ndarray, carry: bool = True) -> np.ndarray:
             out[s, t] = float(np.asarray(prob).reshape(-1)[0])
             state = new if carry else state
     return out
+
+
+def recall_at_1(emb: np.ndarray) -> float:
+    """Queries are the first half of the samples, their paraphrases the second half, in the same order."""
+    e = np.asarray(emb, np.float64)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    n = len(e) // 2
+    return float(np.mean((e[:n] @ e[n:].T).argmax(1) == np.arange(n)))
+
+
+def retrieval(outputs: dict, labels) -> float:  # noqa: ARG001 - the pairing is by position
+    return recall_at_1(outputs["embedding"])

@@ -33,7 +33,6 @@ optimize:
 targets:
   - {{type: onnxruntime, name: ort-int8}}
   - {{type: onnxruntime, name: ort-fp32, input: fp32}}
-  - {{type: openvino, name: ov-int8, input: fp32, precision: int8}}
 gates:
   max_accuracy_drop: {MAX_DROP}
 {harness.BENCH}"""
@@ -41,7 +40,7 @@ gates:
     assert b.report, b.why()
     feeds = harness.samples({"x": x})
     top1 = {tid: float(np.mean(harness.run_artifact(b.artifact(tid), feeds)[0].argmax(1) == y))
-            for tid in ("ort-int8", "ort-fp32", "ov-int8")}
+            for tid in ("ort-int8", "ort-fp32")}  # OpenVINO/TFLite/Core ML of this model: tests/test_pretrained.py
     assert top1["ort-fp32"] == 1.0, top1
     for tid, acc in top1.items():
         assert b.metric(tid, "top1") == pytest.approx(acc), (tid, b.device(tid)["accuracy"].get("metrics"))

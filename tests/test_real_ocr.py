@@ -55,7 +55,8 @@ gates:
 {harness.BENCH}"""
     b = harness.build(d, recipe, edgepack_home)
     assert b.report, b.why()
-    fp32 = metrics_fns.exact_match(metrics_fns.words(harness.run_artifact(b.target("ort-fp32")["artifact"], harness.samples({"x": x}))[0]), texts)
+    charset = d / "charset.txt"
+    fp32 = metrics_fns.exact_match(metrics_fns.words(harness.run_artifact(b.artifact("ort-fp32"), harness.samples({"x": x}))[0], charset), texts)
     assert fp32 >= 0.9, f"FP32 exact match {fp32}: the rendered words should be read"
     ok, collapsed = set(), set()
     for tid in ("ort-int8", "ort-fp32", "ov-int8"):
@@ -64,9 +65,9 @@ gates:
             assert tid == "ort-int8" and b.rc in (3, 5), b.why()
             collapsed.add(tid)
             continue
-        (logits,) = harness.run_artifact(t["artifact"], harness.samples({"x": x}))
-        em = metrics_fns.exact_match(metrics_fns.words(logits), texts)
-        assert b.metric(tid, "exact_match") == pytest.approx(em, abs=1e-6), (tid, em, b.device(tid).get("metrics"))
+        (logits,) = harness.run_artifact(b.artifact(tid), harness.samples({"x": x}))
+        em = metrics_fns.exact_match(metrics_fns.words(logits, charset), texts)
+        assert b.metric(tid, "exact_match") == pytest.approx(em, abs=1e-6), (tid, em, b.device(tid)["accuracy"].get("metrics"))
         (ok if fp32 - em <= MAX_DROP else collapsed).add(tid)
         assert b.gate_failed(tid) == (tid in collapsed), (tid, em, fp32, b.device(tid).get("gates"))
     assert "ort-fp32" in ok
@@ -113,9 +114,9 @@ gates:
     assert "max_accuracy_drop" in harness.error_line(b0)
     b = harness.build(d, recipe, edgepack_home)
     assert b.rc == 0, b.why()
-    fp32 = metrics_fns.text_f1({"p": harness.run_artifact(b.target("ort-fp32")["artifact"], harness.samples({"x": x}))[0]}, mask)
+    fp32 = metrics_fns.text_f1({"p": harness.run_artifact(b.artifact("ort-fp32"), harness.samples({"x": x}))[0]}, mask)
     for tid in ("ort-int8", "ort-fp32", "ov-int8"):
-        (prob,) = harness.run_artifact(b.target(tid)["artifact"], harness.samples({"x": x}))
+        (prob,) = harness.run_artifact(b.artifact(tid), harness.samples({"x": x}))
         f1 = metrics_fns.text_f1({"p": prob}, mask)
         assert b.metric(tid, "text_f1") == pytest.approx(f1, abs=1e-6), tid
         assert fp32 - f1 <= 0.03, (tid, f1, fp32)  # INT8 keeps the task metric (its cosine was 0.96-0.98)

@@ -11,6 +11,12 @@ import pytest
 from realmodels import data, harness, metrics_fns, wheels
 
 pytestmark = pytest.mark.slow
+
+
+def _stream_surface() -> bool:
+    from edgepack.recipe import InputSpec
+
+    return "batch_axis" in InputSpec.model_fields
 MAX_DROP = 0.03
 
 
@@ -58,6 +64,8 @@ gates:
 """
 
 
+@pytest.mark.xfail(not _stream_surface(), strict=True,
+                   reason="model.inputs[].batch_axis / value, model.state and data mode: stream are not on this branch yet")
 def test_streaming_vad(silero, tmp_path, edgepack_home):
     d = harness.recipe_dir(tmp_path, "metrics_fns.py")
     chunks, labels = data.speech_streams(6)
@@ -66,19 +74,19 @@ def test_streaming_vad(silero, tmp_path, edgepack_home):
     np.savez(d / "calib.npz", input=chunks[:2, ::4].reshape(-1, chunks.shape[-1]))
     b = harness.build(d, RECIPE.format(model=silero, drop=MAX_DROP) + harness.BENCH, edgepack_home)
     assert b.report, b.why()
-    fp32_art = b.target("ort-fp32")["artifact"]
+    fp32_art = b.artifact("ort-fp32")
     streamed = metrics_fns.stream_vad(_step(fp32_art), chunks)
     fp32 = metrics_fns.vad_accuracy({"output": streamed}, labels)
     stateless = metrics_fns.vad_accuracy({"output": metrics_fns.stream_vad(_step(fp32_art), chunks, carry=False)}, labels)
     assert fp32 >= 0.9 and stateless < fp32 - 0.1, (fp32, stateless)
-    assert b.report["reference"]["metrics"]["vad_accuracy"]["value"] == pytest.approx(fp32, abs=1e-6) if "reference" in b.report else True
+    assert b.reference("vad_accuracy") == pytest.approx(fp32, abs=1e-6)  # the FP32 reference streamed too
     for tid in ("ort-fp32", "ov-fp32", "ort-int8"):
         t = b.report["targets"].get(tid, {})
         if "artifact" not in t:
             continue
-        acc = metrics_fns.vad_accuracy({"output": metrics_fns.stream_vad(_step(t["artifact"]), chunks)}, labels)
+        acc = metrics_fns.vad_accuracy({"output": metrics_fns.stream_vad(_step(b.artifact(tid)), chunks)}, labels)
         # edgepack's number is the streamed one (state carried on the device), not the stateless 0.76
-        assert b.metric(tid, "vad_accuracy") == pytest.approx(acc, abs=1e-6), (tid, acc, b.device(tid).get("metrics"))
+        assert b.metric(tid, "vad_accuracy") == pytest.approx(acc, abs=1e-6), (tid, acc, b.device(tid)["accuracy"].get("metrics"))
         assert b.gate_failed(tid) == (fp32 - acc > MAX_DROP), tid
     assert b.rc in (0, 5), b.why()
     assert {"ort-fp32", "ov-fp32"} <= b.signed(), b.why()

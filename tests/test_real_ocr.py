@@ -73,10 +73,12 @@ gates:
     assert "ort-fp32" in ok
     assert collapsed, "static INT8 of PP-OCRv4 rec measured 0.425 exact match here; a collapse is expected"
     assert not (b.signed() & collapsed), b.why()
-    assert b.rc != 0, b.why()
-    # the targets within budget ship: same stages (cached), the collapsed targets left out
+    if b.rc == 5:  # the quantize pass missed the same budget and failed alone: the fp32 targets shipped
+        assert b.signed() == ok, b.why()
+        return
+    assert b.rc == 3, b.why()  # a gate failed: nothing signed; the targets within budget ship without the collapsed
     kept = "".join(line + "\n" for line in recipe.splitlines() if not any(f"name: {c}" in line for c in collapsed))
-    b2 = harness.build(d, kept, edgepack_home)
+    b2 = harness.build(d, kept, edgepack_home)  # same stages, cached
     assert b2.rc == 0, b2.why()
     assert b2.signed() == ok
 

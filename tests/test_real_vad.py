@@ -28,9 +28,10 @@ def silero():
 def _step(artifact: dict):
     """One streaming step through a compiled ONNX Runtime / OpenVINO artifact."""
     sr = np.array(16000, np.int64)
+    model = harness.runner(artifact)
 
     def run(chunk, state):
-        prob, new = harness.run_artifact(artifact, [{"input": chunk, "state": state, "sr": sr}])
+        prob, new = model({"input": chunk, "state": state, "sr": sr})
         return prob, new
 
     return run
@@ -80,13 +81,18 @@ def test_streaming_vad(silero, tmp_path, edgepack_home):
     stateless = metrics_fns.vad_accuracy({"output": metrics_fns.stream_vad(_step(fp32_art), chunks, carry=False)}, labels)
     assert fp32 >= 0.9 and stateless < fp32 - 0.1, (fp32, stateless)
     assert b.reference("vad_accuracy") == pytest.approx(fp32, abs=1e-6)  # the FP32 reference streamed too
-    for tid in ("ort-fp32", "ov-fp32", "ort-int8"):
+    for tid in ("ort-fp32", "ort-int8"):
         t = b.report["targets"].get(tid, {})
-        if "artifact" not in t:
+        if "artifact" not in t:  # the quantize pass may fail alone (exit 5)
+            assert tid == "ort-int8" and b.rc == 5, b.why()
             continue
         acc = metrics_fns.vad_accuracy({"output": metrics_fns.stream_vad(_step(b.artifact(tid)), chunks)}, labels)
-        # edgepack's number is the streamed one (state carried on the device), not the stateless 0.76
+        # edgepack's number is the streamed one (state carried on the device), not the stateless one
         assert b.metric(tid, "vad_accuracy") == pytest.approx(acc, abs=1e-6), (tid, acc, b.device(tid)["accuracy"].get("metrics"))
         assert b.gate_failed(tid) == (fp32 - acc > MAX_DROP), tid
-    assert b.rc in (0, 5), b.why()
-    assert {"ort-fp32", "ov-fp32"} <= b.signed(), b.why()
+    # OpenVINO cannot convert the Conv inside the model's If branch (its input rank is dynamic there):
+    # that target fails alone, naming the ONNX node; the wheel's silero_vad_16k_op15.onnx is the If-free variant
+    ov = b.target("ov-fp32")
+    assert ov["status"] == "failed" and "If_0" in ov.get("error", "") and "Conv" in ov["error"], ov.get("error")
+    assert b.rc == 5, b.why()
+    assert "ort-fp32" in b.signed() and "ov-fp32" not in b.signed(), b.why()

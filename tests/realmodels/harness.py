@@ -98,25 +98,29 @@ def error_line(b: Build) -> str:
     return lines[-1]
 
 
-def run_artifact(artifact: dict, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    """Run a compiled ONNX Runtime / OpenVINO artifact on per-sample feeds; outputs concatenated on axis 0."""
+def runner(artifact: dict):
+    """A callable feeds -> list of outputs for a compiled ONNX Runtime / OpenVINO artifact (loaded once)."""
     path = Path(artifact["path"])
-    runtime = artifact.get("meta", {}).get("runtime", artifact.get("kind"))
     if path.is_dir():  # an OpenVINO IR folder
         path = next(path.glob("*.xml"))
     if path.suffix == ".xml":
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
-        outs = [[np.asarray(v) for v in compiled(f).values()] for f in feeds]
-    else:
-        import onnxruntime as ort
+        return lambda f: [np.asarray(v) for v in compiled(f).values()]
+    import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.log_severity_level = 1, 3
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        outs = [sess.run(None, f) for f in feeds]
-    assert outs, f"no feeds for {runtime} artifact {path}"
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.log_severity_level = 1, 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return lambda f: sess.run(None, f)
+
+
+def run_artifact(artifact: dict, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """Run a compiled artifact on per-sample feeds; outputs concatenated on axis 0."""
+    run = runner(artifact)
+    outs = [run(f) for f in feeds]
+    assert outs, f"no feeds for artifact {artifact['path']}"
     return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
 
 

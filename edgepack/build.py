@@ -47,6 +47,7 @@ class BuildOptions:
     quiet: bool = False
     targets: list[str] | None = None  # build only these target ids
     force: bool = False  # publish over an existing tag of this version (release tags are immutable)
+    allow_partial: bool = False  # publish even when some targets failed (else a partial build is not published)
     progress: object = None  # a callable taking one event dict per stage start/done/note (edgepack/progress_hooks.py)
 
 
@@ -59,6 +60,7 @@ class BuildResult:
     report: dict
     published: dict | None = None
     failures: list[str] = field(default_factory=list)
+    not_published: str | None = None  # why a build that would have published did not
 
 
 def default_registry(name: str) -> str:
@@ -352,14 +354,25 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         prov.unlink(missing_ok=True)
     progress.done("package + sign", "ok", time.perf_counter() - t0)
     published = None
-    if publish:
+    not_published = partial_refusal(failures, opts.allow_partial or r.publish.allow_partial) if publish else None
+    if not_published:
+        progress.note(f"not published: {not_published}")
+    elif publish:
         progress.start("publish")
         t0 = time.perf_counter()
         published = _publish(bundle, ref, opts.force)
         progress.done("publish", "ok", time.perf_counter() - t0, note=published.get("ref", ""))
     report_path = bundle / "report.json"
     status = "partial" if failures else "ok"
-    return BuildResult(status, 5 if failures else 0, bundle, report_path, report, published, failures)
+    return BuildResult(status, 5 if failures else 0, bundle, report_path, report, published, failures, not_published)
+
+
+def partial_refusal(failures: list[str], allowed: bool) -> str | None:
+    """Why a build with failed targets does not publish its version tag (None: publish)."""
+    if not failures or allowed:
+        return None
+    return (f"{len(failures)} target(s)/stage(s) failed, so the version tag was not published "
+            "(the bundle is written and signed; publish.allow_partial: true or --allow-partial publishes it)")
 
 
 def _optimize(engine: Engine, lr: LoadedRecipe, fp32: Artifact, source: Artifact, data: dict) -> tuple[Artifact | None, list[dict], str | None]:

@@ -41,8 +41,9 @@ def cli(ctx, verbose):
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Stage cache (default $EDGEPACK_HOME/cache).")
 @click.option("--no-cache", is_flag=True, help="Re-run every stage.")
 @click.option("--force", is_flag=True, help="Publish even if this version's tag exists (moves the tag).")
+@click.option("--allow-partial", is_flag=True, help="Publish even when some targets failed (default: sign, don't publish).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
-def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, force, as_json):
+def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, force, allow_partial, as_json):
     """Run a recipe: convert, optimize, compile, validate, sign, publish.
 
     \b
@@ -55,19 +56,23 @@ def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cach
 
     lr = load_recipe(recipe)
     opts = BuildOptions(output=output, registry=registry, publish=not no_publish, key=key, targets=list(targets) or None,
-                        cache_dir=cache_dir, use_cache=not no_cache, quiet=as_json, force=force)
+                        cache_dir=cache_dir, use_cache=not no_cache, quiet=as_json, force=force,
+                        allow_partial=allow_partial)
     res = run_build(lr, opts)
     if as_json:
         from .report import summary_rows
 
         click.echo(json.dumps({"status": res.status, "exit_code": res.exit_code, "bundle": str(res.bundle),
-                               "report": str(res.report_path), "published": res.published, "failures": res.failures,
+                               "report": str(res.report_path), "published": res.published, "not_published": res.not_published,
+                               "failures": res.failures,
                                "summary": summary_rows(res.report)}, indent=2, default=str))
     else:
         click.echo(summary_table(res.report))
         click.echo(f"\nbundle: {res.bundle}")
         if res.published:
             click.echo(f"published: {res.published.get('ref')} ({res.published.get('digest')})")
+        if res.not_published:
+            click.echo(f"not published: {res.not_published}")
         for f in res.failures:
             click.echo(f"failed: {f}", err=True)
     sys.exit(res.exit_code)

@@ -415,6 +415,7 @@ class Package(Strict):
 class Publish(Strict):
     registry: str | None = Field(None, description="layout:PATH (default $EDGEPACK_HOME/registry/<name>).")
     enabled: bool = True
+    allow_partial: bool = Field(False, description="Publish the version tag even when some targets failed (default: the bundle is written and signed, not published).")
 
 
 class Benchmark(Strict):

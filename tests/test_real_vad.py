@@ -11,12 +11,6 @@ import pytest
 from realmodels import data, harness, metrics_fns, wheels
 
 pytestmark = pytest.mark.slow
-
-
-def _stream_surface() -> bool:
-    from edgepack.recipe import InputSpec
-
-    return "batch_axis" in InputSpec.model_fields
 MAX_DROP = 0.03
 
 
@@ -65,8 +59,6 @@ gates:
 """
 
 
-@pytest.mark.xfail(not _stream_surface(), strict=True,
-                   reason="model.inputs[].batch_axis / value, model.state and data mode: stream are not on this branch yet")
 def test_streaming_vad(silero, tmp_path, edgepack_home):
     d = harness.recipe_dir(tmp_path, "metrics_fns.py")
     chunks, labels = data.speech_streams(6)

@@ -33,11 +33,30 @@ def _dims(shape):
     return None if shape is None else list(shape)
 
 
+def stream_shapes(recipe, shapes: dict | None) -> dict | None:
+    """Stream mode (data.validation.mode: stream): each ONNX output shape as metrics receive it,
+    [S, T, *step] (the per-step output without its batch axis; a state output's is its state input's)."""
+    src = recipe.data.validation
+    if shapes is None or src is None or src.mode != "stream":
+        return shapes
+    specs = {i.name: i for i in recipe.model.inputs}
+    state_axis = {st.output: specs[st.input].feed_batch_axis if st.input in specs else 0 for st in recipe.model.state}
+    out = {}
+    for name, shape in shapes.items():
+        s = _dims(shape)
+        ax = state_axis.get(name, 0)
+        out[name] = None if s is None else ["S", "T", *(d for i, d in enumerate(s) if i != ax)]
+    return out
+
+
 def _shape_problem(m, shape) -> str | None:
     s = _dims(shape)
     if s is None:
         return None
     t = getattr(m, "type", None)
+    if s[:2] == ["S", "T"] and t in BINARY:  # stream: per-step scores against per-step labels [S, T]
+        return None if s[2:] in ([], [1], [2]) or (len(s) == 3 and isinstance(s[2], str)) else \
+            f"needs per-step [], [1] or [2] scores (stream mode: [S, T, ...]), the output has shape {s}"
     if t in CLASSIFIER and (len(s) != 2 or s[1] == 1):
         return f"needs a classifier output [N, classes], the output has shape {s}"
     if t in BINARY and not (len(s) == 1 or (len(s) == 2 and s[1] in (1, 2) or (len(s) == 2 and isinstance(s[1], str)))):
@@ -109,7 +128,7 @@ def check_evaluation(recipe, where, outputs: dict | list | None = None, label_se
 
     outputs: the model's output names (a list) or {name: shape} (None: use recipe.model.outputs, if given).
     label_sets: the validation label set names (None: those the recipe declares, if it does)."""
-    shapes = outputs if isinstance(outputs, dict) else None
+    shapes = stream_shapes(recipe, outputs) if isinstance(outputs, dict) else None
     outs = list(outputs) if outputs is not None else (list(recipe.model.outputs) if recipe.model.outputs else None)
     if label_sets is None:
         label_sets = declared_label_sets(recipe)

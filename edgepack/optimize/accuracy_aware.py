@@ -31,7 +31,7 @@ class _Evaluator:
     (edgepack/validate/metrics.py, the same numbers as the build's gates) or a builtin."""
 
     def __init__(self, validation: Path, reference: list[np.ndarray], cfg: AccuracyAware, where: str,
-                 specs=(), output_names: list[str] | None = None, base_dir: Path | None = None):
+                 specs=(), output_names: list[str] | None = None, base_dir: Path | None = None, model=None):
         from ..data import read_data, read_npz
 
         self.arrays, self.labels = read_npz(validation)
@@ -39,6 +39,7 @@ class _Evaluator:
         self.reference = reference
         self.cfg = cfg
         self.specs, self.names, self.base_dir = list(specs), output_names or [f"output_{k}" for k in range(len(reference))], base_dir
+        self.model = model  # the recipe's model section: how inputs are fed (edgepack/feeding.py)
         self.named = named_metric(cfg.metric, self.specs)
         self.higher_is_better = True
         if self.named is None and cfg.metric == AccuracyMetric.TOP1.value:
@@ -66,7 +67,7 @@ class _Evaluator:
         return float(s[self.cfg.metric]), s.get("mse")
 
     def __call__(self, path: Path) -> dict:
-        value, mse = self.score(run_model(path, self.arrays))
+        value, mse = self.score(run_model(path, self.arrays, model=self.model, recipe_dir=self.base_dir))
         drop = self.fp32 - value
         if self.cfg.relative:
             drop = drop / self.scale if self.scale > 0 else float("inf") if drop > 0 else 0.0
@@ -98,12 +99,13 @@ def search(
     where: str,
     specs=(),
     base_dir: Path | None = None,
+    model=None,
 ) -> dict:
     import onnx
 
-    model = onnx.load(str(model_in), load_external_data=False)
-    ev = _Evaluator(validation, reference, cfg, where, specs, [o.name for o in model.graph.output], base_dir)
-    op_of = {n.name: n.op_type for n in model.graph.node}
+    graph = onnx.load(str(model_in), load_external_data=False)
+    ev = _Evaluator(validation, reference, cfg, where, specs, [o.name for o in graph.graph.output], base_dir, model)
+    op_of = {n.name: n.op_type for n in graph.graph.node}
     rec: dict = {
         "metric": cfg.metric,
         "metric_source": "evaluate" if ev.named is not None else "builtin",

@@ -61,7 +61,7 @@ class DistillStage(Stage):
         where = self.ctx.where
         names = [t.name for t in src.inputs]
         validation = inputs["validation"].path if "validation" in inputs else None
-        teacher_rec, teacher_val = measure(src.path, validation, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir)
+        teacher_rec, teacher_val = measure(src.path, validation, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir, model=self.ctx.model)
         tr_arrays, tr_labels = read_npz(inputs["training"].path)
         tr_arrays = {n: tr_arrays[n] for n in names}
         teacher_train = run_model(src.path, tr_arrays)[0]
@@ -87,7 +87,7 @@ class DistillStage(Stage):
         example = {n: tr_arrays[n][:1] for n in names}
         out = export(student, src, self.ctx.model, example, workdir, record)
         torch_meta = save_state(student, workdir, c.student, self.ctx.recipe_dir)
-        student_rec, _ = measure(out, validation, teacher_val, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir)
+        student_rec, _ = measure(out, validation, teacher_val, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir, model=self.ctx.model)
         record["before"], record["after"] = teacher_rec, student_rec
         record["size_ratio"] = round(teacher_rec["size_bytes"] / student_rec["size_bytes"], 3)
         record["params_ratio"] = round(teacher_rec["params"] / max(student_rec["params"], 1), 3)

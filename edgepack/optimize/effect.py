@@ -40,10 +40,18 @@ def _cast(sess, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def run_model(path: Path, arrays: dict[str, np.ndarray], batch: int = 256) -> list[np.ndarray]:
-    """All outputs of the model on all samples (batched when the first axis is dynamic)."""
+def run_model(path: Path, arrays: dict[str, np.ndarray], batch: int = 256, model=None, recipe_dir: Path | None = None) -> list[np.ndarray]:
+    """All outputs of the model (ONNX order) on all samples, fed as the device runner feeds them
+    (edgepack/feeding.py: batch axes, constants, stream mode with the state carried -> [S, T, ...]);
+    plain batch-axis-0 models with a dynamic first axis are fed ``batch`` samples at a time."""
+    from ..feeding import batchable, is_stream_data, onnx_contract, run_onnx
+
+    contract = onnx_contract(path, model, recipe_dir)
+    if not batchable(contract, is_stream_data(model, arrays)):
+        return list(run_onnx(path, arrays, model, recipe_dir).values())
     sess = _session(path, threads=2)
-    arrays = _cast(sess, arrays)
+    sources = {b["name"]: b["source"] for b in contract["inputs"]}
+    arrays = _cast(sess, {k: arrays[s] for k, s in sources.items()})
     names = [i.name for i in sess.get_inputs()]
     dynamic = all(not isinstance(i.shape[0], int) for i in sess.get_inputs())
     step = batch if dynamic else 1
@@ -59,6 +67,7 @@ def run_model(path: Path, arrays: dict[str, np.ndarray], batch: int = 256) -> li
 
 
 def latency_ms(path: Path, sample: dict[str, np.ndarray], min_seconds: float = 0.3, max_runs: int = 300) -> dict:
+    """p50/p90 of one complete feed (``sample``: keyed by the model's input names; see first_feed)."""
     sess = _session(path, threads=1)
     feed = _cast(sess, sample)
     for _ in range(5):
@@ -71,6 +80,14 @@ def latency_ms(path: Path, sample: dict[str, np.ndarray], min_seconds: float = 0
         times.append((time.perf_counter() - t0) * 1e3)
     a = np.asarray(times)
     return {"p50_ms": round(float(np.percentile(a, 50)), 4), "p90_ms": round(float(np.percentile(a, 90)), 4), "runs": len(times)}
+
+
+def first_feed(path: Path, arrays: dict[str, np.ndarray], model=None, recipe_dir: Path | None = None) -> dict[str, np.ndarray]:
+    """The runner's first feed (sample 0, or step 0 of sequence 0 with the initial state): what latency is timed on."""
+    from ..devices.runner import first_feeds
+    from ..feeding import is_stream_data, onnx_contract
+
+    return first_feeds(onnx_contract(path, model, recipe_dir), arrays, is_stream_data(model, arrays))
 
 
 def _shape_map(model) -> dict[str, list[int]]:
@@ -164,22 +181,23 @@ def named_metrics(path: Path, specs, outputs: list[np.ndarray], labels, referenc
 
 
 def measure(path: Path, validation: Path | None, reference: list[np.ndarray] | None = None, latency: bool = True,
-            specs=(), base_dir: Path | None = None) -> tuple[dict, list | None]:
-    """Effect record of one model, and its outputs on the validation inputs (None without data)."""
+            specs=(), base_dir: Path | None = None, model=None) -> tuple[dict, list | None]:
+    """Effect record of one model, and its outputs on the validation inputs (None without data).
+    ``model`` (the recipe's model section; ``base_dir`` its directory) says how inputs are fed."""
     from ..data import read_npz
 
     rec: dict = {"size_bytes": size_path(path), **weight_stats(path)}
     outputs = None
     if validation is not None:
         arrays, labels = read_npz(validation)
-        outputs = run_model(path, arrays)
+        outputs = run_model(path, arrays, model=model, recipe_dir=base_dir)
         rec["accuracy"] = scores(outputs, labels, reference)
         if specs:
             from ..data import read_data
 
             rec["metrics"] = named_metrics(path, specs, outputs, read_data(validation)[1], reference, base_dir)
         if latency:
-            rec["latency"] = latency_ms(path, {k: v[:1] for k, v in arrays.items()})
+            rec["latency"] = latency_ms(path, first_feed(path, arrays, model, base_dir))
     return rec, outputs
 
 

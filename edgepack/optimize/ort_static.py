@@ -94,13 +94,15 @@ def candidate_nodes(path: Path, op_types: list[str] | None, qformat: str, includ
 
 
 class NpzReader:
-    """CalibrationDataReader over a frozen .npz (one sample per call); rewindable."""
+    """CalibrationDataReader over a frozen .npz: one complete feed per call, fed as the device runner
+    feeds the model (edgepack/feeding.py: batch axes, constants, stream steps with the state carried); rewindable."""
 
-    def __init__(self, npz: Path, input_names: list[str]):
-        from ..data import read_npz, samples
+    def __init__(self, npz: Path, model_path: Path, model=None, recipe_dir: Path | None = None):
+        from ..data import read_npz
+        from ..feeding import onnx_feeds
 
         arrays, _ = read_npz(npz)
-        self._samples = list(samples({k: arrays[k] for k in input_names}))
+        self._samples = onnx_feeds(model_path, arrays, model, recipe_dir)
         self._it = iter(self._samples)
 
     def get_next(self):
@@ -113,14 +115,11 @@ class NpzReader:
         return len(self._samples)
 
 
-def calibrate(model: Path, calib: Path, method: str, op_types: list[str] | None, workdir: Path):
+def calibrate(model: Path, calib: Path, method: str, op_types: list[str] | None, workdir: Path, recipe_model=None, recipe_dir: Path | None = None):
     """Tensor ranges over the calibration set (onnxruntime TensorsData)."""
     import onnx
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
-    names = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
-    init = {i.name for i in onnx.load(str(model), load_external_data=False).graph.initializer}
-    names = [n for n in names if n not in init]
     cal_dir = workdir / "calibration"
     cal_dir.mkdir(exist_ok=True)
     calibrator = create_calibrator(
@@ -129,7 +128,7 @@ def calibrate(model: Path, calib: Path, method: str, op_types: list[str] | None,
         augmented_model_path=str(cal_dir / "augmented_model.onnx"),
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method],
     )
-    calibrator.collect_data(NpzReader(calib, names))
+    calibrator.collect_data(NpzReader(calib, model, recipe_model, recipe_dir))
     ranges = calibrator.compute_data()
     del calibrator
     import shutil

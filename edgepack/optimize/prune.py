@@ -58,7 +58,7 @@ class PruneStage(Stage):
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         src = inputs["model"]
         validation = inputs["validation"].path if "validation" in inputs else None
-        before, reference = measure(src.path, validation, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir)
+        before, reference = measure(src.path, validation, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir, model=self.ctx.model)
         record: dict = {"method": self.cfg.method}
         meta = {k: v for k, v in src.meta.items() if k != "torch"}
         meta["passes"] = [*src.meta.get("passes", []), f"prune:{self.cfg.method}"]
@@ -70,7 +70,7 @@ class PruneStage(Stage):
         else:
             out = workdir / "model.onnx"
             prune_onnx(src.path, out, self.cfg, record)
-        after, _ = measure(out, validation, reference, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir)
+        after, _ = measure(out, validation, reference, specs=self.ctx.evaluate, base_dir=self.ctx.recipe_dir, model=self.ctx.model)
         for r in (before, after):
             r["compressed_bytes"] = len(zlib.compress(Path(src.path if r is before else out).read_bytes(), 6))
         record["before"], record["after"] = before, after

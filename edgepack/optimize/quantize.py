@@ -71,7 +71,7 @@ class QuantizeStage(Stage):
             record["calibration_sha256"] = inputs["calibration"].digest
             record["calibration_samples"] = inputs["calibration"].meta.get("samples")
         specs, base = self.ctx.evaluate, self.ctx.recipe_dir
-        before, reference = measure(src.path, validation, specs=specs, base_dir=base)
+        before, reference = measure(src.path, validation, specs=specs, base_dir=base, model=self.ctx.model)
         if self.cfg.mode is not QuantizeMode.FP16 and any(op in count_ops(src.path) for op in QUANTIZED_OPS):
             shutil.copyfile(src.path, out)
             record["skipped"] = "the model is already quantized (it has QuantizeLinear/DequantizeLinear or integer ops)"
@@ -83,7 +83,7 @@ class QuantizeStage(Stage):
             self._dynamic(src.path, out, workdir, validation, reference, record)
         else:
             self._static(src.path, out, inputs["calibration"].path, workdir, validation, reference, record)
-        after, _ = measure(out, validation, reference, specs=specs, base_dir=base)
+        after, _ = measure(out, validation, reference, specs=specs, base_dir=base, model=self.ctx.model)
         record["before"], record["after"] = before, after
         record["size_before"], record["size_after"] = before["size_bytes"], after["size_bytes"]
         record["ops_after"] = count_ops(out)
@@ -105,7 +105,7 @@ class QuantizeStage(Stage):
         min_opset = 13 if c.per_channel else 11
         pre = ort_static.preprocess(src, workdir, record, min_opset, "per-channel quantization needs opset >= 13" if c.per_channel else "QDQ needs opset >= 11")
         try:
-            ranges = ort_static.calibrate(pre, calib, c.calibration, c.op_types, workdir)
+            ranges = ort_static.calibrate(pre, calib, c.calibration, c.op_types, workdir, self.ctx.model, self.ctx.recipe_dir)
         except Exception as e:
             raise StageError(f"{self.ctx.where}: calibration failed: {e.__class__.__name__}: {str(e)[:300]}") from e
         record["calibration_method"] = c.calibration
@@ -168,7 +168,7 @@ class QuantizeStage(Stage):
         candidates = ort_static.candidate_nodes(model_in, types, fmt, c.nodes, c.exclude_nodes)
         try:
             record["accuracy_aware"] = search(quantize, candidates, model_in, validation, reference, c.accuracy_aware, out, workdir, self.ctx.where,
-                                              self.ctx.evaluate, self.ctx.recipe_dir)
+                                              self.ctx.evaluate, self.ctx.recipe_dir, self.ctx.model)
         except PassFailedError as e:
             record["accuracy_aware"] = e.record  # sensitivities and steps, kept in the report
             raise

@@ -83,7 +83,7 @@ class TensorRTTarget(TargetStage):
                 shutil.copyfile(model.path, onnx_out)
                 record["qdq"] = "from the optimize chain (symmetric int8, checked)"
             else:
-                quantize_qdq(fp32.path, inputs["calibration"].path, onnx_out)
+                quantize_qdq(fp32.path, inputs["calibration"].path, onnx_out, self.ctx.model, self.ctx.recipe_dir)
                 record["qdq"] = "placed here: ONNX Runtime static QDQ, int8 symmetric weights and activations, per-channel"
         else:
             if has_qdq(model.path):
@@ -91,7 +91,7 @@ class TensorRTTarget(TargetStage):
             shutil.copyfile(fp32.path, onnx_out)
         record["shapes"] = set_shapes(onnx_out, self.opts, self.ctx.where, self._declared())
         calib = inputs["calibration"].path if "calibration" in inputs else None
-        record["check"], feeds, reference = check_with_ort(fp32.path, onnx_out, record["shapes"]["profile"] or None, calib)
+        record["check"], feeds, reference = check_with_ort(fp32.path, onnx_out, record["shapes"]["profile"] or None, calib, self.ctx.model, self.ctx.recipe_dir)
         spec = _build_spec(self.opts, precision, record["shapes"]["profile"])
         built = _try_build(out, spec, record)
         if built:

@@ -36,17 +36,17 @@ def check_trt_qdq(path: Path, where: str) -> None:
                 )
 
 
-def quantize_qdq(fp32: Path, calibration: Path, out: Path) -> None:
+def quantize_qdq(fp32: Path, calibration: Path, out: Path, model=None, recipe_dir: Path | None = None) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from ..data import read_npz
+    from ..feeding import onnx_feeds
 
-    arrays, _ = read_npz(calibration)
-    n = len(next(iter(arrays.values())))
+    feeds = onnx_feeds(fp32, read_npz(calibration)[0], model, recipe_dir)  # as the runner feeds it (stream: state carried)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{k: v[i : i + 1] for k, v in arrays.items()} for i in range(n)])
+            self.it = iter(feeds)
 
         def get_next(self):
             return next(self.it, None)
@@ -134,22 +134,23 @@ def _check_rank(where, key, cur, want):
         raise BadInputError(f"{where}.options.{key}: rank {len(want)} but the model input has rank {len(cur)} ({cur})")
 
 
-def check_with_ort(fp32: Path, prepared: Path, profile: dict | None, calibration: Path | None):
-    """One sample (calibration sample 0, else seeded random) through the FP32 and the prepared model
+def check_with_ort(fp32: Path, prepared: Path, profile: dict | None, calibration: Path | None, model=None, recipe_dir: Path | None = None):
+    """One sample (the runner's first calibration feed, else seeded random) through the FP32 and the prepared model
     (smoke check, recorded). Returns (record, feeds, FP32 outputs) so an engine built here is checked on the same sample."""
     import onnxruntime as ort
 
     from ..data import read_npz
+    from ..feeding import onnx_feeds
 
-    arrays = read_npz(calibration)[0] if calibration is not None else {}
+    first = onnx_feeds(prepared, read_npz(calibration)[0], model, recipe_dir, limit=1)[0] if calibration is not None else {}
     sess = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {}
     for i in sess.get_inputs():
         shape = profile[i.name]["opt"] if profile and i.name in profile else [d if isinstance(d, int) else 1 for d in i.shape]
         dtype = np.float32 if "float" in i.type else np.int64
-        if i.name in arrays and list(arrays[i.name].shape[1:]) == list(shape[1:]):
-            feeds[i.name] = np.ascontiguousarray(arrays[i.name][: shape[0]]).astype(dtype)
+        if i.name in first and list(first[i.name].shape) == list(shape):
+            feeds[i.name] = first[i.name]
         else:
             feeds[i.name] = rng.random(shape).astype(dtype) if dtype is np.float32 else np.zeros(shape, dtype)
     try:

@@ -103,6 +103,14 @@ def _topk(spec, o, y):
     return _result(spec, hit.mean(), hit, k=k)
 
 
+def per_step(o, y):
+    """Stream mode with per-step labels ([S, T] labels, [S, T, ...] scores): one row per step ([S*T, ...], [S*T])."""
+    o, y = np.asarray(o), np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1 and o.ndim >= 2 and o.shape[:2] == y.shape:
+        return o.reshape(-1, *o.shape[2:]), y.reshape(-1)
+    return o, y
+
+
 def positive_scores(spec, o: np.ndarray) -> np.ndarray:
     """The positive-class score per sample from [N], [N,1] or [N,2] outputs (probabilities after `scores: logit`)."""
     o = np.asarray(o, dtype=np.float64)
@@ -126,12 +134,14 @@ def _truth(spec, o, y) -> np.ndarray:
 
 
 def _binary_accuracy(spec, o, y):
+    o, y = per_step(o, y)
     pred = positive_scores(spec, o) >= spec.threshold
     hit = (pred == _truth(spec, o, y)).astype(np.float64)
     return _result(spec, hit.mean(), hit)
 
 
 def _f1(spec, o, y):
+    o, y = per_step(o, y)
     pred, t = positive_scores(spec, o) >= spec.threshold, _truth(spec, o, y)
     tp, fp, fn = int(np.sum(pred & t)), int(np.sum(pred & ~t)), int(np.sum(~pred & t))
     f1 = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
@@ -139,6 +149,7 @@ def _f1(spec, o, y):
 
 
 def _roc_auc(spec, o, y):
+    o, y = per_step(o, y)
     s, t = positive_scores(spec, o), _truth(spec, o, y)
     npos, nneg = int(t.sum()), int((~t).sum())
     if not npos or not nneg:

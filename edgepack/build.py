@@ -112,6 +112,9 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     # Pre-flight: everything that can be checked cheaply is checked before any long stage.
     check_writable(out_dir, "package.output")
     pre_build.check_target_names(lr, opts.targets)
+    from .preflight import preflight
+
+    preflight(lr, [t for t in r.targets if not opts.targets or t.id in opts.targets])  # extras, pass data, ONNX inputs
     from .registry.refs import parse_ref
 
     ref = parse_ref(f"{registry}:{r.version}")

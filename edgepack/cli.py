@@ -32,7 +32,7 @@ def cli(ctx, verbose):
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Bundle directory (default dist/NAME-VERSION).")
 @click.option("--registry", help="Where to publish: layout:PATH (default $EDGEPACK_HOME/registry/NAME).")
 @click.option("--no-publish", is_flag=True, help="Build, validate and sign, but do not publish.")
@@ -76,6 +76,24 @@ def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cach
         for f in res.failures:
             click.echo(f"failed: {f}", err=True)
     sys.exit(res.exit_code)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--target", "targets", multiple=True, help="Check only this target (repeatable).")
+def check(recipe, targets):
+    """Check a recipe without building: fields, backends (pip extras), data a pass needs, the model's inputs,
+    metrics and gates, devices (SSH devices are reached). Exit 2 on the first mistake.
+
+    \b
+    Example:
+      edgepack check recipes/digits"""
+    from .preflight import check_recipe
+    from .recipe import load_recipe
+
+    for line in check_recipe(load_recipe(recipe), list(targets) or None):
+        click.echo(line)
+    click.echo("OK: nothing found that would stop a build before it starts")
 
 
 @cli.command()

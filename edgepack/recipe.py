@@ -616,6 +616,8 @@ def parse_recipe(text: str, path: Path) -> Recipe:
 
 def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
     path = Path(path)
+    if path.is_dir():  # a recipe folder: its recipe.yaml
+        path = path / "recipe.yaml"
     from . import safe_yaml
 
     try:

@@ -1,0 +1,139 @@
+"""Mistakes found before any stage runs (issue 13 item 6), shared by `edgepack build` and `edgepack check`.
+
+Each check raises BadInputError (exit 2) with one line naming the recipe field and what to do:
+a pip extra missing for the source format, a pass or a target (with the pip command); a pass that needs
+data the recipe lacks; an ONNX source whose inputs (names, ranks) differ from model.inputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from .errors import BadInputError
+from .recipe import LoadedRecipe
+
+# pip extra -> the modules it provides that a stage imports (pyproject.toml [project.optional-dependencies])
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch", "onnxscript"),
+    "tensorflow": ("tensorflow", "tf2onnx"),
+    "tflite": ("onnx2tf", "tensorflow"),
+    "openvino": ("openvino",),  # nncf too, for int8 (checked by that stage)
+    "coreml": ("coremltools",),
+    "tensorrt": (),  # without tensorrt on the build host, the engine is built on the device
+}
+
+
+def _missing(modules) -> str | None:
+    return next((m for m in modules if importlib.util.find_spec(m) is None), None)
+
+
+def _require(where: str, what: str, extra: str, modules=None) -> None:
+    mod = _missing(modules if modules is not None else EXTRA_MODULES.get(extra, ()))
+    if mod is not None:
+        raise BadInputError(f"{where}: {what} needs the '{mod}' package, which is not installed", hint=f"pip install 'edgepack[{extra}]'")
+
+
+def pass_extra(cfg) -> str | None:
+    """The pip extra an optimize pass needs beyond the base install (None: onnx/onnxruntime only)."""
+    if cfg.pass_ == "distill" or (cfg.pass_ == "prune" and getattr(cfg, "method", None) == "channel"):
+        return "torch"
+    return None
+
+
+def check_extras(lr: LoadedRecipe, targets) -> None:
+    """Source format, passes and the selected targets: their backends are importable."""
+    from .ingest import CONVERTERS
+    from .targets import TARGETS
+
+    m = lr.recipe.model
+    extra = CONVERTERS.get(m.format, (None, None))[1]
+    if extra:
+        _require(lr.where("model", "format"), f"a {m.format.value} source", extra)
+    for i, cfg in enumerate(lr.recipe.optimize):
+        extra = pass_extra(cfg)
+        if extra:
+            _require(lr.where("optimize", i), f"the {cfg.pass_} pass", extra,
+                     ("torch", "torch_pruning") if cfg.pass_ == "prune" else ("torch",))
+    for i, t in enumerate(lr.recipe.targets):
+        extra = TARGETS.get(t.type, (None, None))[1]
+        if t in targets and extra:
+            mods = EXTRA_MODULES[extra]
+            if extra == "coreml" and m.format.value == "onnx":
+                mods = mods + ("onnx2tf", "tensorflow")  # ONNX sources go through onnx2tf
+            _require(lr.where("targets", i), f"target '{t.id}' ({t.type.value})", extra, mods)
+
+
+def check_pass_data(lr: LoadedRecipe) -> None:
+    """A pass that needs data the recipe lacks (static quantization without data.calibration)."""
+    data = lr.recipe.data
+    for i, cfg in enumerate(lr.recipe.optimize):
+        if cfg.pass_ == "quantize" and getattr(cfg.mode, "value", cfg.mode) == "static" and data.calibration is None:
+            raise BadInputError(f"{lr.where('optimize', i)}: static quantization needs calibration data; the recipe has no data.calibration",
+                                hint="add data.calibration (path or loader), or use mode: dynamic")
+
+
+def onnx_inputs(lr: LoadedRecipe) -> dict[str, int] | None:
+    """{name: rank} of an ONNX source's graph inputs (initializers excluded), read without running it."""
+    m = lr.recipe.model
+    if m.format.value != "onnx" or not m.path:
+        return None
+    import onnx
+
+    try:
+        graph = onnx.load(str(lr.resolve(m.path)), load_external_data=False).graph
+    except Exception:
+        return None  # the convert stage reports an unreadable model with its own message
+    inits = {i.name for i in graph.initializer}
+    return {i.name: len(i.type.tensor_type.shape.dim) for i in graph.input
+            if i.name not in inits and i.type.HasField("tensor_type") and i.type.tensor_type.HasField("shape")}
+
+
+def check_onnx_inputs(lr: LoadedRecipe) -> None:
+    """model.inputs name the ONNX file's inputs, with the same rank."""
+    found = onnx_inputs(lr)
+    if not found:
+        return
+    names = ", ".join(f"{n} (rank {r})" for n, r in found.items())
+    for i, spec in enumerate(lr.recipe.model.inputs):
+        if spec.name not in found:
+            raise BadInputError(f"{lr.where('model', 'inputs', i, 'name')}: {lr.recipe.model.path} has no input '{spec.name}' (its inputs: {names})",
+                                hint="use the model file's input names")
+        if spec.value is None and len(spec.shape) != found[spec.name]:  # (a constant may be fed reshaped)
+            raise BadInputError(f"{lr.where('model', 'inputs', i, 'shape')}: input '{spec.name}' has rank {found[spec.name]} in "
+                                f"{lr.recipe.model.path}, the recipe gives {len(spec.shape)} dims {spec.shape}",
+                                hint=f"give {found[spec.name]} dims")
+
+
+def preflight(lr: LoadedRecipe, targets) -> None:
+    """Every cheap check on a loaded recipe and its selected targets, before any stage."""
+    check_extras(lr, targets)
+    check_pass_data(lr)
+    check_onnx_inputs(lr)
+
+
+def check_recipe(lr: LoadedRecipe, wanted: list[str] | None = None) -> list[str]:
+    """`edgepack check`: what `build` checks up front, plus that each SSH device answers; builds nothing.
+
+    Returns one line per thing checked; raises the first mistake."""
+    from .build_checks import check_target_names
+    from .devices import load_profile
+    from .validate_plan import check_evaluation, onnx_outputs
+
+    r = lr.recipe
+    check_target_names(lr, wanted)
+    selected = [t for t in r.targets if not wanted or t.id in wanted]
+    preflight(lr, selected)
+    check_evaluation(r, lr.where, outputs=onnx_outputs(r.model, lr), base_dir=lr.dir)
+    lines = [f"recipe:  {lr.path} ({r.name} {r.version})", f"targets: {', '.join(t.id for t in selected)} (backends installed)"]
+    for d in r.devices:
+        profile = load_profile(d, lr.dir)[0]
+        if profile.transport.type.value == "ssh":
+            from .devices.check import check_device
+
+            info = check_device(profile)
+            lines.append(f"device:  {profile.name} reachable ({(info.get('host') or {}).get('arch')}; can run "
+                         f"{', '.join(info['can_run_targets']) or 'no bundle target'})")
+            lines.extend(f"problem: {profile.name}: {p}" for p in info["problems"])
+        else:
+            lines.append(f"device:  {profile.name} ({profile.transport.type.value})")
+    return lines

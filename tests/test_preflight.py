@@ -1,0 +1,83 @@
+"""Mistakes first (issue 13 item 6): each is exit 2 with one line, before any stage ran (no cache entry, no
+"convert" line); `edgepack check` makes the same checks without building; a recipe folder means its recipe.yaml."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import TINY_RECIPE, run_cli
+
+
+def _nothing_ran(res, home):
+    assert "convert" not in res.stdout
+    cache = home / "cache"
+    assert not cache.exists() or not any(p.is_file() for p in cache.rglob("*")), list(cache.rglob("*"))
+
+
+def _build(recipe, *extra, env=None):
+    return run_cli("build", recipe, "--no-publish", "-o", recipe.parent / "out", *extra, cwd=recipe.parent, env=env)
+
+
+def _without(tmp_path, *modules) -> dict:
+    """An environment where ``modules`` cannot be imported (sys.modules[name] = None, Python's own way)."""
+    d = tmp_path / "hide"
+    d.mkdir(exist_ok=True)
+    (d / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules))
+    return {"PYTHONPATH": os.pathsep.join([str(d), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_missing_extra_for_a_target(tiny_recipe, edgepack_home, tmp_path):
+    tiny_recipe.write_text(TINY_RECIPE.replace("gates:\n", "  - type: openvino\n    name: ov\ngates:\n"))
+    res = _build(tiny_recipe, env=_without(tmp_path, "openvino"))
+    assert res.returncode == 2, res.stderr
+    assert "targets[1]" in res.stderr and "'openvino' package" in res.stderr and "pip install 'edgepack[openvino]'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    _nothing_ran(res, edgepack_home)
+    ok = run_cli("check", tiny_recipe, "--target", "ort", env=_without(tmp_path, "openvino"))  # only what is built
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_missing_extra_for_the_source_format_and_a_pass(digits_recipe, tiny_recipe, edgepack_home, tmp_path):
+    res = _build(digits_recipe, env=_without(tmp_path, "torch"))
+    assert res.returncode == 2, res.stderr
+    assert "model.format" in res.stderr and "pip install 'edgepack[torch]'" in res.stderr
+    _nothing_ran(res, edgepack_home)
+    tiny_recipe.write_text(TINY_RECIPE.replace("    mode: static\n", "    mode: static\n  - {pass: distill, student: m:f}\n"))
+    res = _build(tiny_recipe, env=_without(tmp_path, "torch"))
+    assert res.returncode == 2, res.stderr
+    assert "optimize[1]" in res.stderr and "distill pass" in res.stderr and "pip install 'edgepack[torch]'" in res.stderr
+    _nothing_ran(res, edgepack_home)
+
+
+def test_static_quantize_without_calibration(tiny_recipe, edgepack_home):
+    tiny_recipe.write_text(TINY_RECIPE.replace("  calibration:\n    path: calib.npz\n", ""))
+    res = _build(tiny_recipe)
+    assert res.returncode == 2, res.stderr
+    assert "optimize[0]" in res.stderr and "no data.calibration" in res.stderr
+    _nothing_ran(res, edgepack_home)
+
+
+@pytest.mark.parametrize("edit,says", [
+    (("- name: input\n", "- name: image\n"), "has no input 'image' (its inputs: input (rank 4))"),
+    (("shape: [batch, 1, 8, 8]", "shape: [batch, 8, 8]"), "input 'input' has rank 4"),
+])
+def test_inputs_that_do_not_match_the_onnx_file(tiny_recipe, edgepack_home, edit, says):
+    tiny_recipe.write_text(TINY_RECIPE.replace(*edit))
+    res = _build(tiny_recipe)
+    assert res.returncode == 2, res.stderr
+    assert says in res.stderr and "model.inputs[0]" in res.stderr
+    _nothing_ran(res, edgepack_home)
+
+
+def test_recipe_folder_and_check(tiny_recipe, edgepack_home):
+    res = run_cli("check", tiny_recipe.parent)  # a folder: its recipe.yaml
+    assert res.returncode == 0, res.stderr
+    assert "OK:" in res.stdout and "ort" in res.stdout
+    _nothing_ran(res, edgepack_home)
+    assert not (tiny_recipe.parent / "out").exists()
+    tiny_recipe.write_text(TINY_RECIPE.replace("  calibration:\n    path: calib.npz\n", ""))
+    for res in (run_cli("check", tiny_recipe.parent), _build(tiny_recipe.parent)):
+        assert res.returncode == 2 and "recipe.yaml" in res.stderr and "no data.calibration" in res.stderr, res.stderr
+        _nothing_ran(res, edgepack_home)

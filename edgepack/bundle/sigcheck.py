@@ -25,6 +25,7 @@ from pathlib import Path
 
 from edgepack.artifact import sha256_file
 from edgepack.bundle.keys import fingerprint, load_public_key
+from edgepack.bundle.mslite import ms
 from edgepack.bundle.manifest import MANIFEST_NAME, SIGNATURES_DIR, check_files, list_files, read_manifest
 from edgepack.errors import BadInputError, VerificationError
 
@@ -34,8 +35,7 @@ SIG_REL = f"{SIGNATURES_DIR}/{SIGNATURE_NAME}"
 
 def hashing_config():
     """model-signing's file hashing as edgepack signs: sha256 per file, no symlinks, all but signatures/."""
-    from model_signing import hashing
-
+    hashing = ms("hashing")
     return (
         hashing.Config()
         .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
@@ -88,8 +88,6 @@ def signed_digests(sig: bytes, trust: Trust) -> dict[str, str]:
     Raises VerificationError for a corrupt, invalid or foreign signature.
     """
     from cryptography.exceptions import InvalidSignature
-    from model_signing import verifying
-    from model_signing._signing import sign_sigstore_pb
 
     try:
         doc = json.loads(sig)
@@ -101,14 +99,14 @@ def signed_digests(sig: bytes, trust: Trust) -> dict[str, str]:
         if hint and hint != hashlib.sha256(pem).hexdigest():
             raise VerificationError(f"{SIG_REL}: signed by a different key than {trust.public_key}",
                                     hint="pass the public key of the key that signed this bundle")
-        cfg = verifying.Config().use_elliptic_key_verifier(public_key=trust.public_key)
+        verifier = ms("_signing.sign_ec_key").Verifier(Path(trust.public_key))
     else:
-        cfg = verifying.Config().use_certificate_verifier(certificate_chain=list(trust.cert_chain))
+        verifier = ms("_signing.sign_certificate").Verifier([Path(c) for c in trust.cert_chain], log_fingerprints=False)
     with tempfile.TemporaryDirectory(prefix="edgepack-sig-") as d:
         path = Path(d) / "model.sig"
         path.write_bytes(sig)
         try:
-            manifest = cfg._verifier.verify(sign_sigstore_pb.Signature.read(path))  # model-signing 1.1.1 verifier
+            manifest = verifier.verify(ms("_signing.sign_sigstore_pb").Signature.read(path))  # model-signing 1.1.1 verifier
         except InvalidSignature as e:
             raise VerificationError(f"{SIG_REL}: signature is invalid for {trust.describe()}") from e
         except Exception as e:  # malformed bundle, untrusted certificate (OpenSSL store errors), ...
@@ -225,13 +223,10 @@ def check_publishable(bundle_dir: Path, trust: "Trust | None" = None) -> dict:
 
 def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path) -> None:
     from cryptography.exceptions import InvalidSignature
-    from model_signing import verifying
 
-    cfg = verifying.Config().use_elliptic_key_verifier(public_key=public_key)
-    cfg.set_hashing_config(hashing_config())
     rel = SIG_REL
     try:
-        cfg.verify(bundle_dir, sig_path)
+        _upstream_verify(ms("_signing.sign_ec_key").Verifier(Path(public_key)), bundle_dir, sig_path)
     except InvalidSignature as e:
         raise VerificationError(f"{rel}: signature is invalid for public key {public_key}") from e
     except ValueError as e:
@@ -246,6 +241,17 @@ def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path) -> Non
         raise VerificationError(f"{rel}: {msg}") from e
     except Exception as e:  # malformed Sigstore bundle: KeyError, TypeError, pydantic errors ...
         raise VerificationError(f"{rel}: corrupt signature file ({type(e).__name__}: {e})") from e
+
+
+def _upstream_verify(verifier, bundle_dir: Path, sig_path: Path) -> None:
+    """model_signing.verifying.Config.verify (1.1.1) for a non-Sigstore verifier, without importing
+    ``verifying`` (it imports the Sigstore verifier, sigstore and TUF: edgepack/bundle/mslite.py)."""
+    expected = verifier.verify(ms("_signing.sign_sigstore_pb").Signature.read(Path(sig_path)))
+    cfg = hashing_config()
+    if "ignore_paths" in expected.serialization_type:
+        cfg.add_ignored_paths(model_path=bundle_dir, paths=expected.serialization_type["ignore_paths"])
+    if cfg.hash(bundle_dir) != expected:
+        raise ValueError("Signature mismatch")
 
 
 def _verify_with_chain(bundle_dir: Path, sig_path: Path, cert_chain: tuple) -> None:

@@ -36,7 +36,7 @@ def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = 
     With ``certificate`` (the key's X.509 signing certificate, PEM) and ``certificate_chain``
     (intermediate/CA certificates), the signature carries the certificate for company-PKI trust
     (``verify --cert-chain CA.pem``) instead of a bare public-key hint."""
-    from model_signing import signing
+    from edgepack.bundle.mslite import ms
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
@@ -58,12 +58,12 @@ def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = 
             for c in [cert, *chain]:
                 if not c.is_file():
                     raise BadInputError(f"certificate {c} not found", hint="check package.certificate / package.certificate_chain")
-            cfg = signing.Config().use_certificate_signer(
-                private_key=Path(private_key).expanduser(), signing_certificate=cert, certificate_chain=chain
-            )
+            signer = ms("_signing.sign_certificate").Signer(Path(private_key).expanduser(), cert, chain)
         else:
-            cfg = signing.Config().use_elliptic_key_signer(private_key=Path(private_key).expanduser())
-        cfg.set_hashing_config(hashing_config()).sign(bundle_dir, tmp)
+            signer = ms("_signing.sign_ec_key").Signer(Path(private_key).expanduser(), None)
+        # what model_signing.signing.Config.sign does, without importing its Sigstore signer (edgepack/bundle/mslite.py)
+        payload = ms("_signing.signing").Payload(hashing_config().hash(bundle_dir))
+        signer.sign(payload).write(tmp)
         atomic_write_bytes(sig_path, tmp.read_bytes())
     except OSError as e:
         raise BadInputError(f"cannot write {sig_path}: {e.strerror or e}") from e

@@ -14,8 +14,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+
+def without_torch() -> None:
+    """Call before importing ``onnxruntime.quantization``: it imports ``onnxruntime.tools``, whose
+    ``__init__`` imports torch whenever it is installed (1.7 s, unused here; edgepack/bareimport.py)."""
+    from ..bareimport import bare_package
+
+    bare_package("onnxruntime.tools")
+
+
 # Op types the ORT quantizer can quantize (QDQ registry), used to list candidate nodes.
 def quantizable_op_types(qformat: str) -> set[str]:
+    without_torch()
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     return set(QDQRegistry) if qformat == "qdq" else set(QLinearOpsRegistry)
@@ -67,6 +77,7 @@ def ensure_opset(path: Path, minimum: int, workdir: Path, record: dict, why: str
 
 
 def preprocess(src: Path, workdir: Path, record: dict, min_opset: int, why: str) -> Path:
+    without_torch()
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model_in = constants_to_initializers(src, workdir / "constants_folded.onnx", record)
@@ -118,6 +129,7 @@ class NpzReader:
 def calibrate(model: Path, calib: Path, method: str, op_types: list[str] | None, workdir: Path, recipe_model=None, recipe_dir: Path | None = None):
     """Tensor ranges over the calibration set (onnxruntime TensorsData)."""
     import onnx
+    without_torch()
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     cal_dir = workdir / "calibration"
@@ -141,6 +153,7 @@ def quantize_with_ranges(
     model: Path, out: Path, ranges, *, qformat: str, per_channel: bool, symmetric_activations: bool,
     symmetric_weights: bool, op_types: list[str] | None, include: list[str] | None, exclude: list[str],
 ) -> None:
+    without_torch()
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType, load_model_with_shape_infer, update_opset_version

@@ -125,9 +125,10 @@ class QuantizeStage(Stage):
         self._run(quantize, pre, out, workdir, validation, reference, record)
 
     def _dynamic(self, src: Path, out: Path, workdir: Path, validation, reference, record: dict) -> None:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         from . import ort_static
+
+        ort_static.without_torch()
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
         c = self.cfg
         if c.op_types and "Conv" in c.op_types:

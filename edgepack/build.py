@@ -174,10 +174,9 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     model, optimize_records, pass_error = _optimize(engine, lr, fp32, source, data)
 
     # Pre-flight op coverage: per target, the nodes it cannot convert, before any conversion starts
-    from .targets.coverage import preflight
     from .targets.coverage import summary as coverage_summary
 
-    coverage = {tid: preflight(stage, _target_model(stage.target, fp32, model), fp32)
+    coverage = {tid: pre_build.target_coverage(engine, stage, _target_model(stage.target, fp32, model), fp32, {"source": source, **data})
                 for tid, stage in target_stages.items() if _target_model(stage.target, fp32, model) is not None}
 
     # Compile, then validate each target on each device

@@ -47,3 +47,35 @@ def host_prefixes(lr: LoadedRecipe, out_dir: Path, cache_root: Path) -> dict[str
     """Build-host directories -> what report.json and edgepack.json say instead (bundle- or recipe-relative)."""
     return {os.path.expanduser("~"): "~", tempfile.gettempdir(): "$TMPDIR", str(edgepack_home().absolute()): "$EDGEPACK_HOME",
             str(cache_root.absolute()): "$EDGEPACK_CACHE", str(lr.dir.absolute()): "", str(out_dir.parent): "..", str(out_dir): "."}
+
+
+def target_coverage(engine, stage, model, fp32, inputs: dict) -> dict:
+    """The op-coverage pre-flight of one target (targets/coverage.py ``preflight``), memoized in the
+    stage cache: keyed like the compile stage on what it reads (model digests, target config,
+    toolchain) plus the learned-failures file, so a rebuild with unchanged inputs does not load and
+    walk the graph again. Uncached builds (``--no-cache``) always run it."""
+    import hashlib
+    import json
+
+    from .artifact import sha256_file
+    from .paths import write_json_atomic
+    from .targets.coverage import _learned_file, preflight
+
+    if not engine.cache.enabled:
+        return preflight(stage, model, fp32)
+    offered = {"model": model, "fp32": fp32, **inputs}
+    offered = {k: a for k, a in offered.items() if a is not None and (stage.uses is None or k in stage.uses)}
+    learned = _learned_file("onnx2tf")
+    parts = [engine.key_for(stage, offered), sha256_file(learned) if learned.is_file() else None]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    memo = engine.cache.root / "coverage" / f"{key}.json"
+    try:
+        return json.loads(memo.read_text())
+    except (OSError, ValueError):
+        pass
+    cov = preflight(stage, model, fp32)
+    try:
+        write_json_atomic(memo, cov)
+    except OSError:  # a read-only cache still builds
+        pass
+    return cov

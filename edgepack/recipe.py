@@ -470,7 +470,9 @@ class LoadedRecipe:
 
     def where(self, *loc) -> str:
         """'file:line:col' for a field path, for errors raised after validation."""
-        positions = _positions(self.text)
+        positions = self.__dict__.get("_positions")
+        if positions is None:  # parsed once per recipe, not once per call (a build asks ~10 times)
+            positions = self.__dict__["_positions"] = _positions(self.text)
         return _format_where(self.path, positions, tuple(loc))
 
 

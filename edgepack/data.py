@@ -219,6 +219,56 @@ def read_data(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
     return arrays, sets
 
 
+def npz_layout(path: Path) -> dict[str, tuple[int, np.dtype, tuple]] | None:
+    """Where each member array's bytes start in a frozen .npz, with its dtype and shape.
+
+    ``freeze`` writes with ``np.savez``: members are stored uncompressed (ZIP_STORED), so each
+    ``.npy`` lies in the file as is and rows can be read by offset (``np.load(mmap_mode=...)``
+    cannot do that inside a zip). None when a member is compressed, Fortran-ordered or of object
+    dtype (a hand-made file): read it whole with ``read_data`` then."""
+    import struct
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                return None
+            f.seek(info.header_offset)
+            name_len, extra_len = struct.unpack("<HH", f.read(30)[26:30])  # local file header
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran or dtype.hasobject or not shape:
+                return None
+            out[info.filename[: -len(".npy")]] = (f.tell(), dtype, shape)
+    return out
+
+
+def iter_batches(path: Path, names: list[str], batch: int = 64):
+    """The arrays ``names`` of a frozen .npz, ``batch`` samples (axis 0) at a time, read by offset:
+    memory stays one batch whatever the sample count (calibration of large sets)."""
+    layout = npz_layout(path)
+    if layout is None:  # not laid out for slicing: whole arrays, then slices
+        arrays, _ = read_data(path)
+        n = len(arrays[names[0]])
+        for i in range(0, n, batch):
+            yield {k: arrays[k][i : i + batch] for k in names}
+        return
+    n = layout[names[0]][2][0]
+    with open(path, "rb") as f:
+        for i in range(0, n, batch):
+            out = {}
+            for k in names:
+                off, dtype, shape = layout[k]
+                rows = min(batch, shape[0] - i)
+                row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+                f.seek(off + i * row_bytes)
+                out[k] = np.frombuffer(f.read(rows * row_bytes), dtype=dtype).reshape(rows, *shape[1:])
+            yield out
+
+
 def samples(arrays: dict[str, np.ndarray], limit: int | None = None):
     n = len(next(iter(arrays.values())))
     for i in range(n if limit is None else min(n, limit)):

@@ -106,29 +106,40 @@ def candidate_nodes(path: Path, op_types: list[str] | None, qformat: str, includ
 
 class NpzReader:
     """CalibrationDataReader over a frozen .npz: one complete feed per call, fed as the device runner
-    feeds the model (edgepack/feeding.py: batch axes, constants, stream steps with the state carried); rewindable."""
+    feeds the model (edgepack/feeding.py: batch axes, constants, stream steps with the state carried);
+    rewindable. Read from the file ``batch`` samples (sequences) at a time (edgepack/data.py
+    ``iter_batches``), so memory does not grow with the calibration set; same feeds in the same order."""
 
-    def __init__(self, npz: Path, model_path: Path, model=None, recipe_dir: Path | None = None):
-        from ..data import read_npz
+    def __init__(self, npz: Path, model_path: Path, model=None, recipe_dir: Path | None = None, batch: int = 64):
+        from ..data import npz_layout
+
+        self._npz, self._model_path, self._model, self._dir, self._batch = Path(npz), model_path, model, recipe_dir, batch
+        self._layout = npz_layout(self._npz)
+        self.rewind()
+
+    def _samples(self):
+        from ..data import is_label_key, iter_batches, read_npz
         from ..feeding import onnx_feeds
 
-        arrays, _ = read_npz(npz)
-        self._samples = onnx_feeds(model_path, arrays, model, recipe_dir)
-        self._it = iter(self._samples)
+        if self._layout is None:  # a hand-made (compressed) file: whole arrays
+            yield from onnx_feeds(self._model_path, read_npz(self._npz)[0], self._model, self._dir)
+            return
+        names = [k for k in self._layout if not is_label_key(k)]
+        for chunk in iter_batches(self._npz, names, self._batch):
+            yield from onnx_feeds(self._model_path, chunk, self._model, self._dir)
 
     def get_next(self):
         return next(self._it, None)
 
     def rewind(self):
-        self._it = iter(self._samples)
+        self._it = self._samples()
 
     def __len__(self):
-        return len(self._samples)
+        return sum(1 for _ in self._samples())
 
 
 def calibrate(model: Path, calib: Path, method: str, op_types: list[str] | None, workdir: Path, recipe_model=None, recipe_dir: Path | None = None):
     """Tensor ranges over the calibration set (onnxruntime TensorsData)."""
-    import onnx
     without_torch()
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 

@@ -29,10 +29,10 @@ sys.path.insert(0, sys.argv[4])
 from edgepack.optimize import ort_static
 if sys.argv[5] == "whole":
     class Whole:
-        def __init__(self, npz, names):
-            from edgepack.data import read_npz, samples
-            arrays, _ = read_npz(npz)
-            self._s = list(samples({k: arrays[k] for k in names})); self._it = iter(self._s)
+        def __init__(self, npz, model_path, model=None, recipe_dir=None):
+            from edgepack.data import read_npz
+            from edgepack.feeding import onnx_feeds
+            self._s = onnx_feeds(model_path, read_npz(npz)[0], model, recipe_dir); self._it = iter(self._s)
         def get_next(self): return next(self._it, None)
         def rewind(self): self._it = iter(self._s)
     ort_static.NpzReader = Whole

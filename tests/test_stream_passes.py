@@ -243,3 +243,30 @@ def test_silero_vad_dynamic_int8_streamed(tmp_path, edgepack_home, capsys):
     assert fp32["roc_auc"]["value"] >= 0.9
     assert int8["roc_auc"]["value"] == pytest.approx(after["roc_auc"]["value"], abs=1e-6)
     assert rec["accuracy_budget"]["metrics"]["roc_auc"]["met"] and report["gates"]["passed"]
+
+
+def test_tensorrt_int8_calibrates_a_stateful_model_streamed(tmp_path):
+    """TensorRT's own Q/DQ placement and its ONNX Runtime check feed the stateful model as the runner does
+    (state on axis 1, sr constant, stream calibration with the state carried): no per-input axis-0 slicing."""
+    import onnx
+
+    from edgepack.artifact import Artifact
+    from edgepack.ingest import onnx_specs
+    from edgepack.recipe import ModelFormat, ModelSection, Target, TargetType
+    from edgepack.targets import TargetContext, make_target
+
+    path = stateful_matmul_onnx(tmp_path / "m.onnx")
+    model = ModelSection(format=ModelFormat.ONNX, path="m.onnx", outputs=["out", "stateN"],
+                         inputs=[{"name": "x", "shape": ["batch", 8]}, {"name": "state", "shape": [2, "batch", 8], "batch_axis": 1},
+                                 {"name": "sr", "shape": [], "dtype": "int64", "value": 16000}],
+                         state=[{"input": "state", "output": "stateN", "init": "zeros"}])
+    np.savez(tmp_path / "cal.npz", x=np.random.default_rng(2).standard_normal((2, 6, 8)).astype(np.float32))  # [S, T, 8]
+    ins, outs = onnx_specs(path)
+    src = Artifact(path, "onnx", inputs=ins, outputs=outs)
+    stage = make_target(Target(type=TargetType.TENSORRT, precision="int8"), TargetContext("recipe.yaml:9:5 targets[0]", tmp_path, model))
+    work = tmp_path / "work"
+    work.mkdir()
+    res = stage.run({"model": src, "fp32": src, "calibration": Artifact(tmp_path / "cal.npz", "npz")}, work)
+    m = onnx.load(str(res.outputs["artifact"].path / "model.onnx"))
+    assert sum(n.op_type == "QuantizeLinear" for n in m.graph.node) >= 2
+    assert all(d < 0.5 for d in res.record["check"]["max_abs_diff_vs_fp32"])  # checked on the runner's first feed

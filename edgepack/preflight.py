@@ -104,11 +104,38 @@ def check_onnx_inputs(lr: LoadedRecipe) -> None:
                                 hint=f"give {found[spec.name]} dims")
 
 
+# top-level module a user's loader may import -> the edgepack extra that provides it
+MODULE_EXTRAS = {"sklearn": "examples", "torch": "torch", "tensorflow": "tensorflow", "onnx2tf": "tflite",
+                 "openvino": "openvino", "nncf": "openvino", "coremltools": "coreml", "requests": "registry"}
+
+
+def check_loaders(lr: LoadedRecipe) -> None:
+    """Each data loader's module imports (a module it needs that is missing: the extra or package to install)."""
+    from .entrypoints import resolve
+
+    for role in ("calibration", "validation", "training"):
+        src = getattr(lr.recipe.data, role)
+        if src is None or not src.loader:
+            continue
+        where = lr.where("data", role, "loader")
+        try:
+            resolve(src.loader, lr.dir, where)
+        except BadInputError as e:
+            cause = e.__cause__
+            missing = getattr(cause, "name", None) if isinstance(cause, ModuleNotFoundError) else None
+            if not missing or missing == src.loader.partition(":")[0]:
+                raise
+            top = missing.partition(".")[0]
+            hint = f"pip install 'edgepack[{MODULE_EXTRAS[top]}]'" if top in MODULE_EXTRAS else f"pip install {top} (the package that provides it)"
+            raise BadInputError(f"{where}: {src.loader} imports '{missing}', and the '{top}' package is not installed", hint=hint) from e
+
+
 def preflight(lr: LoadedRecipe, targets) -> None:
     """Every cheap check on a loaded recipe and its selected targets, before any stage."""
     check_extras(lr, targets)
     check_pass_data(lr)
     check_onnx_inputs(lr)
+    check_loaders(lr)
 
 
 def check_recipe(lr: LoadedRecipe, wanted: list[str] | None = None) -> list[str]:

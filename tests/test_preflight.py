@@ -51,6 +51,16 @@ def test_missing_extra_for_the_source_format_and_a_pass(digits_recipe, tiny_reci
     _nothing_ran(res, edgepack_home)
 
 
+def test_missing_module_in_a_data_loader(tiny_recipe, edgepack_home, tmp_path):
+    (tiny_recipe.parent / "myloader.py").write_text("import numpy as np\nimport sklearn.datasets\n\n"
+                                                    "def calib():\n    return {'input': np.load('calib.npz')['input']}\n")
+    tiny_recipe.write_text(TINY_RECIPE.replace("    path: calib.npz\n", "    loader: myloader:calib\n"))
+    res = _build(tiny_recipe, env=_without(tmp_path, "sklearn"))
+    assert res.returncode == 2, res.stderr
+    assert "data.calibration.loader" in res.stderr and "'sklearn'" in res.stderr and "pip install 'edgepack[examples]'" in res.stderr
+    _nothing_ran(res, edgepack_home)
+
+
 def test_static_quantize_without_calibration(tiny_recipe, edgepack_home):
     tiny_recipe.write_text(TINY_RECIPE.replace("  calibration:\n    path: calib.npz\n", ""))
     res = _build(tiny_recipe)
@@ -81,3 +91,14 @@ def test_recipe_folder_and_check(tiny_recipe, edgepack_home):
     for res in (run_cli("check", tiny_recipe.parent), _build(tiny_recipe.parent)):
         assert res.returncode == 2 and "recipe.yaml" in res.stderr and "no data.calibration" in res.stderr, res.stderr
         _nothing_ran(res, edgepack_home)
+
+
+def test_check_reaches_ssh_devices(tiny_recipe, edgepack_home):
+    (tiny_recipe.parent / "dev.yaml").write_text(
+        "name: nowhere\narch: x86_64\nos: linux\ntransport: {type: ssh, host: 127.0.0.1, port: 1, user: nobody, connect_timeout_s: 3}\n"
+        "python: python3\nruntimes: [onnxruntime]\n")
+    tiny_recipe.write_text(TINY_RECIPE + "devices: [dev.yaml]\n")
+    res = run_cli("check", tiny_recipe)
+    assert res.returncode != 0 and "device nowhere" in res.stderr and "unreachable" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    _nothing_ran(res, edgepack_home)

@@ -269,12 +269,6 @@ def iter_batches(path: Path, names: list[str], batch: int = 64):
             yield out
 
 
-def samples(arrays: dict[str, np.ndarray], limit: int | None = None):
-    n = len(next(iter(arrays.values())))
-    for i in range(n if limit is None else min(n, limit)):
-        yield {k: v[i : i + 1] for k, v in arrays.items()}
-
-
 def is_stream(inputs: list[InputSpec], arrays: dict[str, np.ndarray]) -> bool:
     """Whether frozen arrays are in stream layout ([S, T, ...]): told by the first data input's rank."""
     for spec in inputs:

@@ -36,6 +36,7 @@ if sys.argv[5] == "whole":
         def get_next(self): return next(self._it, None)
         def rewind(self): self._it = iter(self._s)
     ort_static.NpzReader = Whole
+    ort_static.CALIBRATION_CHUNK = None
 model, calib, work = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 ranges = ort_static.calibrate(model, calib, "minmax", None, work)
 ort_static.quantize_with_ranges(model, work / "q.onnx", ranges, qformat="qdq", per_channel=True,

@@ -2,8 +2,8 @@
 
 One cold build (a child process), then a fully cached rebuild in a second child that reports what
 it imported and whether the op-coverage pre-flight ran; the bundle's signature is checked with
-upstream model-signing's own verifier; calibration read in batches gives the same quantized model,
-byte for byte, as the whole-array reader it replaced.
+upstream model-signing's own verifier; calibration read and collected in batches gives the same quantized
+model, byte for byte, as the whole-array reader and one-pass collect it replaced.
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ def test_batched_calibration_gives_the_same_quantized_model(built, tmp_path, mon
     calib = next(p for p in (built["home"] / "cache" / "data").glob("*.npz") if _samples(p) == 128)  # digits calibration
     model = next((built["out"] / "targets" / "ort-fp32").glob("*.onnx"))
     digests = []
-    for reader in (ort_static.NpzReader, _WholeArrayReader):
+    for reader, chunk in ((ort_static.NpzReader, ort_static.CALIBRATION_CHUNK), (_WholeArrayReader, None)):
         monkeypatch.setattr(ort_static, "NpzReader", reader)
+        monkeypatch.setattr(ort_static, "CALIBRATION_CHUNK", chunk)  # None: ORT's one-pass collect, as before
         work = tmp_path / reader.__name__
         work.mkdir()
         ranges = ort_static.calibrate(model, calib, "minmax", None, work)

@@ -138,6 +138,36 @@ class NpzReader:
         return sum(1 for _ in self._samples())
 
 
+CALIBRATION_CHUNK = 64  # feeds per collect_data call (minmax); None: all at once
+
+
+class _ListReader:
+    def __init__(self, feeds: list):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def _collect(calibrator, reader, method: str) -> None:
+    """Feed the calibrator. ORT's MinMax calibrator keeps every feed's outputs until compute_data
+    (its max_intermediate_outputs drops them instead, onnxruntime 1.23), so minmax collects
+    CALIBRATION_CHUNK feeds at a time: each call merges its min/max into the running range, the same
+    ranges as one pass. Histogram methods (entropy, percentile) bin over the whole set: one pass."""
+    import itertools
+
+    if method != "minmax" or not CALIBRATION_CHUNK:
+        calibrator.collect_data(reader)
+        return
+    feeds = iter(reader.get_next, None)
+    first = next(feeds, None)
+    if first is None:
+        calibrator.collect_data(_ListReader([]))  # ORT's own "No data is collected." error
+    while first is not None:
+        calibrator.collect_data(_ListReader([first, *itertools.islice(feeds, CALIBRATION_CHUNK - 1)]))
+        first = next(feeds, None)
+
+
 def calibrate(model: Path, calib: Path, method: str, op_types: list[str] | None, workdir: Path, recipe_model=None, recipe_dir: Path | None = None):
     """Tensor ranges over the calibration set (onnxruntime TensorsData)."""
     without_torch()
@@ -151,7 +181,7 @@ def calibrate(model: Path, calib: Path, method: str, op_types: list[str] | None,
         augmented_model_path=str(cal_dir / "augmented_model.onnx"),
         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method],
     )
-    calibrator.collect_data(NpzReader(calib, model, recipe_model, recipe_dir))
+    _collect(calibrator, NpzReader(calib, model, recipe_model, recipe_dir), method)
     ranges = calibrator.compute_data()
     del calibrator
     import shutil

@@ -340,7 +340,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     chain = [lr.resolve(c) for c in pkg.certificate_chain]
 
     def sign_staged(staged: Path) -> None:  # sign and verify in the staging folder: only a signed bundle is swapped in
-        sign_bundle(staged, key, certificate=cert, certificate_chain=chain)
+        sign_bundle(staged, key, certificate=cert, certificate_chain=chain, files_checked=True)  # write_bundle just hashed them
         failpoints.hit("sign.after_write")
         if cert is not None and chain:
             verify_bundle(staged, cert_chain=chain)  # the certificate must chain to the recipe's CA

@@ -33,14 +33,36 @@ SIGNATURE_NAME = "model.sig"
 SIG_REL = f"{SIGNATURES_DIR}/{SIGNATURE_NAME}"
 
 
-def hashing_config():
-    """model-signing's file hashing as edgepack signs: sha256 per file, no symlinks, all but signatures/."""
+def hashing_config(known: dict[str, str] | None = None):
+    """model-signing's file hashing as edgepack signs: sha256 per file, no symlinks, all but signatures/.
+
+    ``known``: ``{relative path: sha256 hex}`` already checked against the files on disk (the bundle's
+    manifest right after ``check_files``, or the list ``write_bundle`` just computed): those files are
+    not read again, their digests go into model-signing's manifest as they are (hash once)."""
     hashing = ms("hashing")
-    return (
+    cfg = (
         hashing.Config()
         .use_file_serialization(hashing_algorithm="sha256", allow_symlinks=False)
         .set_ignored_paths(paths=[SIGNATURES_DIR], ignore_git_paths=False)
     )
+    if known:
+        ser = cfg._serializer  # model-signing 1.1.1: _serialization.file.Serializer
+        compute = ser._compute_hash
+        manifest, digest = ms("manifest"), ms("_hashing.hashing").Digest
+
+        def known_or_hashed(model_path: Path, path: Path):
+            rel = path.relative_to(model_path)
+            hexd = known.get(rel.as_posix())
+            if hexd is None:
+                return compute(model_path, path)
+            return manifest.FileManifestItem(path=rel, digest=digest("sha256", bytes.fromhex(hexd)))
+
+        ser._compute_hash = known_or_hashed
+    return cfg
+
+
+def manifest_digests(manifest: dict) -> dict[str, str]:
+    return {f["path"]: f["sha256"] for f in manifest["files"]}
 
 
 @dataclass(frozen=True)
@@ -156,12 +178,12 @@ def verify_bundle(bundle_dir: Path, public_key: Path | None = None, cert_chain=(
         raise BadInputError(f"bundle {bundle_dir} is not a folder")
     key = load_public_key(public_key) if not cert_chain else None
     n = check_files(bundle_dir)
+    manifest = read_manifest(bundle_dir)
     sig_path = signature_file(bundle_dir)
     if cert_chain:
         _verify_with_chain(bundle_dir, sig_path, tuple(cert_chain))
-    else:
-        _verify_signature(bundle_dir, sig_path, Path(public_key).expanduser())
-    manifest = read_manifest(bundle_dir)
+    else:  # the files were just checked against the manifest: their digests are not computed twice
+        _verify_signature(bundle_dir, sig_path, Path(public_key).expanduser(), manifest_digests(manifest))
     return {
         "bundle": str(bundle_dir),
         "name": manifest.get("name"),
@@ -221,12 +243,12 @@ def check_publishable(bundle_dir: Path, trust: "Trust | None" = None) -> dict:
     return manifest
 
 
-def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path) -> None:
+def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path, known: dict[str, str] | None = None) -> None:
     from cryptography.exceptions import InvalidSignature
 
     rel = SIG_REL
     try:
-        _upstream_verify(ms("_signing.sign_ec_key").Verifier(Path(public_key)), bundle_dir, sig_path)
+        _upstream_verify(ms("_signing.sign_ec_key").Verifier(Path(public_key)), bundle_dir, sig_path, known)
     except InvalidSignature as e:
         raise VerificationError(f"{rel}: signature is invalid for public key {public_key}") from e
     except ValueError as e:
@@ -243,11 +265,11 @@ def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path) -> Non
         raise VerificationError(f"{rel}: corrupt signature file ({type(e).__name__}: {e})") from e
 
 
-def _upstream_verify(verifier, bundle_dir: Path, sig_path: Path) -> None:
+def _upstream_verify(verifier, bundle_dir: Path, sig_path: Path, known: dict[str, str] | None = None) -> None:
     """model_signing.verifying.Config.verify (1.1.1) for a non-Sigstore verifier, without importing
     ``verifying`` (it imports the Sigstore verifier, sigstore and TUF: edgepack/bundle/mslite.py)."""
     expected = verifier.verify(ms("_signing.sign_sigstore_pb").Signature.read(Path(sig_path)))
-    cfg = hashing_config()
+    cfg = hashing_config(known)
     if "ignore_paths" in expected.serialization_type:
         cfg.add_ignored_paths(model_path=bundle_dir, paths=expected.serialization_type["ignore_paths"])
     if cfg.hash(bundle_dir) != expected:

@@ -21,7 +21,7 @@ from pathlib import Path
 from edgepack.bundle.fsutil import atomic_write_bytes
 from edgepack.bundle.keys import CURVES, default_public_path, fingerprint, keygen, load_private_key, load_public_key
 from edgepack.bundle.manifest import SIGNATURES_DIR, check_files, read_manifest
-from edgepack.bundle.sigcheck import SIGNATURE_NAME, hashing_config, verify_bundle
+from edgepack.bundle.sigcheck import SIGNATURE_NAME, hashing_config, manifest_digests, verify_bundle
 from edgepack.errors import BadInputError
 
 _hashing_config = hashing_config  # older name, used by tests that sign by hand
@@ -30,18 +30,22 @@ __all__ = ["CURVES", "SIGNATURE_NAME", "default_public_path", "fingerprint", "ke
            "load_public_key", "sign_bundle", "verify_bundle"]
 
 
-def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = None, certificate_chain=()) -> Path:
+def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = None, certificate_chain=(),
+                files_checked: bool = False) -> Path:
     """Sign the whole bundle (all but ``signatures/``); write ``signatures/model.sig`` atomically.
 
     With ``certificate`` (the key's X.509 signing certificate, PEM) and ``certificate_chain``
     (intermediate/CA certificates), the signature carries the certificate for company-PKI trust
-    (``verify --cert-chain CA.pem``) instead of a bare public-key hint."""
+    (``verify --cert-chain CA.pem``) instead of a bare public-key hint. Every file is hashed once: by
+    ``check_files`` against the manifest (or, ``files_checked``, by ``write_bundle`` which just wrote
+    that manifest in a folder the caller owns), and model-signing takes those digests."""
     from edgepack.bundle.mslite import ms
 
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     load_private_key(private_key)  # clear errors before model-signing sees the file
-    check_files(bundle_dir, manifest)  # never sign a bundle that does not match its manifest
+    if not files_checked:
+        check_files(bundle_dir, manifest)  # never sign a bundle that does not match its manifest
     sig_dir = bundle_dir / SIGNATURES_DIR
     sig_path = sig_dir / SIGNATURE_NAME
     tmp = sig_dir / f".{SIGNATURE_NAME}.{os.getpid()}.tmp"
@@ -62,7 +66,7 @@ def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = 
         else:
             signer = ms("_signing.sign_ec_key").Signer(Path(private_key).expanduser(), None)
         # what model_signing.signing.Config.sign does, without importing its Sigstore signer (edgepack/bundle/mslite.py)
-        payload = ms("_signing.signing").Payload(hashing_config().hash(bundle_dir))
+        payload = ms("_signing.signing").Payload(hashing_config(manifest_digests(manifest)).hash(bundle_dir))
         signer.sign(payload).write(tmp)
         atomic_write_bytes(sig_path, tmp.read_bytes())
     except OSError as e:

@@ -387,7 +387,7 @@ def _optimize(engine: Engine, lr: LoadedRecipe, fp32: Artifact, source: Artifact
     model = fp32
     records: list[dict] = []  # each pass's effect, in recipe order (report.json "optimize")
     for i, cfg in enumerate(r.optimize):
-        ctx = PassContext(i, lr.where("optimize", i), lr.dir, r.model, r.gates, tuple(r.evaluate))
+        ctx = PassContext(i, lr.where("optimize", i), lr.dir.absolute(), r.model, r.gates, tuple(r.evaluate))
         try:
             pres = engine.run(f"optimize[{i}] {cfg.pass_}", make_pass(cfg, ctx), {"model": model, "source": source, **data})
         except BadInputError:

@@ -47,7 +47,7 @@ def stage_key(stage_id: str, version: str, config: dict, input_digests: dict[str
 
 class StageCache:
     def __init__(self, root: Path | None = None, enabled: bool = True):
-        self.root = Path(root) if root else default_cache_dir()
+        self.root = (Path(root) if root else default_cache_dir()).absolute()  # stages may run with another cwd
         self.enabled = enabled
         self._cleaned = False
 

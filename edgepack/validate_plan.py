@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import RecipeError
-from .recipe_evaluate import CtcGreedyDecode, FidelityMetric, FnMetric, TextMetric, Top1
+from .recipe_evaluate import CtcGreedyDecode, FnMetric, TextMetric, Top1
 
 CLASSIFIER = ("top1", "topk", "top1_agreement")
 BINARY = ("binary_accuracy", "f1", "roc_auc")
@@ -121,6 +121,10 @@ def _check_gates(recipe, where, outs, shapes, label_sets):
     if outs and shapes and _shape_problem(Top1(type="top1"), shapes.get(outs[0])):
         raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: top-1 needs a classifier output [N, classes]; output '{outs[0]}' has shape {_dims(shapes[outs[0]])}",
                           hint="gate the task's metric instead: evaluate: + gates.metrics")
+    if label_sets is not None and not label_sets:  # argmax agreement on an embedding or a map means nothing
+        raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: max_accuracy_drop is the top-1 drop against labels, and data.validation has none",
+                          hint="give data.validation.labels, or gate the task's metric (evaluate: + gates.metrics; "
+                               "top1_agreement with FP32 is there for a classifier without labels)")
 
 
 def check_evaluation(recipe, where, outputs: dict | list | None = None, label_sets: set[str] | None = None, base_dir=None) -> None:
@@ -150,7 +154,7 @@ def effective_metrics(recipe, outputs: dict, label_sets: set[str]) -> list:
     """The recipe's evaluate: items, plus the implicit ones its gates need (outputs: {name: shape}).
 
     Without evaluate:, a single [N, C] output with labels is scored top-1 as before. max_accuracy_drop with no
-    top1 metric adds one on the single output (top1_agreement with FP32 when there are no labels)."""
+    top1 metric adds one on the single output (it needs labels: check_evaluation refuses it without)."""
     specs = list(recipe.evaluate)
     ids = {m.id for m in specs}
     names = list(outputs)
@@ -159,15 +163,12 @@ def effective_metrics(recipe, outputs: dict, label_sets: set[str]) -> list:
     if single and wants_top1 and not any(isinstance(m, Top1) for m in specs):
         if label_sets and len(label_sets) == 1 and "top1" not in ids:
             specs.append(Top1(type="top1", output=single))
-        elif recipe.gates.max_accuracy_drop is not None and "top1_agreement" not in ids:
-            specs.append(FidelityMetric(type="top1_agreement", output=single))
     return specs
 
 
 def accuracy_gate_metric(recipe, specs) -> str | None:
-    """The metric `max_accuracy_drop` checks: the (first) top1 metric, else the implicit top1_agreement."""
-    top1 = next((m.id for m in specs if isinstance(m, Top1)), None)
-    return top1 or next((m.id for m in specs if getattr(m, "type", None) == "top1_agreement"), None)
+    """The metric `max_accuracy_drop` checks: the (first) top1 metric."""
+    return next((m.id for m in specs if isinstance(m, Top1)), None)
 
 
 def onnx_outputs(model, lr) -> dict | None:

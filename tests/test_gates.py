@@ -100,7 +100,9 @@ def test_check_after_convert_with_exported_shapes(tmp_path):
         check_evaluation(r, where, outputs={"output_0": ["batch", 4], "output_1": ["batch", 2]}, label_sets=set())
     with pytest.raises(RecipeError, match=r"output 'output_0' has shape \['batch', 1\]"):
         check_evaluation(r, where, outputs={"output_0": ["batch", 1]}, label_sets=set())
-    check_evaluation(r, where, outputs={"output_0": ["batch", 10]}, label_sets=set())  # top-1 agreement with FP32
+    with pytest.raises(RecipeError, match="top-1 drop against labels, and data.validation has none"):
+        check_evaluation(r, where, outputs={"output_0": ["batch", 10]}, label_sets=set())  # argmax of what? never guessed
+    check_evaluation(r, where, outputs={"output_0": ["batch", 10]}, label_sets={"labels"})
     with pytest.raises(RecipeError, match="against which labels.*label sets a, b"):
         check_evaluation(r, where, outputs={"output_0": ["batch", 10]}, label_sets={"a", "b"})
     with pytest.raises(RecipeError, match="needs labels; data.validation has none"):

@@ -7,6 +7,8 @@ is met on the validation set (edgepack/optimize/accuracy_aware.py). Every pass r
 
 from __future__ import annotations
 
+import contextlib
+
 import shutil
 from pathlib import Path
 
@@ -51,8 +53,9 @@ class QuantizeStage(Stage):
 
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         record: dict = {"mode": self.cfg.mode.value, "preprocess": []}
-        try:
-            return self._quantize(inputs, workdir, record)
+        try:  # in the stage's workdir: ONNX Runtime's quantization tools write temp files to the cwd
+            with contextlib.chdir(workdir):  # (sym_shape_infer_temp.onnx, <uuid>.data), never into the user's folder
+                return self._quantize(inputs, workdir, record)
         except BadInputError:
             raise
         except PassFailedError as e:  # e.g. the accuracy-aware search: its record is already in ``record``

@@ -12,7 +12,7 @@ def _fmt(v) -> str:
 def evaluate(gates: Gates, target: str, device: str, metrics: dict, size_bytes: int, accuracy_metric: str | None = None) -> dict:
     """metrics: the validate record ({'latency': {...}, 'accuracy': {...}}) of one target on one device.
 
-    accuracy_metric: the metric max_accuracy_drop checks (a top1 metric, or top1_agreement without labels)."""
+    accuracy_metric: the metric max_accuracy_drop checks (a top1 metric; it needs labels)."""
     failures, waived, checked = [], [], []
     lat = metrics.get("latency") or {}
     acc = metrics.get("accuracy") or {}
@@ -31,13 +31,9 @@ def evaluate(gates: Gates, target: str, device: str, metrics: dict, size_bytes: 
         (waived if name in gates.waive else failures).append({"gate": name, "message": msg})
 
     m = named.get(accuracy_metric) if accuracy_metric else None
-    if m is not None and m.get("type") == "top1_agreement":
-        drop = None if m.get("value") is None else 1.0 - m["value"]
-        drop_fmt = f"top-1 disagreement with FP32 on '{m.get('output')}' {{v:.4f}} > max_accuracy_drop {{l}} (no labels given)"
-    else:
-        drop = None if m is None else m.get("drop")
-        where = f" on '{m.get('output')}'" if m and m.get("output") else ""
-        drop_fmt = f"top-1{where} drop vs FP32 {{v:.4f}} > max_accuracy_drop {{l}}"
+    drop = None if m is None else m.get("drop")
+    where = f" on '{m.get('output')}'" if m and m.get("output") else ""
+    drop_fmt = f"top-1{where} drop vs FP32 {{v:.4f}} > max_accuracy_drop {{l}}"
     check("max_accuracy_drop", drop, gates.max_accuracy_drop, lambda v, l: v > l + 1e-12, drop_fmt,
           (m or {}).get("error", "no top-1 metric"))
     cos_cfg = gates.cosine

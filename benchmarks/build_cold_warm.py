@@ -25,8 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 def _build(recipe: Path, home: Path, out: Path) -> float:
     env = dict(os.environ, EDGEPACK_HOME=str(home))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "edgepack.cli", "build", str(recipe), "-o", str(out), "--json"],
-                   env=env, check=True, capture_output=True)
+    # --force: the warm build publishes the same version again (release tags are immutable otherwise)
+    r = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", str(recipe), "-o", str(out), "--json", "--force"],
+                       env=env, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"build failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
     return time.perf_counter() - t0
 
 

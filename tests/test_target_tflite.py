@@ -129,7 +129,7 @@ def test_build_with_two_tflite_precisions_converts_onnx_once(tmp_path):
     assert set(compiles) == {"compile tfl-fp32", "compile tfl-int8"}
     assert {c["inputs"]["saved_model"] for c in compiles.values()} == {conv[0]["outputs"]["saved_model"]}
     logs = sorted(p.name for p in (tmp_path / ".out.logs").glob("*.log"))
-    assert [n for n in logs if "saved_model" in n] == [f"compile_tfl-fp32_[saved_model].log"]
+    assert [n for n in logs if "saved_model" in n] == ["compile_tfl-fp32_[saved_model].log"]
     fp32, int8 = report["targets"]["tfl-fp32"], report["targets"]["tfl-int8"]
     assert fp32["compile"]["onnx2tf_produced"] == ["model_float32.tflite"]  # only the requested variant
     assert int8["compile"]["onnx2tf_produced"] == ["model_full_integer_quant.tflite"]

@@ -797,7 +797,7 @@ def _reset_peak():
 def memory(job):
     """Peak RSS of load + a few inferences over the runner's baseline after its imports (numpy, the runtime)
     and after reading the inputs: what the model costs, not what the caller's process had (docs/benchmark-protocol.md)."""
-    import numpy as np
+    import numpy as np  # noqa: F401 - imported before the baseline is taken: part of it, not of the model
 
     adapter = ADAPTERS[job["runtime"]]()
     runtime_version = adapter.version()  # imports the runtime: part of the baseline, not of the model

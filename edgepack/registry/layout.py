@@ -20,7 +20,6 @@ import os
 import stat
 import tempfile
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 from edgepack.artifact import CHUNK, sha256_file

@@ -20,7 +20,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 
 
 from ..artifact import Artifact

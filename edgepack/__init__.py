@@ -34,8 +34,8 @@ def build(recipe, **options):
     Raises edgepack.errors.EdgepackError subclasses (their ``exit_code`` is the CLI's) on bad input,
     failed gates or a build error. Safe to call any number of times in one interpreter.
     """
-    from .build import BuildOptions
-    from .build import build as _build
+    from .pipeline import BuildOptions
+    from .pipeline import build as _build
     from .recipe import load_recipe
 
     return _build(load_recipe(recipe), BuildOptions(**options))

@@ -56,7 +56,7 @@ def open_bundle(ref: str, workdir: Path, key: Path | None = None) -> tuple[Path,
     from .registry.refs import parse_ref
 
     if key is None:
-        from .build import DEFAULT_KEY, _public_key_for
+        from .pipeline import DEFAULT_KEY, _public_key_for
         from .cache import edgepack_home
 
         key = _public_key_for(edgepack_home() / DEFAULT_KEY)

@@ -49,8 +49,8 @@ def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cach
     \b
     Example:
       edgepack build recipes/digits/recipe.yaml --target ort-int8 --no-publish"""
-    from .build import BuildOptions
-    from .build import build as run_build
+    from .pipeline import BuildOptions
+    from .pipeline import build as run_build
     from .recipe import load_recipe
     from .report import summary_table
 
@@ -119,7 +119,7 @@ def keygen(private_key, curve, force):
     Example:
       edgepack keygen keys/release.pem --curve P-384"""
     from .bundle.sign import keygen as make
-    from .build import DEFAULT_KEY
+    from .pipeline import DEFAULT_KEY
     from .cache import edgepack_home
 
     private_key = private_key or edgepack_home() / DEFAULT_KEY
@@ -128,7 +128,7 @@ def keygen(private_key, curve, force):
 
 
 def _default_pub() -> Path:
-    from .build import DEFAULT_KEY
+    from .pipeline import DEFAULT_KEY
     from .cache import edgepack_home
 
     return (edgepack_home() / DEFAULT_KEY).with_name("signing-key.pub.pem")

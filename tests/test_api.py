@@ -34,3 +34,23 @@ def test_dash_h_and_example_in_every_command():
         assert short.exit_code == 0, (cmd, short.output)
         assert short.output == runner.invoke(cli, [*cmd, "--help"]).output
         assert "Example:" in short.output and "  edgepack " in short.output.split("Example:")[1], cmd
+
+
+def test_build_three_times_in_one_interpreter_with_progress(tiny_recipe, edgepack_home, tmp_path, caplog):
+    import logging
+
+    import edgepack
+
+    events: list[dict] = []
+    results = []
+    with caplog.at_level(logging.INFO, logger="edgepack"):
+        for k in range(3):
+            recipe = tiny_recipe if k != 1 else tiny_recipe.parent  # a folder works too
+            results.append(edgepack.build(recipe, output=tmp_path / f"out{k}", publish=False, quiet=True, progress=events.append))
+    assert callable(edgepack.build)
+    assert [r.exit_code for r in results] == [0, 0, 0] and all((r.bundle / "edgepack.json").is_file() for r in results)
+    done = [e for e in events if e["event"] == "done"]
+    assert [e["stage"] for e in done].count("convert") == 3
+    assert {e["status"] for e in done if e["stage"] == "convert"} >= {"cached"}  # later calls reuse the cache
+    assert {"event": "start", "stage": "package + sign"} in events
+    assert any(r.name == "edgepack" and "convert" in r.getMessage() for r in caplog.records)

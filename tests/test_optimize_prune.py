@@ -124,7 +124,7 @@ targets:""", text)
     # a pruned, fine-tuned model is a different model: its logits drift from FP32 (centred cosine ~0.82) while top-1 holds
     text = text.replace("min_cosine: 0.98", "min_cosine: 0.75")
     digits_recipe.write_text(text)
-    from edgepack.build import BuildOptions, build
+    from edgepack.pipeline import BuildOptions, build
 
     res = build(load_recipe(digits_recipe), BuildOptions(output=tmp_path / "out", publish=False, quiet=True, cache_dir=tmp_path / "cache"))
     report = json.loads((res.bundle / "report.json").read_text())

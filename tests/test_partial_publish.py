@@ -40,7 +40,7 @@ def test_partial_build_is_signed_not_published_unless_allowed(tiny_recipe, edgep
 
 
 def test_the_publish_decision_and_the_recipe_switch(tiny_recipe):
-    from edgepack.build import partial_refusal
+    from edgepack.pipeline import partial_refusal
     from edgepack.recipe import load_recipe
 
     tiny_recipe.write_text(PARTIAL + "publish:\n  allow_partial: true\n")

@@ -121,7 +121,7 @@ def _check_gates(recipe, where, outs, shapes, label_sets):
     if outs and shapes and _shape_problem(Top1(type="top1"), shapes.get(outs[0])):
         raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: top-1 needs a classifier output [N, classes]; output '{outs[0]}' has shape {_dims(shapes[outs[0]])}",
                           hint="gate the task's metric instead: evaluate: + gates.metrics")
-    if label_sets is not None and not label_sets:  # argmax agreement on an embedding or a map means nothing
+    if recipe.data.validation is not None and label_sets is not None and not label_sets:  # argmax of an embedding means nothing
         raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: max_accuracy_drop is the top-1 drop against labels, and data.validation has none",
                           hint="give data.validation.labels, or gate the task's metric (evaluate: + gates.metrics; "
                                "top1_agreement with FP32 is there for a classifier without labels)")

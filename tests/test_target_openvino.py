@@ -34,7 +34,8 @@ def test_cnn_int8_nncf(tmp_path):
     # validated with the pinned precision, and the effective one recorded
     assert val["load"]["inference_precision_requested"] == "f32" and val["load"]["inference_precision"] == "f32"
     fid = val["accuracy"]["fidelity"]
-    assert fid["samples"] == 24 and fid["cosine"] > 0.98 and fid["top1_agreement"] >= 0.9
+    # centred cosine (the FP32 mean removed): stricter than the plain one on this untrained random CNN
+    assert fid["samples"] == 24 and fid["cosine"] > 0.9 and fid["cosine_uncentred"] > 0.98 and fid["top1_agreement"] >= 0.9
     assert fid["max_abs_error"] > 1e-4  # really quantized
 
 

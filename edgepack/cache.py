@@ -7,6 +7,11 @@ workdir under ``<root>/tmp/`` and renamed into place only once complete, so an i
 and removes the dead run's workdir. A hit's files are re-hashed against ``entry.json`` before use
 (one sha256 pass); a mismatching entry is evicted and the stage re-runs. ``locked(key)`` is an
 flock per entry, so concurrent builds sharing a cache compute an entry once and the others wait.
+
+With a shared ``store`` (``cache_store.store_for``: an OCI registry or a shared directory), a local
+miss is looked up there; a shared entry is copied into a local workdir, verified by digest while it
+streams, and renamed into place like a computed one; a refused entry is not used (the stage re-runs).
+Every committed entry is also pushed to the store.
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ def stage_key(stage_id: str, version: str, config: dict, input_digests: dict[str
 
 
 class StageCache:
-    def __init__(self, root: Path | None = None, enabled: bool = True):
+    def __init__(self, root: Path | None = None, enabled: bool = True, store=None):
         self.root = (Path(root) if root else default_cache_dir()).absolute()  # stages may run with another cwd
         self.enabled = enabled
+        self.store = store  # a cache_store store shared with other caches, or None
         self._cleaned = False
 
     def entry_dir(self, key: str) -> Path:
@@ -65,9 +71,47 @@ class StageCache:
     def lookup(self, key: str) -> tuple[tuple[dict[str, Artifact], dict] | None, str | None]:
         """``(hit, None)``, ``(None, None)`` on a miss, or ``(None, problem)`` when the entry's files
         no longer match its digests: that entry has been evicted and the stage must re-run."""
+        hit, problem, _ = self.lookup_from(key)
+        return hit, problem
+
+    def lookup_from(self, key: str) -> tuple[tuple[dict[str, Artifact], dict] | None, str | None, str]:
+        """``lookup`` plus where the answer came from: "local", or "store" (a shared entry fetched
+        and verified, or refused: then ``problem`` says why and nothing of it was kept)."""
         self._clean_once()
         if not self.enabled:
-            return None, None
+            return None, None, "local"
+        hit, problem = self._lookup_local(key)
+        if hit is not None or self.store is None:
+            return hit, problem, "local"
+        refused = self._fetch(key)
+        if refused:
+            return None, refused, "store"
+        hit, problem = self._lookup_local(key)
+        return hit, problem, "store" if hit is not None else "local"
+
+    def _fetch(self, key: str) -> str | None:
+        """Copy the store's entry for ``key`` into place (verified); the reason when it was refused."""
+        from .cache_store import EntryRefused
+
+        workdir = self.new_workdir(key)
+        try:
+            if not self.store.fetch(key, workdir):
+                self.discard(workdir)
+                return None
+        except EntryRefused as e:
+            self.discard(workdir)
+            return f"shared entry in {self.store.url}: {e}; refused, not used"
+        except BaseException:
+            self.discard(workdir)
+            raise
+        final = self.entry_dir(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(workdir, final)
+        return None
+
+    def _lookup_local(self, key: str) -> tuple[tuple[dict[str, Artifact], dict] | None, str | None]:
         d = self.entry_dir(key)
         meta_path = d / ENTRY_NAME
         if not meta_path.is_file():
@@ -109,7 +153,18 @@ class StageCache:
         if final.exists():
             shutil.rmtree(final)
         os.rename(workdir, final)
+        if self.store is not None:
+            self.push(key)
         return {k: Artifact.from_json(v, base=final) for k, v in meta["outputs"].items()}
+
+    def push(self, key: str) -> None:
+        """Copy the local entry ``key`` to the shared store (a failure names the store)."""
+        from .errors import EdgepackError
+
+        try:
+            self.store.push(key, self.entry_dir(key))
+        except EdgepackError as e:
+            raise e.prefixed(f"cache store {self.store.url}: pushing entry {key[:12]}") from e
 
     def evict_containing(self, path: Path) -> bool:
         """Remove the cache entry that holds ``path`` (if it is inside this cache)."""

@@ -40,10 +40,11 @@ def cli(ctx, verbose):
 @click.option("--target", "targets", multiple=True, help="Build only this target (repeatable).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Stage cache (default $EDGEPACK_HOME/cache).")
 @click.option("--no-cache", is_flag=True, help="Re-run every stage.")
+@click.option("--cache-store", metavar="URL", help="Shared cache store: oci://HOST[:PORT]/REPO or file:///PATH (default $EDGEPACK_CACHE_STORE).")
 @click.option("--force", is_flag=True, help="Publish even if this version's tag exists (moves the tag).")
 @click.option("--allow-partial", is_flag=True, help="Publish even when some targets failed (default: sign, don't publish).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
-def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, force, allow_partial, as_json):
+def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, cache_store, force, allow_partial, as_json):
     """Run a recipe: convert, optimize, compile, validate, sign, publish.
 
     \b
@@ -56,7 +57,7 @@ def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cach
 
     lr = load_recipe(recipe)
     opts = BuildOptions(output=output, registry=registry, publish=not no_publish, key=key, targets=list(targets) or None,
-                        cache_dir=cache_dir, use_cache=not no_cache, quiet=as_json, force=force,
+                        cache_dir=cache_dir, use_cache=not no_cache, cache_store=cache_store, quiet=as_json, force=force,
                         allow_partial=allow_partial)
     res = run_build(lr, opts)
     if as_json:

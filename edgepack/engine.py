@@ -158,13 +158,14 @@ class Engine:
         t0 = time.perf_counter()
         evicted = None
         with self.cache.locked(key) if stage.cacheable else contextlib.nullcontext():  # one builder per entry
-            hit, evicted = self.cache.lookup(key) if stage.cacheable else (None, None)
+            hit, evicted, source = self.cache.lookup_from(key) if stage.cacheable else (None, None, "local")
             if evicted:
-                self.progress.note(f"{name}: cache entry {key[:12]} failed its check ({evicted}); evicted, re-running")
+                again = "re-running" if source == "store" else "evicted, re-running"
+                self.progress.note(f"{name}: cache entry {key[:12]} failed its check ({evicted}); {again}")
             if hit is not None:
                 outputs, record = hit
                 result = StageResult(outputs, record, cached=True, seconds=time.perf_counter() - t0, key=key)
-                self.progress.done(name, "cached", result.seconds)
+                self.progress.done(name, "cached", result.seconds, note="from the shared store" if source == "store" else "")
             else:
                 result = self._execute(name, stage, inputs, key, t0)
         entry = {
@@ -179,6 +180,8 @@ class Engine:
         }
         if evicted:
             entry["evicted"] = evicted
+        if result.cached and source == "store":
+            entry["from_store"] = True
         self.lineage.append(entry)
         return result
 

@@ -43,6 +43,7 @@ class BuildOptions:
     publish: bool = True
     cache_dir: Path | None = None
     use_cache: bool = True
+    cache_store: str | None = None  # shared store URL (oci://HOST/REPO, file:///PATH); default $EDGEPACK_CACHE_STORE
     key: Path | None = None
     quiet: bool = False
     targets: list[str] | None = None  # build only these target ids
@@ -135,7 +136,10 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     selected = [t for t in r.targets if not opts.targets or t.id in opts.targets]
     target_stages = {t.id: make_target(t, TargetContext(lr.where("targets", i), lr.dir, r.model)) for i, t in enumerate(r.targets) if t in selected}
 
-    cache = StageCache(opts.cache_dir, enabled=opts.use_cache)
+    from .cache_store import default_store_url, store_for
+
+    cache = StageCache(opts.cache_dir, enabled=opts.use_cache, store=store_for(opts.cache_store or default_store_url(),
+                                                                          "--cache-store" if opts.cache_store else "EDGEPACK_CACHE_STORE"))
     pre_build.check_space(lr, out_dir, cache.root, len(selected), "--cache-dir" if opts.cache_dir else None)
     engine = Engine(cache, progress, log_dir=out_dir.parent / f".{out_dir.name}.logs")
     if not opts.quiet:

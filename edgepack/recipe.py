@@ -6,7 +6,7 @@ Every user mistake becomes one line: ``recipe.yaml:12:5 targets[1].precision: ..
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import (
     AliasChoices,
@@ -18,6 +18,11 @@ from pydantic import (
 )
 
 from .recipe_evaluate import CosineGate, Metric, MetricGate, MinCosine
+from .recipe_targets import OnnxRuntimeSpec, TargetSpec
+from .recipe_targets import Target as Target  # re-exported: targets are built and imported from here too
+from .recipe_targets import TargetBase as TargetBase
+from .recipe_targets import TargetInput as TargetInput
+from .recipe_targets import TargetType as TargetType
 
 # ---------------------------------------------------------------- enums
 
@@ -40,19 +45,6 @@ class DType(str, enum.Enum):
     INT8 = "int8"
     UINT8 = "uint8"
     BOOL = "bool"
-
-
-class TargetType(str, enum.Enum):
-    ONNXRUNTIME = "onnxruntime"
-    TFLITE = "tflite"
-    OPENVINO = "openvino"
-    COREML = "coreml"
-    TENSORRT = "tensorrt"
-
-
-class TargetInput(str, enum.Enum):
-    OPTIMIZED = "optimized"  # the output of the recipe's optimize chain (default)
-    FP32 = "fp32"  # the converted FP32 ONNX model, for targets that quantize themselves
 
 
 class Strict(BaseModel):
@@ -347,21 +339,6 @@ class DistillPass(Strict):
 OptimizePass = Annotated[Union[QuantizePass, PrunePass, DistillPass], Field(discriminator="pass_")]
 
 
-# ---------------------------------------------------------------- targets
-
-
-class Target(Strict):
-    type: TargetType
-    name: str | None = Field(None, description="Unique name (default: the type).")
-    input: TargetInput = TargetInput.OPTIMIZED
-    precision: str | None = Field(None, description="Target-specific precision (fp32, fp16, int8, ...).")
-    options: dict[str, Any] = Field(default_factory=dict, description="Target-specific options.")
-
-    @property
-    def id(self) -> str:
-        return self.name or self.type.value
-
-
 # ---------------------------------------------------------------- gates, package, publish
 
 
@@ -435,7 +412,7 @@ class Recipe(Strict):
     model: ModelSection
     data: DataSection = DataSection()
     optimize: list[OptimizePass] = Field(default_factory=list)
-    targets: list[Target] = Field(default_factory=lambda: [Target(type=TargetType.ONNXRUNTIME)])
+    targets: list[TargetSpec] = Field(default_factory=lambda: [OnnxRuntimeSpec()], description="Compile targets, one per runtime and precision (edgepack/recipe_targets.py).")
     devices: list[str] = Field(default_factory=lambda: ["local"], description="Device profiles (names or paths).")
     evaluate: list[Metric] = Field(default_factory=list, description="Named task metrics, computed on FP32 and every target.")
     gates: Gates = Gates()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import RecipeError
 from .recipe_evaluate import METRIC_TAGS, metric_model_for
+from .recipe_targets import TARGET_SPECS, TargetType, spec_for
 
 if TYPE_CHECKING:  # edgepack/recipe.py imports this module at its end: import it lazily here
     from .recipe import Recipe
@@ -123,6 +125,8 @@ def _inner_model(ann, node):
 
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
+    if isinstance(node, dict) and _TARGET_MARK in str(ann):
+        return spec_for(node)  # a target: the spec model of its 'type'
     if isinstance(node, dict) and ("type" in node or "fn" in node) and metric_model_for(node) is not None and "FnMetric" in str(ann):
         return metric_model_for(node)
     args = typing.get_args(ann)
@@ -138,14 +142,54 @@ def _inner_model(ann, node):
     return None
 
 
+_TARGET_MARK = f"{TARGET_SPECS[TargetType.ONNXRUNTIME].__module__}.{TARGET_SPECS[TargetType.ONNXRUNTIME].__qualname__}"
+_TARGET_TAGS = {t.value for t in TargetType} | {repr(t) for t in TargetType}
+
+
 def _clean_loc(loc: tuple) -> tuple:
-    """Drop pydantic's union/discriminator tags ('quantize', 'function-after[...]') from a location."""
-    out = []
+    """Drop pydantic's union/discriminator tags ('quantize', 'function-after[...]', a target's type after
+    targets[i]) from a location."""
+    out: list = []
     for part in loc:
         if isinstance(part, str) and (part in ("quantize", "prune", "distill") or part in METRIC_TAGS or "[" in part or part.startswith("function-")):
             continue
+        if isinstance(part, str) and part in _TARGET_TAGS and len(out) >= 2 and out[-2] == "targets" and isinstance(out[-1], int):
+            continue
         out.append("pass" if part == "pass_" else part)
     return tuple(out)
+
+
+_FIELD_FIRST = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): (.+)$", re.S)
+
+
+def _field_named_first(loc: tuple, msg: str, data: Any) -> tuple[tuple, str]:
+    """A validator that checks fields together names one first ("options.io_dtype: only applies ..."):
+    the error's position moves to that field when the model at ``loc`` has it."""
+    m = _FIELD_FIRST.match(msg)
+    if not m:
+        return loc, msg
+    path = tuple(m.group(1).split("."))
+    owner = _model_at(loc, data)
+    if owner is None or path[0] not in owner.model_fields:
+        return loc, msg
+    return loc + path, m.group(2)
+
+
+def _tag_error(err: dict, loc: tuple) -> tuple[tuple, str, str | None]:
+    """A target (or pass) whose 'type' names no model: where, message and a did-you-mean hint."""
+    node = err.get("input")
+    key = err.get("ctx", {}).get("discriminator", "'type'").strip("'")
+    key = "pass" if key == "pass_" else key
+    bad = node.get(key) if isinstance(node, dict) else None
+    if loc and loc[0] == "targets":
+        choices = [t.value for t in TargetType]
+    else:
+        choices = [str(c).strip(" '") for c in err.get("ctx", {}).get("expected_tags", "").split(",") if c.strip()]
+    if bad is None:
+        return loc, f"'{key}' is required: one of {', '.join(choices)}", None
+    close = difflib.get_close_matches(str(bad), choices, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'?" if close else None
+    return loc + (key,), f"'{bad}' is not a {key}: use one of {', '.join(choices)}", hint
 
 
 def parse_recipe(text: str, path: Path) -> Recipe:
@@ -162,9 +206,10 @@ def parse_recipe(text: str, path: Path) -> Recipe:
         positions = _positions(text)
         err = e.errors()[0]
         loc = _clean_loc(tuple(err["loc"]))
-        where = _format_where(path, positions, loc)
         hint = None
-        if err["type"] == "extra_forbidden":
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc, msg, hint = _tag_error(err, loc)
+        elif err["type"] == "extra_forbidden":
             owner = _model_at(loc[:-1], data)
             if owner is not None:
                 valid = ["pass" if k == "pass_" else k for k in owner.model_fields]
@@ -182,7 +227,10 @@ def parse_recipe(text: str, path: Path) -> Recipe:
                 if close:
                     hint = f"did you mean '{close[0]}'?"
         else:
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+            if err["type"] == "value_error":
+                loc, msg = _field_named_first(loc, msg, data)
+        where = _format_where(path, positions, loc)
         extra = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
         raise RecipeError(f"{where}: {msg}{extra}", hint=hint) from e
 
@@ -212,4 +260,9 @@ def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
 def json_schema() -> str:
     from .recipe import Recipe
 
-    return json.dumps(Recipe.model_json_schema(by_alias=True), indent=2)
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID,
+              **Recipe.model_json_schema(by_alias=True)}
+    return json.dumps(schema, indent=2)
+
+
+SCHEMA_ID = "https://edgepack.dev/schema/recipe.json"

@@ -9,7 +9,6 @@ from conftest import tiny_onnx
 
 from edgepack.artifact import Artifact
 from edgepack.devices.runner import OnnxRuntimeAdapter
-from edgepack.errors import BadInputError
 from edgepack.ingest import onnx_specs
 from edgepack.recipe import ModelFormat, ModelSection, Target, TargetType
 from edgepack.targets import TargetContext, make_target
@@ -52,9 +51,4 @@ def test_plain_onnx_by_default_and_bad_options(tmp_path):
     work.mkdir()
     art = _stage(tmp_path).run({"model": Artifact(path, "onnx")}, work).outputs["artifact"]
     assert art.path.name == "model.onnx" and art.path.is_file()
-    with pytest.raises(BadInputError, match=r"targets\[0\]\.options\.ort_format: expected bool, got 'yes'"):
-        _stage(tmp_path, ort_format="yes")
-    with pytest.raises(BadInputError, match=r"targets\[0\]\.options\.ort_optimization: only applies with ort_format: true"):
-        _stage(tmp_path, ort_optimization="runtime")
-    with pytest.raises(BadInputError, match=r"targets\[0\]\.options\.ort_fromat: unknown ONNX Runtime option"):
-        _stage(tmp_path, ort_fromat=True)
+    # bad options are refused when the recipe loads: tests/test_recipe_targets.py

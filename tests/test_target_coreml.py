@@ -127,11 +127,12 @@ def test_onnx_only_source_goes_through_onnx2tf(tmp_path):
 
 
 @pytest.mark.parametrize("targets, match", [
-    ("[{type: coreml, precision: int4}]", r"targets\[0\]\.precision: 'int4' is not a Core ML precision"),
-    ("[{type: coreml, options: {minimum_deployment_target: iOS11}}]", r"targets\[0\]\.options\.minimum_deployment_target: 'iOS11' is not allowed"),
-    ("[{type: coreml, precision: int8, options: {minimum_deployment_target: iOS15}}]", r"int8 weights need iOS16 / macOS13 or newer"),
-    ("[{type: coreml, options: {palette_bit: 4}}]", r"targets\[0\]\.options\.palette_bit: unknown Core ML option"),
-    ("[{type: coreml, options: {palette_bits: 5}}]", r"options\.palette_bits: 5 is not allowed"),
+    ("[{type: coreml, precision: int4}]", r"targets\[0\]\.precision: must be 'fp16', 'fp32', 'int8' or 'palettized'"),
+    ("[{type: coreml, options: {minimum_deployment_target: iOS11}}]", r"targets\[0\]\.options\.minimum_deployment_target: must be 'iOS15', "),
+    ("[{type: coreml, precision: int8, options: {minimum_deployment_target: iOS15}}]",
+     r"targets\[0\]\.options\.minimum_deployment_target: int8 weights need iOS16 / macOS13 or newer"),
+    ("[{type: coreml, options: {palette_bit: 4}}]", r"targets\[0\]\.options\.palette_bit: unknown key"),
+    ("[{type: coreml, options: {palette_bits: 5}}]", r"options\.palette_bits: must be 1, 2, 3, 4, 6 or 8"),
 ])
 def test_bad_recipe_values_name_the_field(tmp_path, targets, match):
     with pytest.raises(BadInputError, match=match) as e:

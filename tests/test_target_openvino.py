@@ -61,16 +61,8 @@ def _stage(precision=None, options=None):
                        TargetContext(WHERE, REPO, model_section("input", ["batch", 1, 8, 8])))
 
 
-def test_bad_input_names_the_field(tmp_path):
-    with pytest.raises(BadInputError) as e:
-        _stage("int8-dynamic")
-    assert "targets[1].precision: 'int8-dynamic' is not a precision of this target (allowed: fp32, fp16, int8)" in e.value.message
-    with pytest.raises(BadInputError) as e:
-        _stage("fp32", {"inference_precision": "fp32"})
-    assert "targets[1].options.inference_precision: 'fp32' is not allowed" in e.value.message and "f32" in e.value.hint
-    with pytest.raises(BadInputError) as e:
-        _stage("int8", {"subset_size": 0})
-    assert "targets[1].options.subset_size: must be positive" in e.value.message
+def test_int8_needs_calibration_data(tmp_path):
+    # bad precisions and options are refused when the recipe loads: tests/test_recipe_targets.py
     model = Artifact(tiny_onnx(tmp_path / "cnn.onnx"), "onnx")
     with pytest.raises(BadInputError) as e:
         _stage("int8").check_inputs({"model": model})

@@ -124,25 +124,8 @@ def test_asymmetric_qdq_input_is_rejected_naming_the_node(tmp_path):
     assert "input: fp32" in e.value.hint
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"workspace": 1}, r"targets\[0\]\.options\.workspace: unknown TensorRT option"),
-    ({"dla_core": -1}, r"targets\[0\]\.options\.dla_core: must be a DLA core index"),
-    ({"profile": {"input": {"min": [4, 1, 8, 8], "opt": [2, 1, 8, 8], "max": [8, 1, 8, 8]}}}, r"min <= opt <= max"),
-    ({"profile": {"input": {"min": [1, 1, 8, 8], "max": [8, 1, 8, 8]}}}, r"needs exactly min, opt and max"),
-    ({"builder_optimization_level": 9}, r"builder_optimization_level: must be 0\.\.5"),
-    ({"timeout_s": 0}, r"options\.timeout_s: must be a positive number"),
-    ({"dla_core": 0, "precision": "fp32"}, r"options\.dla_core: the DLA runs fp16 or int8 only"),
-])
-def test_bad_options_name_the_field(tmp_path, options, match):
-    options = dict(options)
-    precision = options.pop("precision", None)
-    with pytest.raises(BadInputError, match=match):
-        _stage(tmp_path, precision, **options)
-
-
-def test_bad_precision_and_unknown_profile_input(tmp_path):
-    with pytest.raises(BadInputError, match=r"targets\[0\]\.precision: 'int4' is not a TensorRT precision"):
-        _stage(tmp_path, "int4")
+def test_unknown_profile_input(tmp_path):
+    # bad precisions and options are refused when the recipe loads: tests/test_recipe_targets.py
     src = _art(tiny_onnx(tmp_path / "m.onnx"))
     work = tmp_path / "work"
     work.mkdir()

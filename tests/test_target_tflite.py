@@ -206,17 +206,24 @@ def _stage(precision=None, options=None, **kw):
 @pytest.mark.parametrize(
     "precision, options, expect",
     [
-        ("int4", {}, "targets[1].precision: 'int4' is not a precision of this target (allowed: fp32, fp16, int8-dynamic, int8)"),
-        ("fp32", {"io_dtype": "int8"}, "targets[1].options.io_dtype: only applies to precision int8"),
-        ("int8", {"io_type": "int8"}, "targets[1].options.io_type: unknown option"),
-        ("int8", {"io_dtype": "int16"}, "targets[1].options.io_dtype: 'int16' is not allowed"),
-        ("int8", {"keep_nchw": "yes"}, "targets[1].options.keep_nchw: expected bool"),
+        ("int4", {}, "targets[0].precision: must be 'fp32', 'fp16', 'int8-dynamic' or 'int8'"),
+        ("fp32", {"io_dtype": "int8"}, "targets[0].options.io_dtype: only applies to precision int8"),
+        ("int8", {"io_type": "int8"}, "targets[0].options.io_type: unknown key"),
+        ("int8", {"io_dtype": "int16"}, "targets[0].options.io_dtype: must be 'int8', 'uint8' or 'float32'"),
+        ("int8", {"keep_nchw": "yes"}, "targets[0].options.keep_nchw: must be a valid boolean"),
     ],
 )
 def test_bad_precision_and_options_name_the_field(precision, options, expect):
+    """Checked when the recipe loads (edgepack/recipe_targets.py), at the field's line."""
+    import json
+
+    from edgepack.recipe import parse_recipe
+
+    text = ("name: m\nversion: '1'\nmodel: {format: onnx, path: m.onnx, inputs: [{name: x, shape: [1, 3]}]}\n"
+            f"targets:\n  - {json.dumps({'type': 'tflite', 'precision': precision, 'options': options})}\n")
     with pytest.raises(BadInputError) as e:
-        _stage(precision, options)
-    assert expect in e.value.message and e.value.message.startswith("recipe.yaml:30:5 ")
+        parse_recipe(text, Path("recipe.yaml"))
+    assert expect in e.value.message and e.value.message.startswith("recipe.yaml:5:")
     assert "\n" not in e.value.one_line()
 
 

@@ -16,16 +16,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..engine import Stage
-from ..recipe import Target, TargetType
+from ..recipe_targets import TARGET_SPECS, TargetBase, TargetType
 
-# type -> ("module:Class", pip extra or None)
-TARGETS: dict[TargetType, tuple[str, str | None]] = {
-    TargetType.ONNXRUNTIME: ("edgepack.targets.onnxruntime:OnnxRuntimeTarget", None),
-    TargetType.TFLITE: ("edgepack.targets.tflite:TFLiteTarget", "tflite"),
-    TargetType.OPENVINO: ("edgepack.targets.openvino:OpenVINOTarget", "openvino"),
-    TargetType.COREML: ("edgepack.targets.coreml:CoreMLTarget", "coreml"),
-    TargetType.TENSORRT: ("edgepack.targets.tensorrt:TensorRTTarget", "tensorrt"),
-}
+# type -> ("module:Class", pip extra or None), from the recipe's table (edgepack/recipe_targets.py)
+TARGETS: dict[TargetType, tuple[str, str | None]] = {t: (spec.stage, spec.extra) for t, spec in TARGET_SPECS.items()}
 
 
 @dataclass(frozen=True)
@@ -40,7 +34,7 @@ class TargetStage(Stage):
     extra: ClassVar[str | None] = None
     uses = ("model", "calibration")
 
-    def __init__(self, target: Target, ctx: TargetContext):
+    def __init__(self, target: TargetBase, ctx: TargetContext):
         self.target = target
         self.ctx = ctx
 
@@ -48,7 +42,9 @@ class TargetStage(Stage):
         from ..contract import model_config
 
         # the runner contract the artifact carries depends on the recipe's inputs (batch axes, constants, state)
-        return {**self.target.model_dump(mode="json", exclude={"name"}), "io": model_config(self.ctx.model)}
+        # the options the recipe gave (not the defaults): the keys of recipes that give none stay as they were
+        return {**self.target.model_dump(mode="json", exclude={"name"}), "options": self.target.options_set(),
+                "io": model_config(self.ctx.model)}
 
     def contract(self, onnx_path: Path, **mapping):
         """The artifact's RunnerContract (edgepack/contract.py) as JSON, for ``meta["runner"]``."""
@@ -110,7 +106,7 @@ def _shared_run(engine, pre_name: str, pre: Stage, inputs: dict, compile_name: s
     return slot[1]
 
 
-def make_target(target: Target, ctx: TargetContext) -> TargetStage:
+def make_target(target: TargetBase, ctx: TargetContext) -> TargetStage:
     if target.type not in TARGETS:
         from ..errors import BadInputError
 

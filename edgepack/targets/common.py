@@ -27,28 +27,6 @@ def check_precision(where: str, value: str | None, allowed: tuple[str, ...], def
     return value
 
 
-def check_options(where: str, options: dict, allowed: dict[str, tuple]) -> dict:
-    """Validate ``targets[i].options`` against {name: (list of choices, or a type / tuple of types, default)}.
-
-    Returns every option, defaults filled in."""
-    out = {}
-    for key in options:
-        if key not in allowed:
-            raise BadInputError(f"{where}.options.{key}: unknown option", hint=f"valid options: {', '.join(sorted(allowed))}")
-    for key, (kind, default) in allowed.items():
-        value = options.get(key, default)
-        if isinstance(kind, list):
-            if value not in kind:
-                raise BadInputError(f"{where}.options.{key}: {value!r} is not allowed", hint=f"use one of: {', '.join(map(str, kind))}")
-        elif value is not None and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
-            names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise BadInputError(f"{where}.options.{key}: expected {names}, got {type(value).__name__} {value!r}")
-        elif value is not None and not isinstance(value, bool) and isinstance(value, (int, float)) and value <= 0:
-            raise BadInputError(f"{where}.options.{key}: must be positive, got {value}")
-        out[key] = value
-    return out
-
-
 def onnx_io(path: Path) -> tuple[list[dict], list[dict]]:
     """[{name, shape, dtype}] of the graph inputs (initializers excluded) and outputs."""
     import onnx

@@ -28,15 +28,6 @@ from .common import check_precision
 from .coreml_inspect import check_io, inspect_mlpackage
 
 PRECISIONS = ("fp16", "fp32", "int8", "palettized")
-DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
-OPTIONS = {
-    "minimum_deployment_target": (DEPLOYMENT_TARGETS, "iOS16"),
-    "frontend": (("auto", "pytorch", "onnx"), "auto"),
-    "palette_bits": ((1, 2, 3, 4, 6, 8), 6),
-    "compute_units": (("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"), "ALL"),
-    "weight_threshold": (int, 2048),
-    "timeout_s": ((int, float), None),
-}
 TORCH_FORMATS = (ModelFormat.PYTORCH, ModelFormat.TORCHSCRIPT)
 
 
@@ -51,12 +42,8 @@ class CoreMLTarget(TargetStage):
 
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
-        self.opts = _check_options(ctx.where, dict(target.options))
+        self.opts = target.options.model_dump()  # recipe_targets.CoreMLOptions, validated at load (with the deployment target)
         self.precision = check_precision(ctx.where, target.precision, PRECISIONS, "fp16", noun="a Core ML precision")
-        dt = self.opts["minimum_deployment_target"]
-        if self.precision in ("int8", "palettized") and dt in ("iOS15", "macOS12"):
-            raise BadInputError(f"{ctx.where}.options.minimum_deployment_target: {self.precision} weights need iOS16 / macOS13 or newer, got {dt}",
-                                hint="set minimum_deployment_target: iOS16")
         self.frontend = self.opts["frontend"]
         if self.frontend == "auto":
             self.frontend = "pytorch" if ctx.model.format in TORCH_FORMATS else "onnx"
@@ -234,18 +221,3 @@ def _check_tf(fn, onnx_path: Path, in_specs) -> list[float]:
                          hint="use a PyTorch source (frontend: pytorch) or check the stage log for onnx2tf's warnings")
     return diffs
 
-
-def _check_options(where: str, options: dict) -> dict:
-    for key in options:
-        if key not in OPTIONS:
-            raise BadInputError(f"{where}.options.{key}: unknown Core ML option", hint=f"valid options: {', '.join(OPTIONS)}")
-    out = {}
-    for key, (kind, default) in OPTIONS.items():
-        value = options.get(key, default)
-        if isinstance(kind, tuple) and not isinstance(kind[0], type):
-            if value not in kind:
-                raise BadInputError(f"{where}.options.{key}: {value!r} is not allowed", hint=f"use one of: {', '.join(map(str, kind))}")
-        elif value is not None and (isinstance(value, bool) or not isinstance(value, kind) or value <= 0):
-            raise BadInputError(f"{where}.options.{key}: must be a positive number, got {value!r}")
-        out[key] = value
-    return out

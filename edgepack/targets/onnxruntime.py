@@ -7,29 +7,14 @@ from pathlib import Path
 
 from ..artifact import Artifact
 from ..engine import StageResult, package_versions
-from ..errors import BadInputError, StageError
+from ..errors import StageError
 from . import TargetStage
-
-
-OPTIONS = {"ort_format": (bool,), "ort_optimization": ("fixed", "runtime")}
 
 
 class OnnxRuntimeTarget(TargetStage):
     kind = "compile.onnxruntime"
     version = "1"
     runtime = "onnxruntime"
-
-    def __init__(self, target, ctx):
-        super().__init__(target, ctx)
-        for key, value in target.options.items():
-            if key not in OPTIONS:
-                raise BadInputError(f"{ctx.where}.options.{key}: unknown ONNX Runtime option", hint=f"valid options: {', '.join(OPTIONS)}")
-            allowed = OPTIONS[key]
-            if (isinstance(allowed[0], type) and not isinstance(value, allowed[0])) or (not isinstance(allowed[0], type) and value not in allowed):
-                want = allowed[0].__name__ if isinstance(allowed[0], type) else " or ".join(allowed)
-                raise BadInputError(f"{ctx.where}.options.{key}: expected {want}, got {value!r}")
-        if "ort_optimization" in target.options and not target.options.get("ort_format"):
-            raise BadInputError(f"{ctx.where}.options.ort_optimization: only applies with ort_format: true")
 
     def toolchain(self) -> dict[str, str]:
         return package_versions("onnxruntime")
@@ -38,7 +23,8 @@ class OnnxRuntimeTarget(TargetStage):
         import onnxruntime as ort
 
         src = inputs["model"]
-        ort_format = bool(self.target.options.get("ort_format"))
+        opts = self.target.options  # recipe_targets.OnnxRuntimeOptions
+        ort_format = opts.ort_format
         folder = workdir / "onnxruntime" if ort_format else workdir
         folder.mkdir(exist_ok=True)
         out = folder / "model.onnx"
@@ -51,7 +37,7 @@ class OnnxRuntimeTarget(TargetStage):
         meta = {"runtime": self.runtime, "precision": self.target.precision or _precision(out), "runner": self.contract(out)}
         if not ort_format:
             return StageResult({"artifact": Artifact(out, "onnx", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
-        record["ort_format"] = _to_ort(out, self.target.options.get("ort_optimization", "fixed"))
+        record["ort_format"] = _to_ort(out, opts.ort_optimization)
         meta["runner"] = self.contract(out, options={"model_file": "model.ort"})  # devices validate the .ort file that ships to mobile
         return StageResult({"artifact": Artifact(folder, "onnx+ort", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
 

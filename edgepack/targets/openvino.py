@@ -19,7 +19,6 @@ from ..engine import StageResult, package_versions
 from ..errors import StageError, require_backend
 from . import TargetStage
 from .common import (
-    check_options,
     check_precision,
     check_self_quantizing,
     compare,
@@ -30,14 +29,6 @@ from .common import (
 )
 
 PRECISIONS = ("fp32", "fp16", "int8")
-OPTIONS = {
-    "inference_precision": (["f32", "bf16", "f16"], "f32"),
-    "device": (str, "CPU"),
-    "subset_size": (int, 300),  # NNCF calibration samples (at most the calibration set)
-    "preset": (["performance", "mixed"], "performance"),  # NNCF: symmetric / asymmetric activations
-    "fast_bias_correction": (bool, True),
-    "timeout_s": ((int, float), None),
-}
 
 
 # Lines of OpenVINO's conversion report that say where, not what ("Check 'false' failed at
@@ -85,7 +76,7 @@ class OpenVINOTarget(TargetStage):
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
         self.precision = check_precision(ctx.where, target.precision, PRECISIONS, "fp32")
-        self.opts = check_options(ctx.where, target.options, OPTIONS)
+        self.opts = target.options.model_dump()  # recipe_targets.OpenVINOOptions, validated at load
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
 

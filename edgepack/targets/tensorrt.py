@@ -43,11 +43,8 @@ class TensorRTTarget(TargetStage):
 
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
-        self.opts = _check_options(ctx.where, dict(target.options))
+        self.opts = target.options.model_dump()  # recipe_targets.TensorRTOptions, validated at load (dla_core: fp16/int8)
         check_precision(ctx.where, target.precision, PRECISIONS, None, noun="a TensorRT precision")  # None: from the model
-        if self.opts["dla_core"] is not None and (target.precision or "fp16") == "fp32":
-            raise BadInputError(f"{ctx.where}.options.dla_core: the DLA runs fp16 or int8 only, this target is fp32",
-                                hint="set precision: fp16 or int8, or leave dla_core out")
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
 
@@ -104,49 +101,6 @@ class TensorRTTarget(TargetStage):
 
         ins, outs = onnx_specs(onnx_out, {t.name: t.layout for t in model.inputs})
         return StageResult({"artifact": Artifact(out, "tensorrt-onnx", inputs=ins, outputs=outs, meta=meta)}, record)
-
-
-# ------------------------------------------------------------------ options
-
-OPTIONS = {
-    "workspace_mb": 1024, "dla_core": None, "allow_gpu_fallback": True, "profile": None, "shapes": None,
-    "builder_optimization_level": None, "engine_cache": None, "timeout_s": None,
-}
-
-
-def _check_options(where: str, options: dict) -> dict:
-    for key in options:
-        if key not in OPTIONS:
-            raise BadInputError(f"{where}.options.{key}: unknown TensorRT option", hint=f"valid options: {', '.join(OPTIONS)}")
-    opts = {**OPTIONS, **options}
-    if not isinstance(opts["workspace_mb"], int) or isinstance(opts["workspace_mb"], bool) or opts["workspace_mb"] <= 0:
-        raise BadInputError(f"{where}.options.workspace_mb: must be a positive integer (MiB), got {opts['workspace_mb']!r}")
-    if opts["dla_core"] is not None and (not isinstance(opts["dla_core"], int) or isinstance(opts["dla_core"], bool) or opts["dla_core"] < 0):
-        raise BadInputError(f"{where}.options.dla_core: must be a DLA core index (0, 1) or null, got {opts['dla_core']!r}",
-                            hint="Jetson Orin Nano has no DLA: leave dla_core out")
-    level = opts["builder_optimization_level"]
-    if level is not None and (not isinstance(level, int) or not 0 <= level <= 5):
-        raise BadInputError(f"{where}.options.builder_optimization_level: must be 0..5, got {level!r}")
-    t = opts["timeout_s"]
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
-        raise BadInputError(f"{where}.options.timeout_s: must be a positive number of seconds, got {t!r}")
-    if not isinstance(opts["allow_gpu_fallback"], bool):
-        raise BadInputError(f"{where}.options.allow_gpu_fallback: must be true or false, got {opts['allow_gpu_fallback']!r}")
-    for name in ("profile", "shapes"):
-        if opts[name] is not None and not isinstance(opts[name], dict):
-            raise BadInputError(f"{where}.options.{name}: must map input names to shapes")
-    for name, p in (opts["profile"] or {}).items():
-        if not isinstance(p, dict) or set(p) != {"min", "opt", "max"}:
-            raise BadInputError(f"{where}.options.profile.{name}: needs exactly min, opt and max shapes")
-        dims = [p[k] for k in ("min", "opt", "max")]
-        if not all(isinstance(d, list) and all(isinstance(x, int) and x > 0 for x in d) for d in dims) or len({len(d) for d in dims}) != 1:
-            raise BadInputError(f"{where}.options.profile.{name}: min, opt and max must be lists of positive ints of the same rank")
-        if not all(a <= b <= c for a, b, c in zip(*dims)):
-            raise BadInputError(f"{where}.options.profile.{name}: needs min <= opt <= max in every dimension, got {dims}")
-    for name, s in (opts["shapes"] or {}).items():
-        if not isinstance(s, list) or not all(isinstance(x, int) and x > 0 for x in s):
-            raise BadInputError(f"{where}.options.shapes.{name}: must be a list of positive ints")
-    return opts
 
 
 # ------------------------------------------------------------------ build spec and engine

@@ -23,17 +23,10 @@ from ..artifact import Artifact
 from ..engine import Stage, StageResult
 from ..errors import BadInputError, StageError, require_backend
 from . import TargetStage
-from .common import check_options, check_precision, check_self_quantizing, model_io_and_calibration
+from .common import check_precision, check_self_quantizing, model_io_and_calibration
 from .tf_convert import SIGNATURE, SavedModelStage, _cause, convert, odd_inputs, prepare, tf_layout, toolchain
 
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
-OPTIONS = {
-    "io_dtype": (["int8", "uint8", "float32", None], None),  # int8 precision only; default int8
-    "quant_type": (["per-channel", "per-tensor"], "per-channel"),
-    "keep_nchw": (bool, False),
-    "xnnpack": (bool, True),
-    "timeout_s": ((int, float), None),
-}
 
 
 class TFLiteTarget(TargetStage):
@@ -48,10 +41,7 @@ class TFLiteTarget(TargetStage):
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
         self.precision = check_precision(ctx.where, target.precision, PRECISIONS, "fp32")
-        self.opts = check_options(ctx.where, target.options, OPTIONS)
-        if self.opts["io_dtype"] is not None and self.precision != "int8":
-            raise BadInputError(f"{ctx.where}.options.io_dtype: only applies to precision int8 (this target is {self.precision})",
-                                hint="remove io_dtype or set precision: int8")
+        self.opts = target.options.model_dump()  # recipe_targets.TFLiteOptions, validated at load (io_dtype: int8 only)
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
 

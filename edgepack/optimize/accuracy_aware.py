@@ -8,11 +8,22 @@
    names the best configuration it found.
 
 The record lists every node kept in float with its measured effect, and every search step.
+
+Cost (issue 12 item 5; :class:`SearchSpeed`): static trials reuse the quantized initializers
+(edgepack/optimize/quant_reuse.py: byte-identical to quantizing from scratch); a candidate that cannot
+change the quantized model is recorded as ``skipped`` with its reason and the fully quantized result
+(a Clip/Relu the quantizer folded into its producer, or a trial whose bytes equal the full model's);
+the other candidates are evaluated on ``jobs`` threads (ONNX Runtime releases the GIL), collected in
+candidate order. Chosen nodes and model bytes are the serial search's (tests/test_search_reuse.py).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -87,6 +98,26 @@ def named_metric(name: str, specs) -> list | None:
     return fns or None
 
 
+@dataclass(frozen=True)
+class SearchSpeed:
+    """How the search spends time; the chosen nodes and the model bytes do not depend on it (tests/test_search_reuse.py)."""
+
+    jobs: int | None = None  # candidates evaluated at once (threads); None: the number of cores
+    reuse: bool = True  # static: quantized initializers reused across trials (edgepack/optimize/quant_reuse.py)
+    skip: bool = True  # candidates that cannot change the quantized model are recorded as skipped, not evaluated
+
+
+SPEED = SearchSpeed()
+LEGACY = SearchSpeed(jobs=1, reuse=False, skip=False)  # the search before issue 12 item 5: for tests and benchmarks
+FOLDABLE = ("Clip", "Relu")  # activations ORT's quantizer folds into their producer's output range
+
+
+def jobs_for(speed: SearchSpeed) -> int:
+    if speed.jobs:
+        return max(1, speed.jobs)
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+
+
 def search(
     quantize: Callable[[list[str], Path], None],
     candidates: list[str],
@@ -100,9 +131,11 @@ def search(
     specs=(),
     base_dir: Path | None = None,
     model=None,
+    speed: SearchSpeed | None = None,
 ) -> dict:
     import onnx
 
+    speed = speed or SPEED
     graph = onnx.load(str(model_in), load_external_data=False)
     ev = _Evaluator(validation, reference, cfg, where, specs, [o.name for o in graph.graph.output], base_dir, model)
     op_of = {n.name: n.op_type for n in graph.graph.node}
@@ -124,23 +157,75 @@ def search(
         rec.update(float_nodes=[], steps=[], result=full, note="the fully quantized model meets the budget: no node kept in float")
         return rec
 
-    sens = []
-    for name in candidates:
-        quantize([name], trial)
-        r = ev(trial)
-        sens.append({"node": name, "op_type": op_of.get(name), "drop_when_kept_float": r["drop"], "mse_when_kept_float": r["mse"], "gain": round(full["drop"] - r["drop"], 6)})
-    sens.sort(key=lambda e: (e["drop_when_kept_float"], e["mse_when_kept_float"] if e["mse_when_kept_float"] is not None else 0.0))
+    t0 = time.perf_counter()
+    sens = _sensitivity(quantize, candidates, ev, full, trial, op_of, speed, workdir, rec)
     rec["sensitivity"] = sens
+    t1 = time.perf_counter()
+    best, steps = _steps(quantize, sens, ev, full, cfg, workdir, speed)
+    rec["seconds"] = {"sensitivity": round(t1 - t0, 3), "steps": round(time.perf_counter() - t1, 3)}
+    trial.unlink(missing_ok=True)
+    rec["steps"] = steps
+    return _conclude(rec, sens, steps, best, full, cfg, out, where)
 
+
+def _sensitivity(quantize, candidates, ev, full, trial: Path, op_of: dict, speed: SearchSpeed, workdir: Path, rec: dict) -> list[dict]:
+    """Each candidate kept in float alone, everything else quantized: its drop (sorted, most useful first).
+    Evaluated ``jobs`` at a time; each result depends only on its candidate, so the order is the serial one."""
+    full_bytes = trial.read_bytes() if speed.skip else b""
+    folded = _folded(trial, candidates, op_of) if speed.skip else {}
+
+    def one(k: int, name: str) -> dict:
+        e = {"node": name, "op_type": op_of.get(name)}
+        reason, r = folded.get(name), None
+        if reason is None:
+            path = workdir / f"candidate_{k}.onnx"
+            quantize([name], path)
+            if speed.skip and path.read_bytes() == full_bytes:
+                reason = "keeping it in float leaves the quantized model byte-identical (the quantizer does not touch it)"
+            else:
+                r = ev(path)
+            path.unlink(missing_ok=True)
+        if r is None:  # skipped: the fully quantized model's result, exactly (the same model or the same values)
+            return {**e, "drop_when_kept_float": full["drop"], "mse_when_kept_float": full["mse"], "gain": 0.0, "skipped": reason}
+        return {**e, "drop_when_kept_float": r["drop"], "mse_when_kept_float": r["mse"], "gain": round(full["drop"] - r["drop"], 6)}
+
+    jobs = min(jobs_for(speed), max(1, len(candidates)))
+    rec["jobs"] = jobs
+    if jobs == 1:
+        sens = [one(k, n) for k, n in enumerate(candidates)]
+    else:
+        with ThreadPoolExecutor(jobs, thread_name_prefix="edgepack-search") as pool:
+            sens = list(pool.map(one, range(len(candidates)), candidates))
+    rec["skipped"] = sum(1 for e in sens if "skipped" in e)
+    sens.sort(key=lambda e: (e["drop_when_kept_float"], e["mse_when_kept_float"] if e["mse_when_kept_float"] is not None else 0.0))
+    return sens
+
+
+def _folded(full_model: Path, candidates: list[str], op_of: dict) -> dict[str, str]:
+    """Clip/Relu candidates the quantizer removed from the fully quantized model: their input is
+    quantized with their output's range (ORT folds them into the producer), so keeping one in float
+    only adds a float Clip/Relu between a DequantizeLinear and a QuantizeLinear of that same range,
+    which changes no value."""
+    import onnx
+
+    present = {n.name for n in onnx.load(str(full_model), load_external_data=False).graph.node}
+    return {n: f"{op_of[n]} folded into its producer's quantization in the fully quantized model: keeping it in float changes no value"
+            for n in candidates if op_of.get(n) in FOLDABLE and n not in present}
+
+
+def _steps(quantize, sens: list[dict], ev, full: dict, cfg: AccuracyAware, workdir: Path, speed: SearchSpeed):
+    """Keep the most sensitive nodes in float one more at a time until the budget is met."""
     limit = min(len(sens), cfg.max_float_nodes or len(sens))
     steps: list[dict] = []
     best = (full["drop"], [], None)  # (drop, float nodes, path)
-    prev_drop = full["drop"]
+    prev_drop, prev_bytes, prev = full["drop"], None, None
     for k in range(1, limit + 1):
         kept = [e["node"] for e in sens[:k]]
         step_path = workdir / f"step_{k}.onnx"
         quantize(kept, step_path)
-        r = ev(step_path)
+        data = step_path.read_bytes() if speed.skip else None
+        r = prev if data is not None and data == prev_bytes else ev(step_path)  # same bytes: same result
+        prev_bytes, prev = data, r
         steps.append({"step": k, "added": kept[-1], "float_nodes": len(kept), "score": r["score"], "drop": r["drop"], "effect": round(prev_drop - r["drop"], 6), "met": r["met"]})
         prev_drop = r["drop"]
         if r["drop"] < best[0]:
@@ -151,8 +236,10 @@ def search(
             step_path.unlink(missing_ok=True)
         if r["met"]:
             break
-    trial.unlink(missing_ok=True)
-    rec["steps"] = steps
+    return best, steps
+
+
+def _conclude(rec: dict, sens: list[dict], steps: list[dict], best, full: dict, cfg: AccuracyAware, out: Path, where: str) -> dict:
     by_node = {e["node"]: e for e in sens}
     step_of = {s["added"]: s for s in steps}
     rec["float_nodes"] = [

@@ -113,12 +113,20 @@ class QuantizeStage(Stage):
             raise StageError(f"{self.ctx.where}: calibration failed: {e.__class__.__name__}: {str(e)[:300]}") from e
         record["calibration_method"] = c.calibration
 
+        opts = dict(qformat=c.format, per_channel=c.per_channel, symmetric_activations=c.symmetric_activations,
+                    symmetric_weights=c.symmetric_weights, op_types=c.op_types, include=c.nodes)
+        reused = []  # the search's trials: one ReusedQuantizer (quant_reuse.py), made by the first (serial) call
+
         def quantize(exclude: list[str], dest: Path) -> None:
             try:
-                ort_static.quantize_with_ranges(
-                    pre, dest, ranges, qformat=c.format, per_channel=c.per_channel, symmetric_activations=c.symmetric_activations,
-                    symmetric_weights=c.symmetric_weights, op_types=c.op_types, include=c.nodes, exclude=[*c.exclude_nodes, *exclude],
-                )
+                if c.accuracy_aware is not None and _speed().reuse:
+                    if not reused:
+                        from .quant_reuse import ReusedQuantizer
+
+                        reused.append(ReusedQuantizer(pre, ranges, exclude=list(c.exclude_nodes), **opts))
+                    reused[0].quantize(exclude, dest)
+                else:
+                    ort_static.quantize_with_ranges(pre, dest, ranges, exclude=[*c.exclude_nodes, *exclude], **opts)
             except Exception as e:
                 hint = None
                 if c.format == "qoperator" and c.per_channel:
@@ -172,7 +180,7 @@ class QuantizeStage(Stage):
         candidates = ort_static.candidate_nodes(model_in, types, fmt, c.nodes, c.exclude_nodes)
         try:
             record["accuracy_aware"] = search(quantize, candidates, model_in, validation, reference, c.accuracy_aware, out, workdir, self.ctx.where,
-                                              self.ctx.evaluate, self.ctx.recipe_dir, self.ctx.model)
+                                              self.ctx.evaluate, self.ctx.recipe_dir, self.ctx.model, _speed())
         except PassFailedError as e:
             record["accuracy_aware"] = e.record  # sensitivities and steps, kept in the report
             raise
@@ -211,6 +219,12 @@ class QuantizeStage(Stage):
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=self.cfg.keep_io_types, node_block_list=list(self.cfg.exclude_nodes) or None)
         onnx.save(model, str(out))
         record["keep_io_types"] = self.cfg.keep_io_types
+
+
+def _speed():
+    from . import accuracy_aware
+
+    return accuracy_aware.SPEED
 
 
 def _gates(ctx) -> dict | None:

@@ -24,8 +24,10 @@ from .errors import BadInputError, EdgepackError, GateFailedError, StageError
 from .ingest import ConvertStage, source_artifact
 from .optimize import PassContext, make_pass
 from . import build_checks as pre_build
-from .paths import check_writable, scrub_host_paths, write_json_atomic
+from .paths import check_writable, scrub_host_paths
 from .recipe import LoadedRecipe, TargetInput
+from .report_docs import bundle_docs, write_beside
+from .report_summary import size_split
 from .targets import TargetContext, make_target, run_compile
 from .devices.fleet import run_fleet
 from .validate import ReferenceStage, ValidateStage, artifact_contract
@@ -282,14 +284,16 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         "gates": {"config": r.gates.model_dump(mode="json"), "passed": not gate_failures, "failures": gate_failures},
         "failures": failures,
         "toolchain": _toolchain(),
+        "card": r.card.model_dump(mode="json") if r.card else None,  # MODEL_CARD.md (edgepack/model_card.py)
     }
     for tid, art in artifacts.items():  # where it lies in the bundle, not in the build host's cache
         targets[tid]["artifact"]["path"] = f"targets/{tid}/{art.path.name}"
+        targets[tid]["size"] = size_split(art)  # the model file(s) apart from the folder's extras
     report = scrub_host_paths(report, pre_build.host_prefixes(lr, out_dir, cache.root))  # issue 11: no build-host paths
     built_ok = [tid for tid, e in targets.items() if e["status"] == "ok"]
     if gate_failures or not built_ok:
         report_path = out_dir.parent / f"{out_dir.name}.report.json"
-        write_json_atomic(report_path, report)
+        report = write_beside(report_path, report)  # + NAME.timings.json, NAME.report.html (edgepack/report_docs.py)
         if gate_failures:
             msgs = [f["message"] for f in gate_failures]
             raise GateFailedError(
@@ -355,7 +359,8 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     prov = write_provenance(owned_temp_path(out_dir, PROVENANCE_NAME), files, manifest, key,  # unique per build
                             started, report["finished"], lr.path.name)
     try:
-        bundle = write_bundle(out_dir, {**files, PROVENANCE_NAME: prov}, manifest, report, before_swap=sign_staged)
+        report, docs = bundle_docs(report, manifest, prov)  # summary first; timings.json, report.html, MODEL_CARD.md
+        bundle = write_bundle(out_dir, {**files, PROVENANCE_NAME: prov}, manifest, report, before_swap=sign_staged, docs=docs)
     finally:
         prov.unlink(missing_ok=True)
     progress.done("package + sign", "ok", time.perf_counter() - t0)

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from .recipe_card import Card
 from .recipe_evaluate import CosineGate, Metric, MetricGate, MinCosine
 from .recipe_targets import OnnxRuntimeSpec, TargetSpec
 from .recipe_targets import Target as Target  # re-exported: targets are built and imported from here too
@@ -419,6 +420,7 @@ class Recipe(Strict):
     benchmark: Benchmark = Benchmark()
     package: Package = Package()
     publish: Publish = Publish()
+    card: Card | None = Field(None, description="Model card: intended use, limitations, training data, license (MODEL_CARD.md in the bundle).")
 
     @model_validator(mode="after")
     def _unique_targets(self):

@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 
 # System packages: a real OpenSSH server (device tests), Debian's CNCF distribution registry and
 # skopeo (registry tests); espeak-ng and fonts-dejavu-core (speech and rendered text for the real-model
-# tests, tests/test_real_*.py). Installed only when missing; the tests start them on 127.0.0.1 themselves.
+# tests, tests/test_real_*.py); chromium (headless, for the HTML report test). Installed only when missing; the tests start them on 127.0.0.1 themselves.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=()
-  for pkg in openssh-server openssh-client docker-registry skopeo apache2-utils espeak-ng fonts-dejavu-core; do
+  for pkg in openssh-server openssh-client docker-registry skopeo apache2-utils espeak-ng fonts-dejavu-core chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ ${#need[@]} -gt 0 ]; then

@@ -125,17 +125,21 @@ benchmark:
 """
 
 
-@pytest.fixture
-def tiny_recipe(tmp_path) -> Path:
-    """An ONNX-source recipe (fast: no exporter) with .npz calibration/validation data and labels."""
-    d = tmp_path / "tiny"
+def make_tiny_recipe(d: Path, text: str = TINY_RECIPE) -> Path:
+    """Write the tiny ONNX model, its .npz data and labels and ``text`` as recipe.yaml into a new folder ``d``."""
     d.mkdir()
     tiny_onnx(d / "model.onnx")
     x, y = digits_arrays(64)
     np.savez(d / "calib.npz", input=x[:32])
     np.savez(d / "val.npz", input=x)
     np.save(d / "labels.npy", y)
-    return write_recipe(d / "recipe.yaml", TINY_RECIPE)
+    return write_recipe(d / "recipe.yaml", text)
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path) -> Path:
+    """An ONNX-source recipe (fast: no exporter) with .npz calibration/validation data and labels."""
+    return make_tiny_recipe(tmp_path / "tiny")
 
 
 def make_pki(d: Path, name: str):

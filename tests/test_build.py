@@ -32,15 +32,18 @@ def test_digits_end_to_end_then_cached_then_one_target_changed(digits_recipe, ed
     manifest = json.loads((out / "edgepack.json").read_text())
     assert manifest["name"] == "digits" and manifest["version"] == "1.0.0"
     assert manifest["calibration_sha256"] and manifest["source"]["sha256"] and manifest["recipe_sha256"]
-    assert {f["path"] for f in manifest["files"]} == {"report.json", "provenance.json", "targets/ort-int8/model.onnx", "targets/ort-fp32/model.onnx"}
+    assert {f["path"] for f in manifest["files"]} == {"report.json", "provenance.json", "targets/ort-int8/model.onnx", "targets/ort-fp32/model.onnx",
+                                                     "timings.json", "report.html", "MODEL_CARD.md"}
     assert manifest["targets"]["ort-int8"]["inputs"][0]["name"] == "input"
     assert "onnxruntime" in manifest["toolchain"] and "torch" in manifest["toolchain"]
     report = json.loads((out / "report.json").read_text())
     conv = report["stages"][0]
     assert conv["name"] == "convert" and not conv["cached"]
     dev = report["targets"]["ort-int8"]["devices"]["local"]
-    for k in ("cold_load_ms", "first_inference_ms", "samples_ms", "memory"):
+    for k in ("cold_load_ms", "first_inference_ms", "memory"):
         assert k in dev
+    samples = json.loads((out / "timings.json").read_text())["targets"]["ort-int8"]["local"]["samples_ms"]
+    assert dev["samples"] == "timings.json#/targets/ort-int8/local" and len(samples) == dev["latency"]["count"]
     for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "cv"):
         assert dev["latency"][k] > 0
     assert dev["accuracy"]["fidelity"]["top1_agreement"] > 0.95
@@ -83,6 +86,8 @@ def test_gate_failure_lists_every_failure_and_ships_nothing(tiny_recipe, edgepac
     assert not (edgepack_home / "registry").exists()
     report = json.loads((tiny_recipe.parent / "out.report.json").read_text())
     assert len(report["gates"]["failures"]) == 3
+    assert report["summary"]["status"] == "gates-failed" and report["timings"] == "out.timings.json"  # HTML report beside it too
+    assert (tiny_recipe.parent / "out.timings.json").is_file() and "plot-latency" in (tiny_recipe.parent / "out.report.html").read_text()
 
     # Waiving gates by name lets the build ship, and the report says what was waived.
     tiny_recipe.write_text(text.replace("  max_size_mb: 0.000001", "  max_size_mb: 0.000001\n  waive: [max_p90_ms, max_size_mb, min_cosine]"))

@@ -3,7 +3,8 @@
 A bundle is::
 
     edgepack.json      manifest: schema_version, name, version, targets, ..., files
-    report.json        the validation report
+    report.json        the validation report (summary first; edgepack/report_summary.py)
+    timings.json, report.html, MODEL_CARD.md   written by the build (edgepack/report_docs.py)
     targets/...        per-target artifacts (files or whole folders, e.g. an OpenVINO IR)
     signatures/        model.sig, written by ``edgepack.bundle.sign.sign_bundle``
 
@@ -26,14 +27,15 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "edgepack.json"
 REPORT_NAME = "report.json"
 SIGNATURES_DIR = "signatures"
-_RESERVED = {MANIFEST_NAME, REPORT_NAME, SIGNATURES_DIR}
+_RESERVED = {MANIFEST_NAME, REPORT_NAME, SIGNATURES_DIR, "timings.json", "report.html", "MODEL_CARD.md"}
 
 
 def dump_json(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
-def write_bundle(out_dir: Path, files: dict[str, Path], manifest: dict, report: dict, before_swap=None) -> Path:
+def write_bundle(out_dir: Path, files: dict[str, Path], manifest: dict, report: dict, before_swap=None,
+                 docs: dict[str, bytes] | None = None) -> Path:
     """Build a bundle in an owned staging folder next to ``out_dir`` and swap it into place
     atomically (``replace_dir``).
 
@@ -42,6 +44,8 @@ def write_bundle(out_dir: Path, files: dict[str, Path], manifest: dict, report: 
     ``before_swap(staging_dir)`` runs on the complete staged bundle before the swap (the build
     signs and verifies there), so ``out_dir`` only ever holds the old or the new finished bundle;
     if it raises, or the process dies, ``out_dir`` is untouched.
+    ``docs`` maps reserved top-level names (timings.json, report.html, MODEL_CARD.md) to their bytes; they are
+    listed, hashed and signed like every other file. report.json keeps the report's key order.
     """
     out_dir = Path(out_dir)
     sources = _check_sources(files)
@@ -57,7 +61,11 @@ def write_bundle(out_dir: Path, files: dict[str, Path], manifest: dict, report: 
                     shutil.copyfile(src, dest)
             except OSError as e:
                 raise EdgepackError(f"cannot copy {src} into the bundle as {rel}: {e}") from e
-        atomic_write_bytes(tmp / REPORT_NAME, dump_json(report))
+        atomic_write_bytes(tmp / REPORT_NAME, (json.dumps(report, indent=2) + "\n").encode())
+        for name, data in (docs or {}).items():
+            if name not in _RESERVED or "/" in name:
+                raise BadInputError(f"bundle document {name!r}: not one of the report files edgepack writes")
+            atomic_write_bytes(tmp / name, data)
         doc = dict(manifest)
         doc["schema_version"] = SCHEMA_VERSION
         doc["files"] = list_files(tmp)

@@ -121,6 +121,10 @@ def plan_bundle(bundle_dir: Path, trust=None) -> Plan:
         top[A_SOURCE] = "sha256:" + str(manifest["source"]["sha256"])
     if manifest.get("recipe_sha256"):
         top[A_RECIPE] = "sha256:" + str(manifest["recipe_sha256"])
+    if isinstance(report.get("summary"), dict):  # the model card's summary: description, licenses, authors, ...
+        from edgepack.model_card import oci_annotations
+
+        top.update(oci_annotations(report))
     entries = []
     for tid, files in (groups or {"": list(info)}).items():
         layers = []

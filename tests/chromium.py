@@ -1,0 +1,62 @@
+"""Headless Chromium for tests (the Debian `chromium` package; scripts/setup-tests.sh installs it).
+
+``find()`` returns the binary (edgepack/devices/browser.py's lookup once that module exists); ``run(url, ...)``
+starts one headless Chromium process for a screenshot or a ``--dump-dom``, with console messages on stderr.
+No DevTools client, no downloaded browser.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def find() -> str | None:
+    try:  # the web target's lookup (edgepack/devices/browser.py), when it has landed
+        from edgepack.devices import browser  # type: ignore[attr-defined]
+
+        for name in ("find_chromium", "find_browser", "chromium_path"):
+            fn = getattr(browser, name, None)
+            if callable(fn):
+                try:
+                    found = fn()
+                except Exception:
+                    found = None
+                if found:
+                    return str(found)
+    except ImportError:
+        pass
+    return next((p for p in map(shutil.which, NAMES) if p), None)
+
+
+def skip_reason() -> str | None:
+    return None if find() else "chromium is not installed (scripts/setup-tests.sh installs the Debian package)"
+
+
+def run(url: str, *args: str, width: int = 1200, height: int = 2400, timeout: float = 60) -> subprocess.CompletedProcess:
+    """One headless Chromium run on ``url`` (a file:// URL); a private profile, no network needed."""
+    with tempfile.TemporaryDirectory(prefix="edgepack-chromium-") as profile:
+        cmd = [find() or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars",
+               f"--user-data-dir={profile}", f"--window-size={width},{height}", "--enable-logging=stderr", "--v=0",
+               "--virtual-time-budget=3000", *args, url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={"HOME": profile, "PATH": "/usr/bin:/bin"})
+
+
+def console_messages(stderr: str) -> list[str]:
+    """Lines Chromium logs for the page's console (``INFO:CONSOLE:LINE] "message"``) and its CSP/resource errors."""
+    pat = re.compile(r"CONSOLE[:(]\d+|Content Security Policy|Refused to|Failed to load resource|Uncaught")
+    return [line for line in stderr.splitlines() if pat.search(line)]
+
+
+def screenshot(url: str, dest: Path, **kw) -> subprocess.CompletedProcess:
+    return run(url, f"--screenshot={dest}", **kw)
+
+
+def dump_dom(url: str, **kw) -> subprocess.CompletedProcess:
+    return run(url, "--dump-dom", **kw)

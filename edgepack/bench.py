@@ -56,8 +56,8 @@ def open_bundle(ref: str, workdir: Path, key: Path | None = None) -> tuple[Path,
     from .registry.refs import parse_ref
 
     if key is None:
-        from .pipeline import DEFAULT_KEY, _public_key_for
         from .cache import edgepack_home
+        from .pipeline import DEFAULT_KEY, _public_key_for
 
         key = _public_key_for(edgepack_home() / DEFAULT_KEY)
     dest = workdir / "bundle"
@@ -183,7 +183,7 @@ def run_bench(ref: str, devices: list[str], targets: list[str] | None = None, da
         dev = {"profile": {"arch": p.arch, "os": p.os, "transport": p.transport.type.value}, **o.to_json()}
         if o.status == "ok":
             dev["targets"] = o.value
-            for tid, rec in o.value.items():
+            for rec in o.value.values():
                 if rec["status"] == "failed":
                     report["failures"].append(rec["error"])
             if all(rec["status"] == "failed" for rec in o.value.values()) and o.value:
@@ -289,8 +289,10 @@ def format_report(report: dict) -> str:
 def format_compare(cmp: dict) -> str:
     lines = [f"{'target':<14} {'device':<16} {'A p50 ms':>9} {'B p50 ms':>9} {'B/A p50':>8} {'B/A p90':>8} {'B/A mean':>9}"]
     lines.append("-" * len(lines[0]))
+    def fmt(v):
+        return f"{v:.3f}" if v is not None else "-"
+
     for r in cmp["rows"]:
-        fmt = lambda v: f"{v:.3f}" if v is not None else "-"
         lines.append(f"{r['target']:<14} {r['device']:<16} {r['a_p50_ms']:9.3f} {r['b_p50_ms']:9.3f} {fmt(r['ratio_p50']):>8} "
                      f"{fmt(r['ratio_p90']):>8} {fmt(r['ratio_mean']):>9}{'  (noisy)' if r['noisy'] else ''}")
         for name, m in (r.get("metrics") or {}).items():

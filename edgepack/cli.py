@@ -120,8 +120,8 @@ def keygen(private_key, curve, force):
     Example:
       edgepack keygen keys/release.pem --curve P-384"""
     from .bundle.sign import keygen as make
-    from .pipeline import DEFAULT_KEY
     from .cache import edgepack_home
+    from .pipeline import DEFAULT_KEY
 
     private_key = private_key or edgepack_home() / DEFAULT_KEY
     priv, pub = make(private_key, curve=curve, overwrite=force)
@@ -129,8 +129,8 @@ def keygen(private_key, curve, force):
 
 
 def _default_pub() -> Path:
-    from .pipeline import DEFAULT_KEY
     from .cache import edgepack_home
+    from .pipeline import DEFAULT_KEY
 
     return (edgepack_home() / DEFAULT_KEY).with_name("signing-key.pub.pem")
 

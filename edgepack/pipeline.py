@@ -16,20 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, failpoints
+from . import build_checks as pre_build
 from .artifact import Artifact
 from .cache import StageCache, edgepack_home
 from .data import freeze, load_source
+from .devices.fleet import run_fleet
 from .engine import Engine, Progress, package_versions
 from .errors import BadInputError, EdgepackError, GateFailedError, StageError
 from .ingest import ConvertStage, source_artifact
 from .optimize import PassContext, make_pass
-from . import build_checks as pre_build
 from .paths import check_writable, scrub_host_paths
 from .recipe import LoadedRecipe, TargetInput
 from .report_docs import bundle_docs, write_beside
 from .report_summary import size_split
 from .targets import TargetContext, make_target, run_compile
-from .devices.fleet import run_fleet
 from .validate import ReferenceStage, ValidateStage, artifact_contract
 from .validate.gates import evaluate
 from .validate.threads import gates_at_threads, validate_at_threads
@@ -250,7 +250,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
                 continue
             vres = out.value
             acc_metric = accuracy_gate_metric(r, metric_specs)
-            gates = gates_at_threads(lambda rec, where, tid=tid, art=art: evaluate(r.gates, tid, where, rec, art.size, acc_metric),
+            gates = gates_at_threads(lambda rec, where, tid=tid, art=art, acc_metric=acc_metric: evaluate(r.gates, tid, where, rec, art.size, acc_metric),
                                      vres.record, dev.name)
             entry["devices"][dev.name] = {"status": "ok" if gates["passed"] else "gates-failed", **vres.record, "gates": gates}
             gate_failures.extend(gates["failures"])

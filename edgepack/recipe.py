@@ -351,7 +351,8 @@ class Gates(Strict):
     min_cosine: CosineGate | None = Field(None, description="Centred cosine to FP32 (a number: the mean over samples).")
     max_p90_ms: float | None = Field(None, gt=0)
     max_size_mb: float | None = Field(None, gt=0)
-    min_quantized_fraction: float | None = Field(None, ge=0, le=1, description="Share of the weights (by parameter count) the optimize chain's quantize passes must have quantized, for targets built from it.")
+    min_quantized_fraction: float | None = Field(
+        None, ge=0, le=1, description="Share of the weights (by parameter count) the optimize chain's quantize passes must have quantized, for targets built from it.")
     max_latency_ratio_vs_fp32: float | None = Field(None, gt=0, description="p50 latency of a non-fp32 target over its FP32 counterpart's on the same device (docs/recipe.md).")
     metrics: dict[str, MetricGate] = Field(default_factory=dict, description="Per `evaluate:` metric name: max_drop, min, max.")
     waive: list[str] = Field(default_factory=list, description=f"Gates reported but not enforced: {', '.join(GATE_NAMES)} or metrics.NAME.")

@@ -10,7 +10,8 @@ class Card(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    summary: str | None = Field(None, max_length=1000, description="One or two sentences: what the model does. MODEL_CARD.md's opening line and the OCI image description (default: generated from the build).")
+    summary: str | None = Field(None, max_length=1000, description="One or two sentences: what the model does. "
+                                "MODEL_CARD.md's opening line and the OCI image description (default: generated from the build).")
     intended_use: str | None = Field(None, description="Who should use it for what (Markdown).")
     limitations: str | None = Field(None, description="Known failure modes, out-of-scope uses, biases (Markdown).")
     training_data: str | None = Field(None, description="What the model was trained on (Markdown).")

@@ -102,7 +102,8 @@ class TFLiteSpec(TargetBase):
     """A .tflite flatbuffer converted from the ONNX model (onnx2tf + the TFLite converter)."""
 
     type: Literal[TargetType.TFLITE] = Field(description="tflite")
-    precision: Literal["fp32", "fp16", "int8-dynamic", "int8"] | None = Field(None, description="fp32 (default), fp16, int8-dynamic (weights), int8 (full integer, needs data.calibration).")
+    precision: Literal["fp32", "fp16", "int8-dynamic", "int8"] | None = Field(
+        None, description="fp32 (default), fp16, int8-dynamic (weights), int8 (full integer, needs data.calibration).")
     options: TFLiteOptions = Field(default_factory=TFLiteOptions, description="TFLite options.")
     stage: ClassVar[str] = "edgepack.targets.tflite:TFLiteTarget"
     extra: ClassVar[str | None] = "tflite"

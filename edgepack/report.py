@@ -19,7 +19,8 @@ def summary_rows(report: dict) -> list[dict]:
     for tid, t in report.get("targets", {}).items():
         devices = t.get("devices") or {}
         if not devices:
-            rows.append({"target": tid, "device": "-", "precision": t.get("precision_label") or t.get("precision"), "flags": t.get("flags"), "size_mb": (t.get("size_bytes") or 0) / 1e6 or None,
+            rows.append({"target": tid, "device": "-", "precision": t.get("precision_label") or t.get("precision"), "flags": t.get("flags"),
+                         "size_mb": (t.get("size_bytes") or 0) / 1e6 or None,
                          "status": t["status"] if t["status"] != "ok" else t.get("validation", "ok"), "error": t.get("error")})
             continue
         for dev, d in devices.items():

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from edgepack.artifact import sha256_file
 from edgepack.bundle.keys import fingerprint, load_public_key
-from edgepack.bundle.mslite import ms
 from edgepack.bundle.manifest import MANIFEST_NAME, SIGNATURES_DIR, check_files, list_files, read_manifest
+from edgepack.bundle.mslite import ms
 from edgepack.errors import BadInputError, VerificationError
 
 SIGNATURE_NAME = "model.sig"

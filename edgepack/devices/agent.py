@@ -78,7 +78,7 @@ def _receive(stream, header, run_dir):
                     left -= len(block)
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise AgentError("disk_full", "the device's disk is full (writing %s)" % rel)
+                raise AgentError("disk_full", "the device's disk is full (writing %s)" % rel) from e
             raise
         sent = _read_exact(stream, 64).decode("ascii", "replace")
         if h.hexdigest() != sent:
@@ -106,7 +106,7 @@ def _run_runner(header, run_dir, lost):
             proc = subprocess.Popen([python, os.path.join(run_dir, "runner.py"), "job.json", "result.json"],
                                     cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         except OSError as e:
-            raise AgentError("python", "cannot start the runner with %s: %s" % (python, e))
+            raise AgentError("python", "cannot start the runner with %s: %s" % (python, e)) from e
         header["_pid"] = proc.pid
         deadline = time.monotonic() + float(header.get("timeout") or 600)
         while proc.poll() is None:
@@ -146,7 +146,7 @@ def serve(stdin, stdout):
             os.makedirs(run_dir, mode=0o700)
         except OSError as e:
             kind = "disk_full" if e.errno == errno.ENOSPC else "workdir"
-            raise AgentError(kind, "cannot create %s: %s" % (run_dir, e))
+            raise AgentError(kind, "cannot create %s: %s" % (run_dir, e)) from e
         paths = _receive(stdin, header, run_dir)
         threading.Thread(target=_watch_stdin, args=(stdin, lost), daemon=True).start()
         job = dict(header["job"])

@@ -156,7 +156,8 @@ def _run_source(ctx: ConvertContext, src: Source, mapping: dict[str, str], nchw:
         except Exception as e:
             shapes = {k: list(v.shape) for k, v in s.items()}
             raise BadInputError(
-                f"{ctx.source_where}.inputs: {src.label} rejected inputs of shape {shapes}: {e.__class__.__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}",
+                f"{ctx.source_where}.inputs: {src.label} rejected inputs of shape {shapes}: {e.__class__.__name__}: "
+                f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}",
                 hint="fix model.inputs[].shape / dtype to what the model expects",
             ) from e
     return outs

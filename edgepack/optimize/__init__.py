@@ -7,6 +7,8 @@ one line here. Every pass records what it changed, and why when it changed nothi
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from pathlib import Path
 
 from ..engine import Stage
 
@@ -23,10 +25,6 @@ def make_pass(cfg, ctx) -> Stage:
     name = cfg.pass_
     module, _, cls = PASSES[name].partition(":")
     return getattr(importlib.import_module(module), cls)(cfg, ctx)
-
-
-from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)

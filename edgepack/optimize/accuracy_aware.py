@@ -33,7 +33,6 @@ from ..errors import BadInputError, PassFailedError
 from ..recipe import AccuracyAware, AccuracyMetric
 from .effect import run_model, scores
 
-
 BUILTINS = tuple(m.value for m in AccuracyMetric)  # the historical metric values, still accepted by name
 
 
@@ -55,7 +54,8 @@ class _Evaluator:
         self.higher_is_better = True
         if self.named is None and cfg.metric == AccuracyMetric.TOP1.value:
             if self.labels is None:
-                raise BadInputError(f"{where}.accuracy_aware.metric: 'top1' needs labels in data.validation", hint="give labels, or use metric: cosine / top1_agreement / max_abs_error")
+                raise BadInputError(f"{where}.accuracy_aware.metric: 'top1' needs labels in data.validation",
+                                    hint="give labels, or use metric: cosine / top1_agreement / max_abs_error")
             if scores(reference, self.labels, None)["top1"] is None:
                 raise BadInputError(f"{where}.accuracy_aware.metric: 'top1' needs a classifier output [N, classes]", hint="use metric: cosine or max_abs_error")
         self.fp32, _ = self.score(reference)

@@ -8,7 +8,6 @@ is met on the validation set (edgepack/optimize/accuracy_aware.py). Every pass r
 from __future__ import annotations
 
 import contextlib
-
 import shutil
 from pathlib import Path
 

@@ -47,7 +47,8 @@ def resize_to(module, state: dict) -> None:
     try:
         module.load_state_dict(state)
     except Exception as e:
-        raise StageError(f"cannot restore the pruned PyTorch model: {str(e).splitlines()[0][:200]}", hint="a layer type whose shape torch-pruning changed is not supported for chaining; put this pass first") from e
+        raise StageError(f"cannot restore the pruned PyTorch model: {str(e).splitlines()[0][:200]}",
+                         hint="a layer type whose shape torch-pruning changed is not supported for chaining; put this pass first") from e
 
 
 def check_torch_input(model: Artifact, ctx, where: str) -> None:

@@ -18,13 +18,13 @@ from pathlib import Path
 from edgepack.bundle.fsutil import replace_dir, safe_relpath, staged_dir
 from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME, read_manifest
 from edgepack.bundle.provenance import PROVENANCE_NAME, verify_provenance
+from edgepack.bundle.sigcheck import Trust, as_trust, check_trust, match_layers, signed_digests, verify_bundle
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
 from edgepack.registry.http import MAX_MANIFEST, OCI_INDEX, TransientError
-from edgepack.registry.limits import ATTEMPTS
 from edgepack.registry.index import A_TARGET, A_TITLE, ARTIFACT_TYPE, SIG_REL, SIGNATURE_TYPE, list_referrers, target_groups
+from edgepack.registry.limits import ATTEMPTS
 from edgepack.registry.refs import Ref, check_identity
 from edgepack.registry.select import choose_target
-from edgepack.bundle.sigcheck import Trust, as_trust, check_trust, match_layers, signed_digests, verify_bundle
 
 
 def _json(data: bytes, what: str):
@@ -170,12 +170,12 @@ class Artifact:
                     found[rel] = layer
                 elif self.kind == "index":
                     raise VerificationError(f"{self.where}: {rel} does not belong to the targets {tids or 'all'}")
-        match_layers(self.signed, {r: str(l.get("digest")) for r, l in found.items()}, self.where, full=False)
+        match_layers(self.signed, {r: str(layer.get("digest")) for r, layer in found.items()}, self.where, full=False)
         missing = sorted(want - set(found))
         if missing:
             raise VerificationError(f"{self.where}: signed files missing from the artifact: {', '.join(missing[:4])}")
         if tids is None:
-            match_layers(self.signed, {**{r: str(l["digest"]) for r, l in found.items()},
+            match_layers(self.signed, {**{r: str(layer["digest"]) for r, layer in found.items()},
                                        MANIFEST_NAME: self.config_desc["digest"]}, self.where, full=True)
         return found
 

@@ -132,8 +132,7 @@ class CoreMLTarget(TargetStage):
     def _compress(self, ml, record):
         if self.precision not in ("int8", "palettized"):
             return ml
-        from coremltools.optimize.coreml import (OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig,
-                                                 linear_quantize_weights, palettize_weights)
+        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OpPalettizerConfig, OptimizationConfig, linear_quantize_weights, palettize_weights
 
         threshold = self.opts["weight_threshold"]
         if self.precision == "int8":

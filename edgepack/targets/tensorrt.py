@@ -20,8 +20,6 @@ import json
 import shutil
 from pathlib import Path
 
-
-
 from ..artifact import Artifact
 from ..engine import StageResult, package_versions
 from ..errors import BadInputError, StageError
@@ -148,9 +146,9 @@ def _try_build(out: Path, spec: dict, record: dict) -> dict | None:
     if why is not None:
         record["engine"] = {"status": "built on device", "reason": why}
         return None
-    from ..devices.runner import _Cuda, jetpack_release, trt_build, trt_cache_key
-
     import tensorrt as trt
+
+    from ..devices.runner import _Cuda, jetpack_release, trt_build, trt_cache_key
 
     (out / "build_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
     try:

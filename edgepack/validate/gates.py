@@ -34,20 +34,20 @@ def evaluate(gates: Gates, target: str, device: str, metrics: dict, size_bytes: 
     drop = None if m is None else m.get("drop")
     where = f" on '{m.get('output')}'" if m and m.get("output") else ""
     drop_fmt = f"top-1{where} drop vs FP32 {{v:.4f}} > max_accuracy_drop {{l}}"
-    check("max_accuracy_drop", drop, gates.max_accuracy_drop, lambda v, l: v > l + 1e-12, drop_fmt,
+    check("max_accuracy_drop", drop, gates.max_accuracy_drop, lambda v, lim: v > lim + 1e-12, drop_fmt,
           (m or {}).get("error", "no top-1 metric"))
     cos_cfg = gates.cosine
     if cos_cfg is not None:
         cos = acc.get("cosine_gate", (acc.get("fidelity") or {}).get("cosine"))
         how = "" if cos_cfg.per_sample == "mean" else f" ({cos_cfg.per_sample} sample)"
-        check("min_cosine", cos, cos_cfg.min, lambda v, l: v < l, f"centred cosine vs FP32{how} {{v:.5f}} < min_cosine {{l}}",
+        check("min_cosine", cos, cos_cfg.min, lambda v, lim: v < lim, f"centred cosine vs FP32{how} {{v:.5f}} < min_cosine {{l}}",
               "no reference outputs" if not acc.get("fidelity") else "output shapes differ from FP32")
     for name, g in gates.metrics.items():
         _metric_gate(name, g, named.get(name), check)
     p90 = lat.get("p90_ms")
-    check("max_p90_ms", p90, gates.max_p90_ms, lambda v, l: v > l, "p90 latency {v:.3f} ms > max_p90_ms {l}", "no latency measured")
+    check("max_p90_ms", p90, gates.max_p90_ms, lambda v, lim: v > lim, "p90 latency {v:.3f} ms > max_p90_ms {l}", "no latency measured")
     size_mb = size_bytes / 1e6
-    check("max_size_mb", size_mb, gates.max_size_mb, lambda v, l: v > l, "size {v:.3f} MB > max_size_mb {l}")
+    check("max_size_mb", size_mb, gates.max_size_mb, lambda v, lim: v > lim, "size {v:.3f} MB > max_size_mb {l}")
     return {"passed": not failures, "failures": failures, "waived": waived, "checked": checked}
 
 
@@ -93,8 +93,8 @@ def _metric_gate(name, g, m, check) -> None:
     vs = f" ({_fmt(value)} vs FP32 {_fmt(ref)})"
     if g.max_drop is not None:
         direction = "drop" if m.get("higher_is_better", True) else "rise"
-        check(gate, m.get("drop"), g.max_drop, lambda v, l: v > l + 1e-12, f"{name} {direction} vs FP32 {{v:.4g}} > max_drop {{l}}{vs}", why)
+        check(gate, m.get("drop"), g.max_drop, lambda v, lim: v > lim + 1e-12, f"{name} {direction} vs FP32 {{v:.4g}} > max_drop {{l}}{vs}", why)
     if g.min is not None:
-        check(gate, value, g.min, lambda v, l: v < l, f"{name} {{v:.4g}} < min {{l}}", why)
+        check(gate, value, g.min, lambda v, lim: v < lim, f"{name} {{v:.4g}} < min {{l}}", why)
     if g.max is not None:
-        check(gate, value, g.max, lambda v, l: v > l, f"{name} {{v:.4g}} > max {{l}}", why)
+        check(gate, value, g.max, lambda v, lim: v > lim, f"{name} {{v:.4g}} > max {{l}}", why)

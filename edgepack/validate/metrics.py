@@ -19,8 +19,16 @@ from ..errors import BadInputError
 from ..recipe_evaluate import FnMetric
 from . import text
 from .fidelity import (  # noqa: F401  (re-exported: one import point for numbers)
-    abs_errors, aggregate, centred_cosine_rows, cosine, cosine_gate_value, cosine_rows, distribution, fidelity,
-    is_classifier, max_abs_error,
+    abs_errors,
+    aggregate,
+    centred_cosine_rows,
+    cosine,
+    cosine_gate_value,
+    cosine_rows,
+    distribution,
+    fidelity,
+    is_classifier,
+    max_abs_error,
 )
 
 PSNR_CAP = 200.0  # dB reported for identical arrays (no infinity in report.json)

@@ -12,7 +12,7 @@ import json
 
 from . import svg
 from .model_card import card_summary
-from .report_summary import samples_for
+from .report_summary import samples_for, thread_samples
 from .svg import esc
 
 HTML_NAME = "report.html"
@@ -79,9 +79,11 @@ def _distribution_rows(report: dict, timings: dict | None) -> list[tuple[str, li
     rows = []
     for tid, t in (report.get("targets") or {}).items():
         for dev in (t.get("devices") or {}):
-            samples = samples_for(report, timings, tid, dev)
-            if samples:
-                rows.append((f"{tid} @ {dev}", samples))
+            per_count = thread_samples(timings, tid, dev)
+            if len(per_count) > 1:  # one row per thread count of the device profile
+                rows += [(f"{tid} @ {dev} ({n} thr)", v) for n, v in per_count.items() if v]
+            elif samples_for(report, timings, tid, dev):
+                rows.append((f"{tid} @ {dev}", samples_for(report, timings, tid, dev)))
     return rows
 
 

@@ -142,6 +142,13 @@ def samples_for(report: dict, timings: dict | None, tid: str, dev: str) -> list[
     return list(d.get("samples_ms") or []) if isinstance(d, dict) else []
 
 
+def thread_samples(timings: dict | None, tid: str, dev: str) -> dict[str, list[float]]:
+    """Per thread count (``threads: [1, 4]`` in the profile) the raw latencies of one target on one device."""
+    entry = ((timings or {}).get("targets") or {}).get(tid, {}).get(dev) or {}
+    runs = entry.get("threads_runs")
+    return {str(n): list(v) for n, v in runs.items()} if isinstance(runs, dict) else {}
+
+
 def load_timings(report_path: Path, report: dict | None = None) -> dict | None:
     """The timings document named by a report.json (``timings``: a file beside it); None if absent/unreadable."""
     report_path = Path(report_path)

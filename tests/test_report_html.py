@@ -56,6 +56,8 @@ def test_report_files_are_signed_bundle_files(built):
         assert len(timings["targets"][tid]["local"]["samples_ms"]) == dev["latency"]["count"] > 0
         assert report["summary"]["targets"][tid]["model_bytes"] == report["targets"][tid]["size"]["model_bytes"] > 0
     assert report["summary"]["best_per_device"]["local"]["target"] in ("ort", "ort-fp32")
+    cmp = run_cli("bench", "--compare", bundle / "report.json", bundle / "report.json", "--json", env=env)  # still reads it
+    assert cmp.returncode == 0 and {r["target"] for r in json.loads(cmp.stdout)["rows"]} == {"ort", "ort-fp32"}, cmp.stderr
     pub = d / "pub.pem"
     shutil.copyfile(d / "home" / "keys" / "signing-key.pub.pem", pub)
     assert run_cli("verify", bundle, "--key", pub, env=env).returncode == 0
@@ -108,14 +110,12 @@ def test_report_html_in_headless_chromium(built, tmp_path):
     for p in plots:
         assert p["w"] > 100 and p["h"] > 50 and len(p["marks"]) == 2, p  # one per (target, device)
         assert all(w > 0 and h > 0 for w, h in p["marks"]), p
-    # 3. the console check itself sees an error when there is one
+    # 3. the console check itself sees an error, and the page's CSP blocks (and logs) any fetch
     bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><html><body><script>console.error('edgepack-probe-error')</script></body></html>")
-    assert any("edgepack-probe-error" in m for m in chromium.console_messages(chromium.dump_dom(bad.as_uri()).stderr))
-    fetching = tmp_path / "fetching.html"  # and the page's CSP blocks (and logs) any fetch
-    fetching.write_text(page.replace("</body>", '<img src="http://127.0.0.1:9/x.png"></body>'))
-    assert any("Content Security Policy" in m for m in chromium.console_messages(chromium.dump_dom(fetching.as_uri()).stderr))
-
+    bad.write_text(page.replace("script-src 'none'", "script-src 'unsafe-inline'").replace(
+        "</body>", "<script>console.error('edgepack-probe-error')</script><img src=\"http://127.0.0.1:9/x.png\"></body>"))
+    logged = chromium.console_messages(chromium.dump_dom(bad.as_uri()).stderr)
+    assert any("edgepack-probe-error" in m for m in logged) and any("Content Security Policy" in m for m in logged), logged
 
 @pytest.mark.registry
 def test_card_summary_in_the_oci_annotations_on_a_real_registry(built, tmp_path):

@@ -85,7 +85,8 @@ def test_html_escapes_user_names_and_has_no_script_or_network():
     p.feed(page)
     assert "img" not in p.tags and p.tags.count("svg") == 2  # latency + Pareto
     assert any(EVIL in t for t in p.texts)  # shown as text, intact
-    assert page.count('class="mark"') == 5 + 5  # a box per (target, device) with samples; a circle per Pareto point
+    # a box per (target, device) with samples (x86 of EVIL: one per thread count), a circle per Pareto point
+    assert page.count('class="mark"') == 6 + 5 and "(4 thr)" in page
 
 
 def test_model_card_front_matter_sections_and_annotations():

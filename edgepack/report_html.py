@@ -33,7 +33,7 @@ def _status(s) -> str:
     return f'<span class="{"ok" if s == "ok" else "bad"}">{esc(s)}</span>'
 
 
-def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+def _table(headers: list[str], rows: list[list[str]], numeric: frozenset[int] | set[int] = frozenset()) -> str:
     """A table; ``rows`` hold markup already escaped by the caller (cells built with esc/_status)."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f'<td{" class=n" if i in numeric else ""}>{c}</td>' for i, c in enumerate(r)) + "</tr>"

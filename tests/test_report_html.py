@@ -6,10 +6,9 @@ import json
 import re
 import shutil
 
+import chromium
 import pytest
 import yaml
-
-import chromium
 from conftest import TINY_RECIPE, make_tiny_recipe, run_cli
 
 CARD = """\

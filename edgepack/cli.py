@@ -70,6 +70,8 @@ def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cach
     else:
         click.echo(summary_table(res.report))
         click.echo(f"\nbundle: {res.bundle}")
+        if res.bundle is not None and (res.bundle / "report.html").is_file():
+            click.echo(f"report: {res.bundle / 'report.html'} (MODEL_CARD.md beside it)")
         if res.published:
             click.echo(f"published: {res.published.get('ref')} ({res.published.get('digest')})")
         if res.not_published:

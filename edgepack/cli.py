@@ -363,6 +363,11 @@ def devices_check(profile, as_json):
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_check(info))
 
 
+from .toolchains.cli import toolchains_group  # noqa: E402 - the group lives with its package
+
+cli.add_command(toolchains_group)
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in argv or "-v" in argv:  # accepted anywhere on the line

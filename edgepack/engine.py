@@ -40,6 +40,9 @@ class Stage:
     # Input names the stage reads; others offered by the build are dropped before keying, so that
     # e.g. new validation data does not re-run a pass that only reads calibration data. None = all.
     uses: ClassVar[tuple[str, ...] | None] = None
+    # The toolchain (edgepack/toolchains: TOOLCHAINS) an isolated stage runs in: the running interpreter when it
+    # satisfies the toolchain's lock, else that managed environment's. None: always the running interpreter.
+    toolchain_env: ClassVar[str | None] = None
 
     def config(self) -> dict:
         return {}
@@ -106,6 +109,15 @@ def _identity(a: Artifact) -> str:
     if not meta:
         return a.digest
     return a.digest + ":" + hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _interpreter(stage: Stage) -> str | None:
+    """The toolchain interpreter an isolated stage runs in (None: the running one)."""
+    if not stage.toolchain_env:
+        return None
+    from . import toolchains
+
+    return toolchains.resolve(stage.toolchain_env).python
 
 
 def _run_stage(stage: Stage, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
@@ -201,7 +213,8 @@ class Engine:
         try:
             if stage.isolated:
                 result = run_isolated(
-                    _run_stage, stage, inputs, workdir, timeout=stage.timeout, log_path=log_path, what=f"stage {name}"
+                    _run_stage, stage, inputs, workdir, timeout=stage.timeout, log_path=log_path, what=f"stage {name}",
+                    python=_interpreter(stage),
                 )
             else:
                 result = stage.run(inputs, workdir)

@@ -57,10 +57,29 @@ def check_extras(lr: LoadedRecipe, targets) -> None:
     for i, t in enumerate(lr.recipe.targets):
         extra = TARGETS.get(t.type, (None, None))[1]
         if t in targets and extra:
-            mods = EXTRA_MODULES[extra]
+            where, what = lr.where("targets", i), f"target '{t.id}' ({t.type.value})"
+            if _in_toolchain(extra, t, m):  # its compile runs in that toolchain: here or in its managed environment
+                from . import toolchains
+
+                toolchains.check(extra, where, what)
+                continue
+            mods = EXTRA_MODULES.get(extra, ())
             if extra == "coreml" and m.format.value == "onnx":
                 mods = mods + ("onnx2tf", "tensorflow")  # ONNX sources go through onnx2tf
-            _require(lr.where("targets", i), f"target '{t.id}' ({t.type.value})", extra, mods)
+            _require(where, what, extra, mods)
+
+
+def _in_toolchain(extra: str, target, model) -> bool:
+    """Whether a target's compile runs in the toolchain named by its extra (edgepack/toolchains). TensorRT's
+    engine is built on the device; Core ML's PyTorch frontend runs in the build's environment (user torch code)."""
+    from .toolchains import TOOLCHAINS
+
+    if extra not in TOOLCHAINS or extra == "tensorrt":
+        return False
+    if extra == "coreml":
+        frontend = (target.options or {}).get("frontend", "auto")
+        return frontend == "onnx" or (frontend == "auto" and model.format.value not in ("pytorch", "torchscript"))
+    return True
 
 
 def check_pass_data(lr: LoadedRecipe) -> None:

@@ -54,6 +54,15 @@ def _start_group_guard(conn) -> None:
         os._exit(0)
 
 
+def _redirect(log_path) -> None:
+    """stdout/stderr (fds 1 and 2, so a backend's C code too) appended to the stage log."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+
 def _child(conn, fn, args, kwargs, log_path, sys_path, parent_pid=None):
     os.setpgrp()  # its own process group: a timeout kills the converter's own subprocesses too
     if parent_pid is not None:
@@ -61,11 +70,7 @@ def _child(conn, fn, args, kwargs, log_path, sys_path, parent_pid=None):
     _start_group_guard(conn)
     failpoints.hit("worker.start")
     if log_path:
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        _redirect(log_path)
     for p in reversed(sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -89,14 +94,21 @@ def log_tail(log_path: Path | None, lines: int = 15) -> str:
 
 
 def run_isolated(
-    fn: Callable, *args: Any, timeout: float | None = None, log_path: Path | None = None, what: str = "worker", **kwargs: Any
+    fn: Callable, *args: Any, timeout: float | None = None, log_path: Path | None = None, what: str = "worker",
+    python: str | None = None, **kwargs: Any
 ) -> Any:
-    """Call ``fn(*args, **kwargs)`` in a spawned process; return its result or raise StageError."""
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, fn, args, kwargs, str(log_path) if log_path else None, list(sys.path), os.getpid()))
-    proc.start()
-    child.close()
+    """Call ``fn(*args, **kwargs)`` in a spawned process; return its result or raise StageError.
+
+    ``python``: another interpreter to run it in (a toolchain environment, edgepack/toolchains): started as
+    ``python -I`` with only this edgepack package on its path; arguments and result are pickled over a pipe."""
+    if python is not None and os.path.realpath(python) != os.path.realpath(sys.executable):
+        proc, parent = _start_foreign(python, fn, args, kwargs, log_path)
+    else:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(child, fn, args, kwargs, str(log_path) if log_path else None, list(sys.path), os.getpid()))
+        proc.start()
+        child.close()
     try:
         if not parent.poll(timeout):
             raise StageError(f"{what} timed out after {timeout:.0f}s", hint=f"log: {log_path}" if log_path else None)
@@ -120,6 +132,81 @@ def run_isolated(
     if status == "edgepack":
         raise payload
     raise StageError(f"{what} failed: {payload}", hint=f"log: {log_path}" if log_path else None)
+
+
+_FOREIGN_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from edgepack.worker import _foreign_main; "
+                 "_foreign_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))")
+
+
+class _Foreign:
+    """A worker in another interpreter, with the part of multiprocessing.Process's interface used here."""
+
+    def __init__(self, popen):
+        self.popen = popen
+        self.pid = popen.pid
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def join(self, timeout: float | None = None) -> None:
+        import subprocess
+
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.popen.poll()
+
+
+def _start_foreign(python: str, fn, args, kwargs, log_path):
+    import subprocess
+    from multiprocessing.connection import Connection
+
+    from .toolchains.env import edgepack_path
+
+    job_r, job_w = os.pipe()
+    res_r, res_w = os.pipe()
+    try:
+        popen = subprocess.Popen([python, "-I", "-c", _FOREIGN_BOOT, edgepack_path(), str(job_r), str(res_w),
+                                  str(log_path or ""), str(os.getpid())], pass_fds=(job_r, res_w), stdin=subprocess.DEVNULL)
+    except BaseException:
+        for fd in (job_r, job_w, res_r, res_w):
+            os.close(fd)
+        raise
+    os.close(job_r)
+    os.close(res_w)
+    job = Connection(job_w, readable=False)
+    try:
+        job.send((fn, args, kwargs))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it died before reading: the result pipe's EOF reports it
+    finally:
+        job.close()
+    return _Foreign(popen), Connection(res_r, writable=False)
+
+
+def _foreign_main(job_fd: int, result_fd: int, log_path: str, parent_pid: int) -> None:
+    """The worker side in a toolchain interpreter: read the job, then run it as a spawned worker would."""
+    from multiprocessing.connection import Connection
+
+    if log_path:
+        _redirect(log_path)
+    conn = Connection(result_fd, readable=False)
+    try:
+        with Connection(job_fd, writable=False) as job:
+            fn, args, kwargs = job.recv()
+    except BaseException as e:  # noqa: BLE001 - e.g. a module this environment cannot import
+        traceback.print_exc()
+        conn.send(("error", f"cannot load the job in {sys.executable}: {e.__class__.__name__}: {e}"))
+        conn.close()
+        return
+    _child(conn, fn, args, kwargs, None, [], parent_pid)
 
 
 def _kill(proc) -> None:

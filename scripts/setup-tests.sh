@@ -19,4 +19,5 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# the core takes ranges (pyproject.toml); CI's single environment is pinned by constraints/tests.txt
+python3 -m pip install -q --disable-pip-version-check -e '.[test]' -c constraints/tests.txt

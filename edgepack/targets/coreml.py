@@ -52,13 +52,19 @@ class CoreMLTarget(TargetStage):
                                 f"this recipe's is {ctx.model.format.value}", hint="use frontend: onnx (the default for non-PyTorch sources)")
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
+        # the ONNX path runs in the coreml toolchain; the PyTorch frontend imports the user's torch code, here
+        self.toolchain_env = "coreml" if self.frontend == "onnx" else None
 
     def config(self) -> dict:
         return {**super().config(), "frontend": self.frontend}
 
     def toolchain(self) -> dict[str, str]:
         names = ("coremltools", "torch") if self.frontend == "pytorch" else ("coremltools", "onnx2tf", "tensorflow", "tf_keras")
-        return package_versions(*names)
+        if self.toolchain_env is None:
+            return package_versions(*names)
+        from .. import toolchains
+
+        return toolchains.versions("coreml", *names)
 
     def coverage_input(self, model, fp32):
         """Pre-flight op coverage (targets/coverage.py): the ONNX graph only matters on the onnx2tf path."""

@@ -235,9 +235,11 @@ def _learned_file(converter: str) -> Path:
 
 
 def _toolchain_key(converter: str) -> tuple[str, dict]:
-    from ..engine import package_versions
+    from .. import toolchains
 
-    versions = package_versions(*LEARNED_TOOLCHAIN[converter])
+    # from the environment the converter runs in (the build's or a toolchain's), so the worker that learns a
+    # pattern and the pre-flight that reads it agree
+    versions = {k: v for k, v in toolchains.versions("tflite", *LEARNED_TOOLCHAIN[converter]).items() if k != "python"}
     return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16], versions
 
 

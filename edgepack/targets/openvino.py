@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, TensorSpec
-from ..engine import StageResult, package_versions
+from ..engine import StageResult
 from ..errors import StageError, require_backend
 from . import TargetStage
 from .common import (
@@ -71,6 +71,7 @@ class OpenVINOTarget(TargetStage):
     runtime = "openvino"
     extra = "openvino"
     isolated = True
+    toolchain_env = "openvino"
     timeout = 900.0
 
     def __init__(self, target, ctx):
@@ -81,10 +82,9 @@ class OpenVINOTarget(TargetStage):
             self.timeout = float(self.opts["timeout_s"])
 
     def toolchain(self) -> dict[str, str]:
-        versions = package_versions("openvino", "onnx")
-        if self.precision == "int8":
-            versions.update(package_versions("nncf"))
-        return versions
+        from .. import toolchains
+
+        return toolchains.versions("openvino", "openvino", "onnx", *(("nncf",) if self.precision == "int8" else ()))
 
     def check_inputs(self, inputs):
         if self.precision == "int8":

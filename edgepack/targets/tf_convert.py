@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact
-from ..engine import Stage, StageResult, package_versions
+from ..engine import Stage, StageResult
 from ..errors import BadInputError, StageError, require_backend
 from .common import first_sample, model_io_and_calibration, quantized_ops
 
@@ -38,7 +38,9 @@ def channels_last(rank: int) -> list[int] | None:
 
 
 def toolchain() -> dict[str, str]:
-    return package_versions("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnxruntime", "onnxsim", "ai-edge-litert")
+    from .. import toolchains
+
+    return toolchains.versions("tflite", "onnx2tf", "tensorflow", "tf_keras", "onnx", "onnxruntime", "onnxsim", "ai-edge-litert")
 
 
 class SavedModelStage(Stage):
@@ -47,6 +49,7 @@ class SavedModelStage(Stage):
     kind = "convert.onnx2tf-savedmodel"
     version = "1"
     isolated = True
+    toolchain_env = "tflite"
     timeout = 900.0
     uses = ("model", "calibration")
 

@@ -35,6 +35,7 @@ class TFLiteTarget(TargetStage):
     runtime = "tflite"
     extra = "tflite"
     isolated = True
+    toolchain_env = "tflite"
     timeout = 900.0
     uses = ("model", "calibration", "saved_model")
 

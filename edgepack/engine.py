@@ -111,13 +111,13 @@ def _identity(a: Artifact) -> str:
     return a.digest + ":" + hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _interpreter(stage: Stage) -> str | None:
-    """The toolchain interpreter an isolated stage runs in (None: the running one)."""
-    if not stage.toolchain_env:
+def _toolchain_env(stage: Stage):
+    """The toolchain environment (edgepack/toolchains ``Env``) an isolated stage runs in, or None."""
+    if not stage.toolchain_env or not stage.isolated:
         return None
     from . import toolchains
 
-    return toolchains.resolve(stage.toolchain_env).python
+    return toolchains.resolve(stage.toolchain_env)
 
 
 def _run_stage(stage: Stage, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
@@ -211,13 +211,16 @@ class Engine:
             log_path = self.log_path(name)
             log_path.unlink(missing_ok=True)
         try:
+            env = _toolchain_env(stage)
             if stage.isolated:
                 result = run_isolated(
                     _run_stage, stage, inputs, workdir, timeout=stage.timeout, log_path=log_path, what=f"stage {name}",
-                    python=_interpreter(stage),
+                    python=env.python if env else None,
                 )
             else:
                 result = stage.run(inputs, workdir)
+            if env is not None:  # where it ran: report.json and the manifest say so
+                result.record["environment"] = {**env.info(), "python": stage.toolchain().get("python")}
             self._check_inputs_unchanged(name, inputs, before)
             stage.check_outputs(inputs, result)
             if stage.cacheable:

@@ -329,6 +329,7 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
                 "outputs": [s.to_json() for s in artifacts[tid].outputs],
                 "runner": artifact_contract(artifacts[tid], [i.name for i in r.model.inputs]).to_json(),  # edgepack/contract.py
                 "toolchain": target_stages[tid].toolchain(),  # converters/runtimes this target's compile stage used
+                **({"toolchain_env": targets[tid]["compile"]["environment"]} if "environment" in targets[tid].get("compile", {}) else {}),
                 "validated_on": [d for d, v in targets[tid]["devices"].items() if v.get("status") == "ok"],
             }
             for tid in built_ok

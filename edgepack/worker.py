@@ -101,7 +101,7 @@ def run_isolated(
 
     ``python``: another interpreter to run it in (a toolchain environment, edgepack/toolchains): started as
     ``python -I`` with only this edgepack package on its path; arguments and result are pickled over a pipe."""
-    if python is not None and os.path.realpath(python) != os.path.realpath(sys.executable):
+    if python is not None and os.path.abspath(python) != os.path.abspath(sys.executable):  # a venv python links to its base: not the same
         proc, parent = _start_foreign(python, fn, args, kwargs, log_path)
     else:
         ctx = mp.get_context("spawn")

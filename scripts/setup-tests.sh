@@ -21,3 +21,7 @@ fi
 
 # the core takes ranges (pyproject.toml); CI's single environment is pinned by constraints/tests.txt
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' -c constraints/tests.txt
+
+# The extra environments some tests use, built once and cached in ~/.cache/edgepack-tests (tests/testenvs.py):
+# the managed tflite toolchain (tests/test_toolchain_env.py) and Python 3.12 + numpy 2 for the core.
+python3 tests/testenvs.py

@@ -32,6 +32,10 @@ def edgepack_home(tmp_path, monkeypatch):
     home = tmp_path / "edgepack-home"
     monkeypatch.setenv("EDGEPACK_HOME", str(home))
     monkeypatch.delenv("EDGEPACK_CACHE", raising=False)
+    # managed toolchain environments are shared and cached (tests/testenvs.py), not per test
+    from testenvs import TOOLCHAINS_DIR
+
+    monkeypatch.setenv("EDGEPACK_TOOLCHAINS_DIR", str(TOOLCHAINS_DIR))
     return home
 
 

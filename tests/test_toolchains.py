@@ -89,29 +89,30 @@ def test_errors_and_crashes_in_another_interpreter(tmp_path):
         run_isolated(functools.partial(eval, "__import__('time').sleep(60)"), python=OTHER, timeout=2, what="w", log_path=log)
 
 
-def test_running_environment_is_used_when_it_satisfies_the_lock(monkeypatch):
+def test_running_environment_is_used_when_it_satisfies_the_lock(monkeypatch, tmp_path):
     name = next((n for n in toolchains.TOOLCHAINS if toolchains.unsatisfied(n) is None), None)
     if name is None:
         pytest.skip("no toolchain lock is satisfied by this environment")
     env = toolchains.resolve(name)
     assert env.where == "running" and env.python is None
-    monkeypatch.setenv("EDGEPACK_TOOLCHAINS", "managed")  # forced managed, nothing installed in this EDGEPACK_HOME
+    monkeypatch.setenv("EDGEPACK_TOOLCHAINS", "managed")  # forced managed, nothing installed there
+    monkeypatch.setenv("EDGEPACK_TOOLCHAINS_DIR", str(tmp_path / "none"))
     with pytest.raises(toolchains.ToolchainMissingError) as e:
         toolchains.resolve(name)
     assert f"edgepack toolchains install {name}" in e.value.one_line()
 
 
-def test_preflight_names_the_install_command(tiny_recipe):
+def test_preflight_names_the_install_command(tiny_recipe, tmp_path):
     tiny_recipe.write_text(TINY_RECIPE.replace("gates:\n", "  - type: tflite\n    name: tfl\ngates:\n"))
     res = run_cli("build", tiny_recipe, "--no-publish", "-o", tiny_recipe.parent / "out", cwd=tiny_recipe.parent,
-                  env={"EDGEPACK_TOOLCHAINS": "managed"})
+                  env={"EDGEPACK_TOOLCHAINS": "managed", "EDGEPACK_TOOLCHAINS_DIR": str(tmp_path / "none")})
     assert res.returncode == 2, res.stderr
     assert "targets[1]" in res.stderr and "tflite toolchain" in res.stderr and "edgepack toolchains install tflite" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "convert" not in res.stdout
 
 
-def test_ls_lists_every_toolchain(edgepack_home):
-    res = run_cli("toolchains", "ls", "--json", env={"EDGEPACK_TOOLCHAINS": "managed"})
+def test_ls_lists_every_toolchain(tmp_path):
+    res = run_cli("toolchains", "ls", "--json", env={"EDGEPACK_TOOLCHAINS": "managed", "EDGEPACK_TOOLCHAINS_DIR": str(tmp_path / "none")})
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
     assert {r["toolchain"] for r in rows} == set(toolchains.TOOLCHAINS)

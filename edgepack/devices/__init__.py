@@ -164,7 +164,7 @@ class LocalTransport(Transport):
                 job[k] = str(tmp / f"{k}.npz")
             job["workdir"] = str(tmp)
             (tmp / "job.json").write_text(json.dumps(job))
-            python = self.profile.python or sys.executable
+            python = self.profile.python or _toolchain_python(job.get("runtime")) or sys.executable
             try:
                 isolated = ["-I"] if job.get("mode") == "memory" else []  # memory: a clean interpreter (no PYTHON* env, no user site)
                 proc = subprocess.run(
@@ -188,6 +188,12 @@ class LocalTransport(Transport):
                     Path(dest).parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(str(src), str(dest))
             return result
+
+
+def _toolchain_python(runtime: str | None) -> str | None:
+    from ..toolchains import runtime_python  # a runtime living in a toolchain environment (edgepack/toolchains)
+
+    return runtime_python(runtime)
 
 
 # transport type -> "module:Class". The SSH transport lives in devices/ssh.py.

@@ -227,6 +227,23 @@ def versions(name: str, *packages: str) -> dict[str, str]:
     return {**{p: have.get(canonical(p), "not-installed") for p in packages}, "python": rec.get("python", "unknown")}
 
 
+# runner adapter (edgepack/devices/runner.py) -> the toolchain whose environment has its runtime
+RUNTIME_TOOLCHAINS = {"tflite": "tflite", "openvino": "openvino", "executorch": "executorch"}
+
+
+def runtime_python(runtime: str | None) -> str | None:
+    """The interpreter the local device runs the runner in for ``runtime``: the toolchain environment's when the
+    running one does not satisfy its lock (None: the running interpreter, also when no environment is installed:
+    the runner then reports the missing runtime itself)."""
+    name = RUNTIME_TOOLCHAINS.get(runtime or "")
+    if name is None:
+        return None
+    try:
+        return resolve(name).python
+    except ToolchainMissingError:
+        return None
+
+
 def check(name: str, where: str, what: str) -> None:
     """Pre-flight: raise ToolchainMissingError ``WHERE: WHAT needs the NAME toolchain ...`` unless it can run."""
     try:

@@ -188,12 +188,12 @@ def install(name: str, force: bool = False, echo=print) -> dict:
 
 def listing() -> list[dict]:
     """One row per known toolchain and environment: the running one when it satisfies the lock, managed ones."""
-    from . import TOOLCHAINS, versions
+    from . import MODE_ENV, TOOLCHAINS, mode, versions
 
     rows = []
     for name, tc in TOOLCHAINS.items():
         lock = read_lock(name)
-        why = unsatisfied(name)
+        why = unsatisfied(name) if mode() == "auto" else f"{MODE_ENV}=managed"
         if why is None:
             rows.append({"toolchain": name, "environment": "running", "lock": lock.digest, "python": platform.python_version(),
                          "versions": {k: v for k, v in versions(name).items() if k != "python"}, "current": True})

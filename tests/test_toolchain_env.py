@@ -1,0 +1,78 @@
+"""Toolchain environments for real (issue 14 items 1-2): a managed venv built from the tflite lock (cached by
+tests/testenvs.py, so CI builds it once per lock digest) runs the digits TFLite compile, and its versions land in
+the manifest; the core (no toolchain) passes a subset of the suite under Python 3.12 with numpy 2 and builds a
+recipe there end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO, run_cli
+from testenvs import ensure_toolchain, numpy2_env
+
+
+@pytest.fixture(scope="session")
+def tflite_env():
+    return ensure_toolchain("tflite")
+
+
+@pytest.mark.slow
+def test_tflite_compile_runs_in_the_managed_environment(tflite_env, digits_recipe):
+    doc = yaml.safe_load(digits_recipe.read_text())
+    doc["optimize"] = []
+    doc["targets"] = [{"type": "tflite", "name": "tfl", "precision": "fp32"}]
+    doc["gates"] = {"min_cosine": 0.99}
+    doc["benchmark"] = {"warmup_runs": 2, "warmup_seconds": 0, "runs": 10, "min_seconds": 0}
+    digits_recipe.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = digits_recipe.parent / "out"
+    hide = digits_recipe.parent / "hide"  # the build process cannot import onnx2tf / tensorflow: only the toolchain can
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['onnx2tf'] = None\nsys.modules['tensorflow'] = None\n")
+    env = {"EDGEPACK_TOOLCHAINS": "managed",  # never the running environment, even where it satisfies the lock
+           "PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
+    res = run_cli("build", digits_recipe, "--no-publish", "-o", out, cwd=digits_recipe.parent, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    record = json.loads((tflite_env / "toolchain.json").read_text())
+    versions = {k.lower().replace("_", "-"): v for k, v in record["versions"].items()}
+    manifest = json.loads((out / "edgepack.json").read_text())
+    target = manifest["targets"]["tfl"]
+    assert target["toolchain_env"] == {"toolchain": "tflite", "lock": record["lock"], "environment": "managed",
+                                       "python": record["python"]}
+    for pkg in ("onnx2tf", "tensorflow", "ai-edge-litert"):
+        assert target["toolchain"][pkg] == versions[pkg], pkg
+    assert target["toolchain"]["python"] == record["python"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"]["tfl"]["devices"]["local"]["status"] == "ok"
+    assert report["targets"]["tfl"]["compile"]["environment"]["environment"] == "managed"
+    assert report["targets"]["tfl"]["compile"]["saved_model"]["shared_stage"] is True
+
+
+NUMPY2_TESTS = ["tests/test_recipe.py", "tests/test_metrics.py", "tests/test_security_recipe.py",
+                "tests/test_optimize_metric.py", "tests/test_bundle.py"]
+
+
+@pytest.mark.slow
+def test_core_suite_under_numpy2_and_python312(tiny_recipe, tmp_path):
+    py = numpy2_env()
+    if py is None:
+        pytest.skip("no Python 3.12 on this machine (pyenv or python3.12 on PATH)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEPACK_HOME": str(tmp_path / "home")}
+    probe = subprocess.run([str(py), "-c", "import numpy, sys; print(numpy.__version__, sys.version_info[:2])"],
+                           capture_output=True, text=True, env=env, check=True)
+    assert probe.stdout.startswith("2.") and "(3, 12)" in probe.stdout, probe.stdout
+    res = subprocess.run([str(py), "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *NUMPY2_TESTS],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    # and a build end to end (ONNX source, static INT8 for ONNX Runtime, validated, signed) through the CLI
+    out = tiny_recipe.parent / "out"
+    res = subprocess.run([str(py), "-m", "edgepack", "build", str(tiny_recipe), "--no-publish", "-o", str(out)],
+                         cwd=tiny_recipe.parent, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    manifest = json.loads((out / "edgepack.json").read_text())
+    assert manifest["toolchain"]["numpy"].startswith("2.") and manifest["toolchain"]["python"].startswith("3.12.")

@@ -399,6 +399,11 @@ def main(argv=None) -> None:
         sys.exit(code)
 
 
+from .cli_tools import completion, init  # noqa: E402 - the commands need the group above
+
+cli.add_command(init)
+cli.add_command(completion)
+
 ARTIFACT_COMMANDS = {"verify", "pull", "publish", "copy", "ls", "bench"}  # what they read is a bundle / registry artifact
 
 

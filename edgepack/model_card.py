@@ -35,7 +35,9 @@ def card_summary(report: dict) -> str:
         return " ".join(str(card["summary"]).split())
     s = report.get("summary") or {}
     ok = [tid for tid, t in (s.get("targets") or {}).items() if t.get("status") == "ok"]
-    text = f"{report.get('name')} {report.get('version')}: {len(ok)} target(s) ({', '.join(ok) or 'none'}) built by edgepack"
+    n = len(s.get("targets") or {})
+    text = (f"{report.get('name')} {report.get('version')}, built by edgepack: {len(ok)} of {n} target(s) built and passed "
+            f"their gates ({', '.join(ok) or 'none'})")
     best = [f"{dev}: {b['target']} at p50 {_fmt(b['p50_ms'], '.3g')} ms" for dev, b in (s.get("best_per_device") or {}).items()]
     return text + ("; best " + ", ".join(best) if best else "") + "."
 

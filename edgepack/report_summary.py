@@ -61,8 +61,10 @@ def higher_is_better(report: dict, name: str | None) -> bool:
 
 def _device_row(d: dict, primary: str | None) -> dict:
     lat = d.get("latency") or {}
+    gate_msgs = "; ".join(f.get("message", "") for f in (d.get("gates") or {}).get("failures") or [] if isinstance(f, dict))
     return {"status": d.get("status"), "p50_ms": lat.get("p50_ms"), "p90_ms": lat.get("p90_ms"), "noisy": d.get("noisy"),
-            "metric": metric_value(d, primary), **({"reason": d.get("error") or d.get("reason")} if d.get("status") != "ok" else {})}
+            "metric": metric_value(d, primary),
+            **({"reason": d.get("error") or d.get("reason") or gate_msgs or None} if d.get("status") != "ok" else {})}
 
 
 def _target_row(t: dict, primary: str | None) -> dict:

@@ -15,9 +15,10 @@ EVIL = '<img src=x onerror=alert(1)>&"'
 
 
 def _dev(p50, metric, status="ok", samples=(1.0, 2.0, 3.0)):
+    failures = [] if status == "ok" else [{"message": "slow @ pi: cosine low"}]
     return {"status": status, "latency": {"p50_ms": p50, "p90_ms": p50 * 1.2}, "noisy": False, "samples_ms": list(samples),
             "accuracy": {"metrics": {"acc": {"value": metric, "higher_is_better": True}}},
-            "gates": {"passed": status == "ok", "checked": ["min_cosine"], "failures": []}}
+            "gates": {"passed": status == "ok", "checked": ["min_cosine"], "failures": failures}}
 
 
 def _report():
@@ -50,6 +51,7 @@ def test_summary_first_best_per_device_and_samples_in_their_own_file():
     assert s["targets"]["fast"]["model_bytes"] == 60 and s["targets"]["fast"]["extras_bytes"] == 40
     assert s["targets"][EVIL]["model_bytes"] == 300 and s["failed_targets"] == ["slow", "broken"]
     assert s["targets"]["fast"]["devices"]["pi"] == {"status": "ok", "p50_ms": 1.0, "p90_ms": 1.2, "noisy": False, "metric": 0.85}
+    assert s["targets"]["slow"]["devices"]["pi"]["reason"] == "slow @ pi: cosine low"  # the gate's message
     assert "samples_ms" not in json.dumps(final)
     assert timings["targets"][EVIL]["x86"] == {"samples_ms": [1.0, 2.0, 3.0], "threads_runs": {"1": [9.0], "4": [4.0]}}
     assert samples_for(final, timings, "fast", "pi") == [1.0, 2.0, 3.0]
@@ -109,7 +111,7 @@ def test_generated_card_summary_without_card():
     r = _report()
     del r["card"]
     final, _ = finalize(r)
-    assert model_card.card_summary(final).startswith("m 1: 2 target(s) (fast, ") and "license: unknown" in model_card.render(final, {})
+    assert model_card.card_summary(final).startswith("m 1, built by edgepack: 2 of 4 target(s) built and passed their gates (fast, ") and "license: unknown" in model_card.render(final, {})
 
 
 @pytest.mark.parametrize("fmt,files,model", [

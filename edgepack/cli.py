@@ -32,7 +32,7 @@ def cli(ctx, verbose):
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Bundle directory (default dist/NAME-VERSION).")
 @click.option("--registry", help="Where to publish: layout:PATH (default $EDGEPACK_HOME/registry/NAME).")
 @click.option("--no-publish", is_flag=True, help="Build, validate and sign, but do not publish.")
@@ -43,42 +43,26 @@ def cli(ctx, verbose):
 @click.option("--cache-store", metavar="URL", help="Shared cache store: oci://HOST[:PORT]/REPO or file:///PATH (default $EDGEPACK_CACHE_STORE).")
 @click.option("--force", is_flag=True, help="Publish even if this version's tag exists (moves the tag).")
 @click.option("--allow-partial", is_flag=True, help="Publish even when some targets failed (default: sign, don't publish).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Plan nodes run at once (default: the number of cores).")
+@click.option("--executor", help="local (default), ray or ray://HOST:PORT (the edgepack[ray] extra).")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the plan (nodes, dependencies, which are cached); run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
-def build(recipe, output, registry, no_publish, key, targets, cache_dir, no_cache, cache_store, force, allow_partial, as_json):
-    """Run a recipe: convert, optimize, compile, validate, sign, publish.
+def build(recipes, output, registry, no_publish, key, targets, cache_dir, no_cache, cache_store, force, allow_partial, jobs, executor,
+          plan_only, as_json):
+    """Run recipes: convert, optimize, compile, validate, sign, publish. Several recipes run as one plan.
 
     \b
     Example:
-      edgepack build recipes/digits/recipe.yaml --target ort-int8 --no-publish"""
+      edgepack build recipes/digits/recipe.yaml --target ort-int8 --no-publish
+      edgepack build recipes/*/recipe.yaml --jobs 2 --no-publish
+      edgepack build recipes/digits --plan"""
+    from .cli_build import run_build
     from .pipeline import BuildOptions
-    from .pipeline import build as run_build
-    from .recipe import load_recipe
-    from .report import summary_table
 
-    lr = load_recipe(recipe)
     opts = BuildOptions(output=output, registry=registry, publish=not no_publish, key=key, targets=list(targets) or None,
-                        cache_dir=cache_dir, use_cache=not no_cache, cache_store=cache_store, quiet=as_json, force=force,
-                        allow_partial=allow_partial)
-    res = run_build(lr, opts)
-    if as_json:
-        from .report import summary_rows
-
-        click.echo(json.dumps({"status": res.status, "exit_code": res.exit_code, "bundle": str(res.bundle),
-                               "report": str(res.report_path), "published": res.published, "not_published": res.not_published,
-                               "failures": res.failures,
-                               "summary": summary_rows(res.report)}, indent=2, default=str))
-    else:
-        click.echo(summary_table(res.report))
-        click.echo(f"\nbundle: {res.bundle}")
-        if res.bundle is not None and (res.bundle / "report.html").is_file():
-            click.echo(f"report: {res.bundle / 'report.html'} (MODEL_CARD.md beside it)")
-        if res.published:
-            click.echo(f"published: {res.published.get('ref')} ({res.published.get('digest')})")
-        if res.not_published:
-            click.echo(f"not published: {res.not_published}")
-        for f in res.failures:
-            click.echo(f"failed: {f}", err=True)
-    sys.exit(res.exit_code)
+                        cache_dir=cache_dir, use_cache=not no_cache, cache_store=cache_store, quiet=as_json,
+                        force=force, allow_partial=allow_partial, jobs=jobs, executor=executor)
+    run_build(list(recipes), opts, plan_only)
 
 
 @cli.command()

@@ -43,6 +43,8 @@ class Stage:
     # The toolchain (edgepack/toolchains: TOOLCHAINS) an isolated stage runs in: the running interpreter when it
     # satisfies the toolchain's lock, else that managed environment's. None: always the running interpreter.
     toolchain_env: ClassVar[str | None] = None
+    # Changes process-wide state while it runs (e.g. the cwd): run in a worker when stages run in threads
+    process_global: ClassVar[bool] = False
 
     def config(self) -> dict:
         return {}
@@ -130,6 +132,7 @@ class Engine:
         self.progress = progress or Progress(quiet=True)
         self.log_dir = log_dir
         self.lineage: list[dict[str, Any]] = []
+        self.isolate_process_global = False  # set by a parallel executor (edgepack/executors/local.py)
 
     def log_path(self, name: str) -> Path | None:
         """Where an executed stage's log goes (isolated stages write their worker's output there)."""
@@ -212,7 +215,7 @@ class Engine:
             log_path.unlink(missing_ok=True)
         try:
             env = _toolchain_env(stage)
-            if stage.isolated:
+            if stage.isolated or (stage.process_global and self.isolate_process_global):
                 result = run_isolated(
                     _run_stage, stage, inputs, workdir, timeout=stage.timeout, log_path=log_path, what=f"stage {name}",
                     python=env.python if env else None,

@@ -1,17 +1,14 @@
-"""`edgepack build`: recipe -> plan -> stages -> gates -> signed bundle -> registry.
+"""`edgepack build`: recipes -> pre-flight -> one plan (edgepack/plan.py, build_nodes.py) -> an executor runs it
+(edgepack/executors/) -> per recipe: report, gates, signed bundle, registry (build_assemble.py).
 
-The plan is linear with a fan-out per target and per device:
-  data -> convert -> optimize[...] -> compile[target] x N -> validate[target x device] -> package -> sign -> publish
 A target that fails to compile or validate fails alone; the others go on (exit code PARTIAL).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import platform
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,21 +16,13 @@ from . import __version__, failpoints
 from . import build_checks as pre_build
 from .artifact import Artifact
 from .cache import StageCache, edgepack_home
-from .data import freeze, load_source
-from .devices.fleet import run_fleet
 from .engine import Engine, Progress, package_versions
-from .errors import BadInputError, EdgepackError, GateFailedError, StageError
-from .ingest import ConvertStage, source_artifact
-from .optimize import PassContext, make_pass
+from .errors import BadInputError, EdgepackError, StageError
 from .paths import check_writable, scrub_host_paths
-from .recipe import LoadedRecipe, TargetInput
-from .report_docs import bundle_docs, write_beside
-from .report_summary import size_split
-from .targets import TargetContext, make_target, run_compile
-from .validate import ReferenceStage, ValidateStage, artifact_contract
-from .validate.gates import evaluate
-from .validate.threads import gates_at_threads, validate_at_threads
-from .validate_plan import accuracy_gate_metric, check_evaluation, effective_metrics, onnx_outputs
+from .recipe import LoadedRecipe
+from .targets import TargetContext, make_target
+from .validate import artifact_contract
+from .validate_plan import check_evaluation, onnx_outputs
 
 DEFAULT_KEY = "keys/signing-key.pem"
 
@@ -51,6 +40,8 @@ class BuildOptions:
     targets: list[str] | None = None  # build only these target ids
     force: bool = False  # publish over an existing tag of this version (release tags are immutable)
     allow_partial: bool = False  # publish even when some targets failed (else a partial build is not published)
+    jobs: int | None = None  # nodes at once (default: the number of cores); --jobs
+    executor: str | None = None  # local (default), ray or ray://HOST:PORT; --executor
     progress: object = None  # a callable taking one event dict per stage start/done/note (edgepack/progress_hooks.py)
 
 
@@ -99,20 +90,62 @@ def _resolve_key(lr: LoadedRecipe, opts: BuildOptions, progress: Progress) -> Pa
     return key
 
 
-def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
-    opts = opts or BuildOptions()
-    r = lr.recipe
-    progress = Progress(quiet=opts.quiet)
-    from .progress_hooks import attach
+@dataclass
+class RecipeBuild:
+    """One recipe's build: what the pre-flight resolved, and the state its plan nodes share."""
 
-    attach(progress, opts.progress)  # also to the "edgepack" logger and the caller's callback
-    started = _now()
-    out_dir = Path(opts.output) if opts.output else (lr.resolve(r.package.output) if r.package.output else Path("dist") / f"{r.name}-{r.version}")
-    out_dir = out_dir.expanduser().absolute()
+    lr: LoadedRecipe
+    opts: BuildOptions
+    out_dir: Path
+    ref: object
+    publish: bool
+    key_path: Path
+    devices: list
+    target_stages: dict
+    cache: StageCache
+    engine: Engine
+    progress: Progress
+    started: str
+    prefix: str = ""  # node id prefix when a plan holds several recipes ("NAME/")
+    key: str = ""
+    jobs: int = 1
+    executor_name: str = "local"
+    ids: list = field(default_factory=list)  # this recipe's node ids, in plan order
+    pass_nodes: list = field(default_factory=list)
+    served: dict = field(default_factory=dict)  # shared conversion node -> the targets it serves
+    validations: dict = field(default_factory=dict)  # target -> device -> validate node ids (one per thread count)
+    coverage: dict = field(default_factory=dict)
+    source: Artifact | None = None
+    data: dict = field(default_factory=dict)  # role -> frozen data artifact
+    label_sets: set = field(default_factory=set)
+    out_shapes: dict = field(default_factory=dict)
+    metric_specs: list = field(default_factory=list)
+    plan: object = None
+
+    @property
+    def stream(self) -> bool:  # outputs [S, T, ...]
+        v = self.lr.recipe.data.validation
+        return v is not None and v.mode == "stream"
+
+    def node_id(self, name: str) -> str:
+        return self.prefix + name
+
+    def own_nodes(self) -> list[str]:
+        return list(self.ids)
+
+    def plan_nodes_exclusive(self, node_id: str) -> bool:
+        return bool(self.plan and self.plan.nodes[node_id].resources.exclusive)
+
+    def pass_error(self, res) -> str | None:
+        """The failed optimize pass's error line (None: no pass failed)."""
+        return next((res[n].error for n in self.pass_nodes if n in res and res[n].status == "failed"), None)
+
+
+def _preflight(lr: LoadedRecipe, opts: BuildOptions, out_dir: Path):
+    """Everything that can be checked cheaply, before any long stage: (registry ref, publish?)."""
+    r = lr.recipe
     registry = opts.registry or (r.publish.registry) or default_registry(r.name)
     publish = opts.publish and r.publish.enabled
-
-    # Pre-flight: everything that can be checked cheaply is checked before any long stage.
     check_writable(out_dir, "package.output")
     pre_build.check_target_names(lr, opts.targets)
     from .preflight import preflight
@@ -127,6 +160,16 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
         from .registry.remote import check_release
 
         check_release(ref, r.name, force=opts.force)
+    return ref, publish
+
+
+def prepare_recipe(lr: LoadedRecipe, opts: BuildOptions, progress: Progress) -> RecipeBuild:
+    """Pre-flight one recipe and set up its engine; raises EdgepackError (bad input) before any stage."""
+    r = lr.recipe
+    started = _now()
+    out_dir = Path(opts.output) if opts.output else (lr.resolve(r.package.output) if r.package.output else Path("dist") / f"{r.name}-{r.version}")
+    out_dir = out_dir.expanduser().absolute()
+    ref, publish = _preflight(lr, opts, out_dir)
     key = _resolve_key(lr, opts, progress)
     from .bundle.sign import load_private_key
 
@@ -134,215 +177,110 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
     from .devices import load_profile
 
     devices = [load_profile(d, lr.dir)[0] for d in r.devices]
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise BadInputError(f"two devices share a name in {names}", hint="give each device profile a distinct 'name'")
     check_evaluation(r, lr.where, outputs=onnx_outputs(r.model, lr), base_dir=lr.dir)  # ONNX sources: names/shapes from the file
     selected = [t for t in r.targets if not opts.targets or t.id in opts.targets]
     target_stages = {t.id: make_target(t, TargetContext(lr.where("targets", i), lr.dir, r.model)) for i, t in enumerate(r.targets) if t in selected}
-
     from .cache_store import default_store_url, store_for
 
     cache = StageCache(opts.cache_dir, enabled=opts.use_cache, store=store_for(opts.cache_store or default_store_url(),
                                                                           "--cache-store" if opts.cache_store else "EDGEPACK_CACHE_STORE"))
     pre_build.check_space(lr, out_dir, cache.root, len(selected), "--cache-dir" if opts.cache_dir else None)
     engine = Engine(cache, progress, log_dir=out_dir.parent / f".{out_dir.name}.logs")
-    if not opts.quiet:
-        print(f"edgepack build {lr.path} -> {out_dir}", file=progress.stream)
+    return RecipeBuild(lr, opts, out_dir, ref, publish, key, devices, target_stages, cache, engine, progress, started)
 
-    # Data
-    data: dict[str, Artifact] = {}
-    data_dir = cache.root / "data"
-    for role in ("calibration", "validation", "training"):
-        src = getattr(r.data, role)
-        if src is not None:
-            arrays, labels = load_source(lr, src, role, r.model.data_inputs())
-            data[role] = freeze(arrays, labels, data_dir, role, src.mode)
-    label_sets = set((data["validation"].meta.get("label_sets") or []) if "validation" in data else [])
-    check_evaluation(r, lr.where, label_sets=label_sets, base_dir=lr.dir)
 
-    # Convert
-    source = source_artifact(r.model, lr)
-    conv_inputs = {"source": source}
-    samples = data.get("validation") or data.get("calibration")
-    if samples is not None:
-        conv_inputs["samples"] = samples
-    conversion = engine.run("convert", ConvertStage(r.model, lr.dir, lr.where("model")), conv_inputs)
-    converted = conversion.outputs["model"]
-    fp32 = converted
-    out_shapes = {t.name: t.shape for t in converted.outputs}
-    check_evaluation(r, lr.where, outputs=out_shapes or None, label_sets=label_sets, base_dir=lr.dir)
-    metric_specs = effective_metrics(r, out_shapes, label_sets)
-    evaluation, reference = None, None
-    stream = r.data.validation is not None and r.data.validation.mode == "stream"  # outputs [S, T, ...]
-    if "validation" in data:  # FP32 outputs and metrics first: a metric that cannot be computed fails before any long stage
-        reference = engine.run("reference fp32", ReferenceStage(r.model, lr.dir, stream), {"model": fp32, "validation": data["validation"]}).outputs["outputs"]
-        evaluation = fp32_evaluation(metric_specs, reference, data["validation"], lr.dir, declared=bool(r.evaluate))
+def make_build_plan(lrs: list[LoadedRecipe], opts: BuildOptions, progress: Progress):
+    """Pre-flight every recipe and put their nodes into one plan: (plan, [RecipeBuild or the EdgepackError that stopped it])."""
+    from .build_nodes import add_recipe_nodes
+    from .executors.local import default_jobs
+    from .plan import Plan
 
-    # Optimize (a failing pass fails alone: the targets that need its model fail, `input: fp32` ones go on)
-    model, optimize_records, pass_error = _optimize(engine, lr, fp32, source, data)
-
-    # Pre-flight op coverage: per target, the nodes it cannot convert, before any conversion starts
-    from .targets.coverage import summary as coverage_summary
-
-    coverage = {tid: pre_build.target_coverage(engine, stage, _target_model(stage.target, fp32, model), fp32, {"source": source, **data})
-                for tid, stage in target_stages.items() if _target_model(stage.target, fp32, model) is not None}
-
-    # Compile, then validate each target on each device
-    targets: dict[str, dict] = {}
-    artifacts: dict[str, Artifact] = {}
-    failures: list[str] = [pass_error] if pass_error else []  # a failed pass makes the build partial at best
-    gate_failures: list[dict] = []
-    for tid, stage in target_stages.items():
-        t = stage.target
-        entry: dict = {"type": t.type.value, "input": t.input.value, "status": "ok", "devices": {}}
-        targets[tid] = entry
-        src_model = _target_model(t, fp32, model)
-        if src_model is None:  # its optimized model does not exist: the pass's own error, once per target
-            entry.update(status="failed", error=pass_error)  # listed once in failures (below)
-            continue
-        entry["coverage"] = coverage[tid]
-        if coverage[tid]["unsupported"]:
-            err = StageError(f"compile {tid}: {coverage_summary(tid, coverage[tid])}",
-                             hint="replace those ops in the model, or drop this target; report.json targets.<id>.coverage lists them all")
-            entry.update(status="failed", error=err.one_line())
-            failures.append(err.one_line())
-            continue
+    if len(lrs) > 1 and opts.output:
+        raise BadInputError("--output names one bundle folder; with several recipes each goes to its package.output (or dist/NAME-VERSION)",
+                            hint="drop --output, or build one recipe at a time")
+    plan, builds = Plan(), []
+    for i, lr in enumerate(lrs):
         try:
-            res = run_compile(engine, f"compile {tid}", stage, {"model": src_model, "source": source, "fp32": fp32, **data})
+            rb = prepare_recipe(lr, opts, progress)
         except EdgepackError as e:
-            entry.update(status="failed", error=e.one_line())
-            failures.append(e.one_line())
-            log = engine.log_path(f"compile {tid}")
-            if log is not None and log.exists():  # an isolated stage's log: kept beside the bundle, its tail in the report
-                from .worker import log_tail
-
-                entry.update(log=str(log), log_tail=log_tail(log))
+            if len(lrs) == 1:
+                raise
+            builds.append(e)
             continue
-        art = res.outputs["artifact"]
-        artifacts[tid] = art
-        entry.update(compile=res.record, artifact=art.to_json(), size_bytes=art.size, precision=art.meta.get("precision"))
-        if "validation" not in data:
-            entry["validation"] = "skipped: the recipe has no data.validation"
+        rb.key = f"{i}:{lr.recipe.name}"
+        rb.prefix = f"{lr.recipe.name}-{lr.recipe.version}/" if len(lrs) > 1 else ""
+        if len(lrs) > 1 and any(isinstance(b, RecipeBuild) and b.prefix == rb.prefix for b in builds):
+            rb.prefix = f"{lr.recipe.name}-{lr.recipe.version}.{i}/"
+        rb.jobs, rb.executor_name, rb.plan = opts.jobs or default_jobs(), opts.executor or "local", plan
+        add_recipe_nodes(plan, rb)
+        builds.append(rb)
+    return plan, builds
+
+
+def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
+    """Build one recipe (raises its EdgepackError: bad input, failed gates, a build error)."""
+    out = build_many([lr], opts)[0]
+    if isinstance(out, EdgepackError):
+        raise out
+    return out
+
+
+def build_many(lrs: list[LoadedRecipe], opts: BuildOptions | None = None) -> list:
+    """Build several recipes as one plan; per recipe a BuildResult or the EdgepackError that stopped it."""
+    from .executors import get_executor
+
+    opts = opts or BuildOptions()
+    progress = Progress(quiet=opts.quiet)
+    from .progress_hooks import attach
+
+    attach(progress, opts.progress)  # also to the "edgepack" logger and the caller's callback
+    executor = get_executor(opts.executor, opts.jobs)
+    plan, builds = make_build_plan(lrs, opts, progress)
+    for rb in builds:
+        if isinstance(rb, RecipeBuild) and not opts.quiet:
+            print(f"edgepack build {rb.lr.path} -> {rb.out_dir}", file=progress.stream)
+    results = executor.run(plan)
+    outs = []
+    for rb in builds:
+        try:
+            outs.append(rb if isinstance(rb, EdgepackError) else _outcome(rb, results))
+        except EdgepackError as e:
+            if len(builds) == 1:
+                raise
+            outs.append(e)
+    return outs
+
+
+def _outcome(rb: RecipeBuild, results) -> BuildResult:
+    fatal = next((results[n] for n in rb.ids if n in results and results[n].status == "fatal"), None)
+    if fatal is not None:  # bad input found while running (a recipe problem): the recipe stopped there
+        raise fatal.exc
+    for name in ("gates", "package + sign", "publish"):
+        o = results.get(rb.node_id(name))
+        if o is None or o.status == "skipped":
             continue
-        runnable = []
-        for dev in devices:
-            if art.meta.get("runtime") not in dev.runtimes:
-                entry["devices"][dev.name] = {"status": "skipped", "reason": f"device has no {art.meta.get('runtime')} runtime"}
-            elif art.meta.get("validate") is False:
-                entry["devices"][dev.name] = {"status": "skipped", "reason": art.meta.get("validate_reason", "not runnable here")}
-            else:
-                runnable.append(dev)
-        vinputs = {"artifact": art, "validation": data["validation"]}
-        if reference is not None:
-            vinputs["reference"] = reference
+        if not o.ok:
+            raise o.exc if o.exc is not None else StageError(f"{name}: {o.error}")
+    pkg, pub = results[rb.node_id("package + sign")].value, results[rb.node_id("publish")].value
+    failures = results[rb.node_id("gates")].value["failures"]
+    bundle = pkg["bundle"]
+    return BuildResult("partial" if failures else "ok", 5 if failures else 0, bundle, bundle / "report.json", pkg["report"],
+                       pub["published"], failures, pub["not_published"])
 
-        def validate_on(dev, tid=tid, vinputs=vinputs):  # at each of the device's thread counts (validate/threads.py)
-            make = lambda profile: ValidateStage(profile, r.benchmark, [i.name for i in r.model.inputs],  # noqa: E731
-                                                 metrics=metric_specs, base_dir=lr.dir, output_names=list(out_shapes) or None,
-                                                 cosine=r.gates.cosine, stream=stream)
-            return validate_at_threads(engine, f"validate {tid} @ {dev.name}", dev, make, vinputs)
 
-        # Devices in parallel (fleet run, per-device timeout); a failing device fails alone.
-        outcomes = run_fleet(runnable, validate_on)
-        for dev in runnable:
-            out = outcomes[dev.name]
-            if out.status != "ok":
-                entry["devices"][dev.name] = out.to_json()
-                failures.append(out.error)
-                continue
-            vres = out.value
-            acc_metric = accuracy_gate_metric(r, metric_specs)
-            gates = gates_at_threads(lambda rec, where, tid=tid, art=art, acc_metric=acc_metric: evaluate(r.gates, tid, where, rec, art.size, acc_metric),
-                                     vres.record, dev.name)
-            entry["devices"][dev.name] = {"status": "ok" if gates["passed"] else "gates-failed", **vres.record, "gates": gates}
-            gate_failures.extend(gates["failures"])
-            if not gates["passed"]:
-                entry["status"] = "gates-failed"
-        failed_devices = [d.name for d in runnable if outcomes[d.name].status != "ok"]
-        if failed_devices and len(failed_devices) == len(runnable):
-            entry["status"] = "failed"  # validated nowhere: not shipped
-        elif failed_devices:  # shipped, validated on the others; the build is PARTIAL and the report says where
-            entry["unvalidated_devices"] = failed_devices
-
-    # Honest labels: what quantization changed, and whether each non-fp32 target pays against FP32
-    from .validate.vs_fp32 import label_and_gate
-
-    label_and_gate(r.gates, targets, optimize_records, fp32.size, {d.name for d in devices if d.transport.type.value == "local"}, gate_failures)
-
-    report = {
-        "schema_version": 1,
-        "name": r.name,
-        "version": r.version,
-        "recipe": lr.path.name,
-        "recipe_sha256": hashlib.sha256(lr.text.encode()).hexdigest(),
-        "started": started,
-        "finished": _now(),
-        "source": {"format": r.model.format.value, "sha256": source.digest},
-        "conversion": {**next((s for s in engine.lineage if s["name"] == "convert"), {}), "record": conversion.record},
-        "stages": engine.lineage,
-        "optimize": optimize_records,
-        "evaluate": evaluation,
-        "targets": targets,
-        "gates": {"config": r.gates.model_dump(mode="json"), "passed": not gate_failures, "failures": gate_failures},
-        "failures": failures,
-        "toolchain": _toolchain(),
-        "card": r.card.model_dump(mode="json") if r.card else None,  # MODEL_CARD.md (edgepack/model_card.py)
-    }
-    for tid, art in artifacts.items():  # where it lies in the bundle, not in the build host's cache
-        targets[tid]["artifact"]["path"] = f"targets/{tid}/{art.path.name}"
-        targets[tid]["size"] = size_split(art)  # the model file(s) apart from the folder's extras
-    report = scrub_host_paths(report, pre_build.host_prefixes(lr, out_dir, cache.root))  # issue 11: no build-host paths
-    built_ok = [tid for tid, e in targets.items() if e["status"] == "ok"]
-    if gate_failures or not built_ok:
-        report_path = out_dir.parent / f"{out_dir.name}.report.json"
-        report = write_beside(report_path, report)  # + NAME.timings.json, NAME.report.html (edgepack/report_docs.py)
-        if gate_failures:
-            msgs = [f["message"] for f in gate_failures]
-            raise GateFailedError(
-                f"{len(msgs)} gate(s) failed: " + "; ".join(msgs),
-                hint=f"report written to {report_path}; nothing was signed or published",
-            )
-        raise StageError("no target was built: " + "; ".join(failures), hint=f"report written to {report_path}")
-
-    # Package, sign, publish
+def write_signed_bundle(rb: RecipeBuild, report: dict, artifacts: dict) -> Path:
+    """Package the built targets with report and provenance, sign and verify in staging, swap into place."""
+    from .bundle.fsutil import owned_temp_path
     from .bundle.manifest import write_bundle
+    from .bundle.provenance import PROVENANCE_NAME, write_provenance
     from .bundle.sign import sign_bundle, verify_bundle
 
-    files = {}
-    for tid in built_ok:
-        art = artifacts[tid]
-        files[f"targets/{tid}/{art.path.name}"] = art.path
-    manifest = {
-        "name": r.name,
-        "version": r.version,
-        "created": report["finished"],
-        "recipe_sha256": report["recipe_sha256"],
-        "source": report["source"],
-        "calibration_sha256": data["calibration"].digest if "calibration" in data else None,
-        "validation_sha256": data["validation"].digest if "validation" in data else None,
-        "targets": {
-            tid: {
-                "type": targets[tid]["type"],
-                "path": f"targets/{tid}/{artifacts[tid].path.name}",
-                "format": artifacts[tid].format,
-                "runtime": artifacts[tid].meta.get("runtime"),
-                "precision": artifacts[tid].meta.get("precision"),
-                "inputs": [s.to_json() for s in artifacts[tid].inputs],
-                "outputs": [s.to_json() for s in artifacts[tid].outputs],
-                "runner": artifact_contract(artifacts[tid], [i.name for i in r.model.inputs]).to_json(),  # edgepack/contract.py
-                "toolchain": target_stages[tid].toolchain(),  # converters/runtimes this target's compile stage used
-                **({"toolchain_env": targets[tid]["compile"]["environment"]} if "environment" in targets[tid].get("compile", {}) else {}),
-                "validated_on": [d for d, v in targets[tid]["devices"].items() if v.get("status") == "ok"],
-            }
-            for tid in built_ok
-        },
-        "toolchain": report["toolchain"],
-        "lineage": [{k: s[k] for k in ("name", "stage", "version", "key", "inputs", "outputs")} for s in engine.lineage],
-    }
-    manifest = scrub_host_paths(manifest, pre_build.host_prefixes(lr, out_dir, cache.root))
-    progress.start("package + sign")
-    t0 = time.perf_counter()
-    from .bundle.fsutil import owned_temp_path
-    from .bundle.provenance import PROVENANCE_NAME, write_provenance
-
+    lr, r, out_dir, key = rb.lr, rb.lr.recipe, rb.out_dir, rb.key_path
+    files = {f"targets/{tid}/{art.path.name}": art.path for tid, art in artifacts.items()}
+    manifest = _manifest(rb, report, artifacts)
     manifest["provenance"] = PROVENANCE_NAME  # signed in-toto SLSA statement, covered by the bundle signature too
     pkg = r.package
     cert = lr.resolve(pkg.certificate) if pkg.certificate else None
@@ -358,25 +296,40 @@ def build(lr: LoadedRecipe, opts: BuildOptions | None = None) -> BuildResult:
                 verify_bundle(staged, _public_pem(key, Path(d)))
 
     prov = write_provenance(owned_temp_path(out_dir, PROVENANCE_NAME), files, manifest, key,  # unique per build
-                            started, report["finished"], lr.path.name)
+                            rb.started, report["finished"], lr.path.name)
     try:
+        from .report_docs import bundle_docs
+
         report, docs = bundle_docs(report, manifest, prov)  # summary first; timings.json, report.html, MODEL_CARD.md
-        bundle = write_bundle(out_dir, {**files, PROVENANCE_NAME: prov}, manifest, report, before_swap=sign_staged, docs=docs)
+        return write_bundle(out_dir, {**files, PROVENANCE_NAME: prov}, manifest, report, before_swap=sign_staged, docs=docs)
     finally:
         prov.unlink(missing_ok=True)
-    progress.done("package + sign", "ok", time.perf_counter() - t0)
-    published = None
-    not_published = partial_refusal(failures, opts.allow_partial or r.publish.allow_partial) if publish else None
-    if not_published:
-        progress.note(f"not published: {not_published}")
-    elif publish:
-        progress.start("publish")
-        t0 = time.perf_counter()
-        published = _publish(bundle, ref, opts.force)
-        progress.done("publish", "ok", time.perf_counter() - t0, note=published.get("ref", ""))
-    report_path = bundle / "report.json"
-    status = "partial" if failures else "ok"
-    return BuildResult(status, 5 if failures else 0, bundle, report_path, report, published, failures, not_published)
+
+
+def _manifest(rb: RecipeBuild, report: dict, artifacts: dict) -> dict:
+    r, targets = rb.lr.recipe, report["targets"]
+    frozen = rb.data
+    manifest = {
+        "name": r.name, "version": r.version, "created": report["finished"], "recipe_sha256": report["recipe_sha256"],
+        "source": report["source"],
+        "calibration_sha256": frozen["calibration"].digest if "calibration" in frozen else None,
+        "validation_sha256": frozen["validation"].digest if "validation" in frozen else None,
+        "targets": {
+            tid: {
+                "type": targets[tid]["type"], "path": f"targets/{tid}/{art.path.name}", "format": art.format,
+                "runtime": art.meta.get("runtime"), "precision": art.meta.get("precision"),
+                "inputs": [s.to_json() for s in art.inputs], "outputs": [s.to_json() for s in art.outputs],
+                "runner": artifact_contract(art, [i.name for i in r.model.inputs]).to_json(),  # edgepack/contract.py
+                "toolchain": rb.target_stages[tid].toolchain(),  # converters/runtimes this target's compile stage used
+                **({"toolchain_env": targets[tid]["compile"]["environment"]} if "environment" in targets[tid].get("compile", {}) else {}),
+                "validated_on": [d for d, v in targets[tid]["devices"].items() if v.get("status") == "ok"],
+            }
+            for tid, art in artifacts.items()
+        },
+        "toolchain": report["toolchain"],
+        "lineage": [{k: s[k] for k in ("name", "stage", "version", "key", "inputs", "outputs")} for s in rb.engine.lineage],
+    }
+    return scrub_host_paths(manifest, pre_build.host_prefixes(rb.lr, rb.out_dir, rb.cache.root))
 
 
 def partial_refusal(failures: list[str], allowed: bool) -> str | None:
@@ -385,36 +338,6 @@ def partial_refusal(failures: list[str], allowed: bool) -> str | None:
         return None
     return (f"{len(failures)} target(s)/stage(s) failed, so the version tag was not published "
             "(the bundle is written and signed; publish.allow_partial: true or --allow-partial publishes it)")
-
-
-def _optimize(engine: Engine, lr: LoadedRecipe, fp32: Artifact, source: Artifact, data: dict) -> tuple[Artifact | None, list[dict], str | None]:
-    """Run the recipe's passes in order: (optimized model or None when a pass failed, records, that pass's error).
-
-    A pass that fails (an error inside it, a missed budget) stops the chain; its record (what it had
-    measured, accuracy-aware sensitivities included) is kept. Bad input (a recipe problem) still stops the build.
-    """
-    r = lr.recipe
-    model = fp32
-    records: list[dict] = []  # each pass's effect, in recipe order (report.json "optimize")
-    for i, cfg in enumerate(r.optimize):
-        ctx = PassContext(i, lr.where("optimize", i), lr.dir.absolute(), r.model, r.gates, tuple(r.evaluate))
-        try:
-            pres = engine.run(f"optimize[{i}] {cfg.pass_}", make_pass(cfg, ctx), {"model": model, "source": source, **data})
-        except BadInputError:
-            raise
-        except EdgepackError as e:
-            records.append({"index": i, "pass": cfg.pass_, "status": "failed", "error": e.one_line(), **(getattr(e, "record", None) or {})})
-            records.extend({"index": j, "pass": c.pass_, "status": "skipped", "reason": f"optimize[{i}] {cfg.pass_} failed"}
-                           for j, c in enumerate(r.optimize) if j > i)
-            return None, records, e.one_line()
-        model = pres.outputs["model"]
-        records.append({"index": i, "pass": cfg.pass_, "status": "ok", "cached": pres.cached, **pres.record})
-    return model, records, None
-
-
-def _target_model(target, fp32: Artifact, optimized: Artifact | None) -> Artifact | None:
-    """The model a target compiles: the FP32 conversion for `input: fp32`, else the optimized one (None: a pass failed)."""
-    return fp32 if target.input is TargetInput.FP32 else optimized
 
 
 def fp32_evaluation(specs, reference: Artifact, validation: Artifact, base_dir: Path, declared: bool) -> dict | None:

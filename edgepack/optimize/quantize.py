@@ -32,6 +32,7 @@ class QuantizeStage(Stage):
     kind = "optimize.quantize"
     version = "2"
     isolated = False
+    process_global = True  # contextlib.chdir below: in a worker when stages run in parallel threads
     uses = ("model", "calibration", "validation")
 
     def __init__(self, cfg: QuantizePass, ctx: PassContext):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.artifact import sha256_file
+from edgepack.bundle import ecsig
 from edgepack.bundle.keys import fingerprint, load_public_key
 from edgepack.bundle.manifest import MANIFEST_NAME, SIGNATURES_DIR, check_files, list_files, read_manifest
 from edgepack.bundle.mslite import ms
@@ -121,14 +122,14 @@ def signed_digests(sig: bytes, trust: Trust) -> dict[str, str]:
         if hint and hint != hashlib.sha256(pem).hexdigest():
             raise VerificationError(f"{SIG_REL}: signed by a different key than {trust.public_key}",
                                     hint="pass the public key of the key that signed this bundle")
-        verifier = ms("_signing.sign_ec_key").Verifier(Path(trust.public_key))
+        verifier = ecsig.Verifier(Path(trust.public_key))
     else:
-        verifier = ms("_signing.sign_certificate").Verifier([Path(c) for c in trust.cert_chain], log_fingerprints=False)
+        verifier = _Upstream(ms("_signing.sign_certificate").Verifier([Path(c) for c in trust.cert_chain], log_fingerprints=False))
     with tempfile.TemporaryDirectory(prefix="edgepack-sig-") as d:
         path = Path(d) / "model.sig"
         path.write_bytes(sig)
         try:
-            manifest = verifier.verify(ms("_signing.sign_sigstore_pb").Signature.read(path))  # model-signing 1.1.1 verifier
+            manifest = verifier.verify_file(path)
         except InvalidSignature as e:
             raise VerificationError(f"{SIG_REL}: signature is invalid for {trust.describe()}") from e
         except Exception as e:  # malformed bundle, untrusted certificate (OpenSSL store errors), ...
@@ -248,7 +249,7 @@ def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path, known:
 
     rel = SIG_REL
     try:
-        _upstream_verify(ms("_signing.sign_ec_key").Verifier(Path(public_key)), bundle_dir, sig_path, known)
+        _upstream_verify(ecsig.Verifier(Path(public_key)), bundle_dir, sig_path, known)
     except InvalidSignature as e:
         raise VerificationError(f"{rel}: signature is invalid for public key {public_key}") from e
     except ValueError as e:
@@ -265,10 +266,21 @@ def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path, known:
         raise VerificationError(f"{rel}: corrupt signature file ({type(e).__name__}: {e})") from e
 
 
+class _Upstream:
+    """A model-signing 1.1.1 verifier (certificates) with ecsig.Verifier's ``verify_file``."""
+
+    def __init__(self, verifier):
+        self.verifier = verifier
+
+    def verify_file(self, path: Path):
+        return self.verifier.verify(ms("_signing.sign_sigstore_pb").Signature.read(Path(path)))
+
+
 def _upstream_verify(verifier, bundle_dir: Path, sig_path: Path, known: dict[str, str] | None = None) -> None:
     """model_signing.verifying.Config.verify (1.1.1) for a non-Sigstore verifier, without importing
-    ``verifying`` (it imports the Sigstore verifier, sigstore and TUF: edgepack/bundle/mslite.py)."""
-    expected = verifier.verify(ms("_signing.sign_sigstore_pb").Signature.read(Path(sig_path)))
+    ``verifying`` (it imports the Sigstore verifier, sigstore and TUF: edgepack/bundle/mslite.py);
+    ``verifier``: edgepack/bundle/ecsig.py's (EC keys, no sigstore_models) or an _Upstream one."""
+    expected = verifier.verify_file(Path(sig_path))
     cfg = hashing_config(known)
     if "ignore_paths" in expected.serialization_type:
         cfg.add_ignored_paths(model_path=bundle_dir, paths=expected.serialization_type["ignore_paths"])

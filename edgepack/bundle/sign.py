@@ -64,7 +64,9 @@ def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = 
                     raise BadInputError(f"certificate {c} not found", hint="check package.certificate / package.certificate_chain")
             signer = ms("_signing.sign_certificate").Signer(Path(private_key).expanduser(), cert, chain)
         else:
-            signer = ms("_signing.sign_ec_key").Signer(Path(private_key).expanduser(), None)
+            from edgepack.bundle.ecsig import Signer  # model-signing's EC signer, without sigstore_models
+
+            signer = Signer(Path(private_key).expanduser())
         # what model_signing.signing.Config.sign does, without importing its Sigstore signer (edgepack/bundle/mslite.py)
         payload = ms("_signing.signing").Payload(hashing_config(manifest_digests(manifest)).hash(bundle_dir))
         signer.sign(payload).write(tmp)

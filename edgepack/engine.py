@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import sys
 import time
@@ -63,15 +65,27 @@ class Stage:
 
 
 def package_versions(*names: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    return {n: _package_version(n) for n in names}
 
-    out = {}
-    for n in names:
-        try:
-            out[n] = version(n)
-        except PackageNotFoundError:
-            out[n] = "not-installed"
-    return out
+
+@functools.lru_cache(maxsize=None)
+def _package_version(name: str) -> str:
+    """``importlib.metadata.version(name)`` read from the METADATA header alone (the same ``Version:``
+    field; version() parses the whole file, long description included, with the email parser), once
+    per process: a cached build asks for the same few packages about 25 times."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(name)
+    except PackageNotFoundError:
+        return "not-installed"
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    for line in text.splitlines():
+        if not line:  # end of the header
+            break
+        if line.startswith("Version:"):
+            return line[len("Version:"):].strip()
+    return dist.version
 
 
 class Progress:

@@ -39,7 +39,7 @@ def test_both_ways(folder, tmp_path, curve):
     priv, pub = _key(tmp_path, "k", curve)
     manifest = hashing_config().hash(folder)
     payload = ms("_signing.signing").Payload(manifest)
-    ecsig.Signer(priv).sign(payload).write(tmp_path / "native.sig")
+    ecsig.Signer(priv).sign(manifest).write(tmp_path / "native.sig")
     ms("_signing.sign_ec_key").Signer(priv, None).sign(payload).write(tmp_path / "upstream.sig")
     up_verifier = ms("_signing.sign_ec_key").Verifier(pub)
     read = ms("_signing.sign_sigstore_pb").Signature.read
@@ -49,13 +49,18 @@ def test_both_ways(folder, tmp_path, curve):
     native, upstream = (json.loads((tmp_path / f"{n}.sig").read_text()) for n in ("native", "upstream"))
     assert list(native) == list(upstream) and native["verificationMaterial"] == upstream["verificationMaterial"]
     assert list(native["dsseEnvelope"]) == list(upstream["dsseEnvelope"])
+    # the signed statement: upstream's (in_toto_attestation + protobuf MessageToJson), field for field
+    from google.protobuf import json_format
+
+    assert json.loads(ecsig.payload_bytes(manifest)) == json.loads(json_format.MessageToJson(payload.statement.pb))
+    assert json.loads(base64.b64decode(native["dsseEnvelope"]["payload"])) == json.loads(base64.b64decode(upstream["dsseEnvelope"]["payload"]))
 
 
 def test_forged_and_foreign_signatures_are_refused(folder, tmp_path):
     priv, pub = _key(tmp_path, "k", ec.SECP256R1())
     _, other = _key(tmp_path, "other", ec.SECP256R1())
     sig = tmp_path / "model.sig"
-    ecsig.Signer(priv).sign(ms("_signing.signing").Payload(hashing_config().hash(folder))).write(sig)
+    ecsig.Signer(priv).sign(hashing_config().hash(folder)).write(sig)
     with pytest.raises(ValueError, match="Key mismatch"):
         ecsig.Verifier(other).verify_file(sig)
     doc = json.loads(sig.read_text())

@@ -36,7 +36,7 @@ try:
     main(["build", sys.argv[1], "-o", sys.argv[2], "--no-publish", "--json"])
 except SystemExit as e:
     code = e.code
-heavy = ["torch", "sigstore", "tuf", "sklearn", "tensorflow", "model_signing.verifying", "model_signing.signing", "sigstore_models"]
+heavy = ["torch", "sigstore", "tuf", "sklearn", "tensorflow", "model_signing.verifying", "model_signing.signing", "sigstore_models", "in_toto_attestation", "google.protobuf"]
 json.dump({"code": code, "preflight": len(calls), "imported": [m for m in heavy if m in sys.modules]},
           open(sys.argv[3], "w"))
 """

@@ -4,7 +4,8 @@ model-signing 1.1.1's EC-key ``Signer`` / ``Verifier`` (``_signing/sign_ec_key.p
 Sigstore bundle with ``sigstore_models`` (pydantic models: about a fifth of a fully cached
 build's time to import). The bundle is a small JSON document, so edgepack writes and reads it
 with ``json`` and does the ECDSA step with ``cryptography``, exactly as upstream: the DSSE payload
-is upstream's in-toto statement (``signing.Payload``, serialized by protobuf's ``MessageToJson``),
+is upstream's in-toto statement (``signing.Payload``, which upstream builds with protobuf and
+in_toto_attestation and serializes with ``MessageToJson``: here plain JSON with the same fields),
 signed over the DSSE PAE with ECDSA and the curve's hash; the bundle holds the key's hint (sha256
 of its PEM SubjectPublicKeyInfo). The written JSON has upstream's fields in upstream's order, and
 upstream's verifier accepts it (tests/test_warm.py, tests/test_ecsig.py); upstream-written
@@ -21,6 +22,7 @@ from pathlib import Path
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 CURVES = {"secp256r1": "SHA256", "secp384r1": "SHA384", "secp521r1": "SHA512"}  # as model-signing's get_ec_key_hash
 
 
@@ -60,7 +62,7 @@ class _Signature:
 
 
 class Signer:
-    """``sign_ec_key.Signer`` (model-signing 1.1.1): ``Signer(key_path).sign(payload).write(path)``."""
+    """``sign_ec_key.Signer`` (model-signing 1.1.1): ``Signer(key_path).sign(manifest).write(path)``."""
 
     def __init__(self, private_key_path: Path, password: bytes | None = None):
         from cryptography.hazmat.primitives import serialization
@@ -68,10 +70,9 @@ class Signer:
         self._key = serialization.load_pem_private_key(Path(private_key_path).read_bytes(), password)
         self._ecdsa = _ecdsa(self._key.public_key())
 
-    def sign(self, payload) -> _Signature:
-        from google.protobuf import json_format
-
-        raw = json_format.MessageToJson(payload.statement.pb).encode("utf-8")
+    def sign(self, manifest) -> _Signature:
+        """Sign a model-signing ``manifest.Manifest`` (what ``hashing.Config().hash(folder)`` returns)."""
+        raw = payload_bytes(manifest)
         sig = self._key.sign(pae(raw), self._ecdsa)
         return _Signature({
             "mediaType": BUNDLE_MEDIA_TYPE,
@@ -79,6 +80,47 @@ class Signer:
             "dsseEnvelope": {"payload": base64.b64encode(raw).decode(), "payloadType": PAYLOAD_TYPE,
                              "signatures": [{"sig": base64.b64encode(sig).decode(), "keyid": ""}]},
         })
+
+
+def statement(manifest) -> dict:
+    """model-signing 1.1.1's in-toto statement for a manifest (``signing.Payload``): one subject, the
+    model name with the sha256 over every resource digest in order; the predicate lists the resources."""
+    root = hashlib.sha256()
+    resources = []
+    for d in manifest.resource_descriptors():
+        root.update(d.digest.digest_value)
+        resources.append({"name": d.identifier, "algorithm": d.digest.algorithm, "digest": d.digest.digest_hex})
+    return {"_type": STATEMENT_TYPE, "subject": [{"name": manifest.model_name, "digest": {"sha256": root.hexdigest()}}],
+            "predicateType": PREDICATE_TYPE, "predicate": {"serialization": manifest.serialization_type, "resources": resources}}
+
+
+def payload_bytes(manifest) -> bytes:
+    """The statement as protobuf's ``MessageToJson`` writes it (2-space indent, UTF-8), which upstream signs."""
+    return json.dumps(statement(manifest), indent=2, ensure_ascii=False).encode("utf-8")
+
+
+def manifest_of(stmt: dict):
+    """``signing.dsse_payload_to_manifest`` (model-signing 1.1.1) for the current predicate type;
+    older predicate types go to upstream's own function."""
+    from edgepack.bundle.mslite import ms
+
+    if stmt.get("predicateType") != PREDICATE_TYPE:
+        return ms("_signing.signing").dsse_payload_to_manifest(stmt)
+    subjects = stmt["subject"]
+    if len(subjects) != 1:
+        raise ValueError(f"Expected only one subject, got {subjects}")
+    manifest, digest = ms("manifest"), ms("_hashing.hashing").Digest
+    predicate = stmt["predicate"]
+    serialization = manifest.SerializationType.from_args(predicate["serialization"])
+    root, items = hashlib.sha256(), []
+    for r in predicate["resources"]:
+        d = digest(r["algorithm"], bytes.fromhex(r["digest"]))
+        root.update(d.digest_value)
+        items.append(serialization.new_item(r["name"], d))
+    expected = subjects[0]["digest"]["sha256"]
+    if root.hexdigest() != expected:
+        raise ValueError(f"Manifest is inconsistent. Root digest is {expected}, but the included resources hash to {root.hexdigest()}")
+    return manifest.Manifest(subjects[0]["name"], items, serialization)
 
 
 def _field(doc, *path):
@@ -102,8 +144,6 @@ class Verifier:
     def verify_file(self, path: Path):
         from cryptography.exceptions import InvalidSignature
 
-        from edgepack.bundle.mslite import ms
-
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         if _field(doc, "mediaType") != BUNDLE_MEDIA_TYPE:
             raise ValueError(f"Invalid sigstore bundle, got media type {doc['mediaType']} but expected {BUNDLE_MEDIA_TYPE}")
@@ -124,4 +164,4 @@ class Verifier:
         statement = json.loads(raw)
         if statement.get("_type") != STATEMENT_TYPE:
             raise ValueError(f"Expected in-toto {STATEMENT_TYPE} payload, but got {statement.get('_type')}")
-        return ms("_signing.signing").dsse_payload_to_manifest(statement)
+        return manifest_of(statement)

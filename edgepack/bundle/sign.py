@@ -56,20 +56,20 @@ def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = 
         foreign = sorted(p.name for p in sig_dir.iterdir() if p.name != SIGNATURE_NAME)
         if foreign:
             raise BadInputError(f"{sig_dir / foreign[0]}: unexpected file; {SIGNATURES_DIR}/ may hold only {SIGNATURE_NAME}")
+        signed = hashing_config(manifest_digests(manifest)).hash(bundle_dir)
         if certificate is not None:
             cert = Path(certificate).expanduser()
             chain = [Path(c).expanduser() for c in certificate_chain]
             for c in [cert, *chain]:
                 if not c.is_file():
                     raise BadInputError(f"certificate {c} not found", hint="check package.certificate / package.certificate_chain")
+            # what model_signing.signing.Config.sign does, without importing its Sigstore signer (edgepack/bundle/mslite.py)
             signer = ms("_signing.sign_certificate").Signer(Path(private_key).expanduser(), cert, chain)
-        else:
-            from edgepack.bundle.ecsig import Signer  # model-signing's EC signer, without sigstore_models
+            signer.sign(ms("_signing.signing").Payload(signed)).write(tmp)
+        else:  # model-signing's EC-key signature, written without sigstore_models (edgepack/bundle/ecsig.py)
+            from edgepack.bundle.ecsig import Signer
 
-            signer = Signer(Path(private_key).expanduser())
-        # what model_signing.signing.Config.sign does, without importing its Sigstore signer (edgepack/bundle/mslite.py)
-        payload = ms("_signing.signing").Payload(hashing_config(manifest_digests(manifest)).hash(bundle_dir))
-        signer.sign(payload).write(tmp)
+            Signer(Path(private_key).expanduser()).sign(signed).write(tmp)
         atomic_write_bytes(sig_path, tmp.read_bytes())
     except OSError as e:
         raise BadInputError(f"cannot write {sig_path}: {e.strerror or e}") from e

@@ -37,7 +37,7 @@ class Stage:
     kind: ClassVar[str] = "stage"
     version: ClassVar[str] = "1"
     isolated: ClassVar[bool] = False
-    timeout: ClassVar[float] = 1800.0
+    timeout: float = 1800.0  # seconds; a stage may set its own from the recipe in __init__
     cacheable: ClassVar[bool] = True
     # Input names the stage reads; others offered by the build are dropped before keying, so that
     # e.g. new validation data does not re-run a pass that only reads calibration data. None = all.
@@ -226,7 +226,8 @@ class Engine:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_path(name)
-            log_path.unlink(missing_ok=True)
+            if log_path is not None:
+                log_path.unlink(missing_ok=True)
         try:
             env = _toolchain_env(stage)
             if stage.isolated or (stage.process_global and self.isolate_process_global):

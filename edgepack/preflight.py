@@ -55,7 +55,7 @@ def check_extras(lr: LoadedRecipe, targets) -> None:
             _require(lr.where("optimize", i), f"the {cfg.pass_} pass", extra,
                      ("torch", "torch_pruning") if cfg.pass_ == "prune" else ("torch",))
     for i, t in enumerate(lr.recipe.targets):
-        extra = TARGETS.get(t.type, (None, None))[1]
+        extra = TARGETS[t.type][1] if t.type in TARGETS else None
         if t in targets and extra:
             where, what = lr.where("targets", i), f"target '{t.id}' ({t.type.value})"
             if _in_toolchain(extra, t, m):  # its compile runs in that toolchain: here or in its managed environment

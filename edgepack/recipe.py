@@ -408,13 +408,17 @@ class Benchmark(Strict):
     threads: int | None = Field(None, ge=1)
 
 
+def _default_targets() -> list[TargetSpec]:
+    return [OnnxRuntimeSpec()]
+
+
 class Recipe(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     version: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
     model: ModelSection
     data: DataSection = DataSection()
     optimize: list[OptimizePass] = Field(default_factory=list)
-    targets: list[TargetSpec] = Field(default_factory=lambda: [OnnxRuntimeSpec()], description="Compile targets, one per runtime and precision (edgepack/recipe_targets.py).")
+    targets: list[TargetSpec] = Field(default_factory=lambda: _default_targets(), description="Compile targets, one per runtime and precision (edgepack/recipe_targets.py).")
     devices: list[str] = Field(default_factory=lambda: ["local"], description="Device profiles (names or paths).")
     evaluate: list[Metric] = Field(default_factory=list, description="Named task metrics, computed on FP32 and every target.")
     gates: Gates = Gates()

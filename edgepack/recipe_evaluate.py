@@ -6,7 +6,7 @@ A metric is a builtin, discriminated on ``type`` (each with its own typed parame
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -192,7 +192,7 @@ class FnMetric(_Metric):
         return self
 
 
-BUILTINS = {
+BUILTINS: dict[str, type[_Metric]] = {
     "top1": Top1, "topk": TopK, "binary_accuracy": BinaryAccuracy, "f1": F1, "roc_auc": RocAuc,
     "exact_match": TextMetric, "cer": TextMetric, "wer": TextMetric, "mse": Mse, "psnr": Psnr,
     "embedding_cosine": EmbeddingCosine, "recall_at_k": RecallAtK,
@@ -212,17 +212,21 @@ def _metric_tag(v):
     return cls.__name__ if cls else None
 
 
-Metric = Annotated[
-    Union[tuple(Annotated[c, Tag(c.__name__)] for c in dict.fromkeys(BUILTINS.values())) + (Annotated[FnMetric, Tag("FnMetric")],)],
-    Discriminator(_metric_tag, custom_error_type="metric_type",
-                  custom_error_message=f"'type' must be one of {', '.join(BUILTINS)} (or give 'fn: module:function')"),
-]
+if TYPE_CHECKING:  # a static checker sees the common base; pydantic the discriminated union
+    Metric = _Metric
+else:
+    Metric = Annotated[
+        Union[tuple(Annotated[c, Tag(c.__name__)] for c in dict.fromkeys(BUILTINS.values())) + (Annotated[FnMetric, Tag("FnMetric")],)],
+        Discriminator(_metric_tag, custom_error_type="metric_type",
+                      custom_error_message=f"'type' must be one of {', '.join(BUILTINS)} (or give 'fn: module:function')"),
+    ]
 
 
 def metric_model_for(node) -> type[BaseModel] | None:
     """The model of one `evaluate:` item (for 'did you mean' hints on unknown keys)."""
     tag = _metric_tag(node)
-    return next((c for c in list(BUILTINS.values()) + [FnMetric] if c.__name__ == tag), None)
+    models: list[type[BaseModel]] = [*BUILTINS.values(), FnMetric]
+    return next((c for c in models if c.__name__ == tag), None)
 
 
 # ---------------------------------------------------------------- gates

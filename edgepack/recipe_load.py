@@ -10,6 +10,7 @@ import difflib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,7 +176,7 @@ def _field_named_first(loc: tuple, msg: str, data: Any) -> tuple[tuple, str]:
     return loc + path, m.group(2)
 
 
-def _tag_error(err: dict, loc: tuple) -> tuple[tuple, str, str | None]:
+def _tag_error(err: Mapping[str, Any], loc: tuple) -> tuple[tuple, str, str | None]:
     """A target (or pass) whose 'type' names no model: where, message and a did-you-mean hint."""
     node = err.get("input")
     key = err.get("ctx", {}).get("discriminator", "'type'").strip("'")

@@ -117,7 +117,7 @@ def _keras(path: Path) -> ModelIO:
         return ModelIO("keras", None, None, "a .h5 file's inputs are not read without TensorFlow: fill in model.inputs")
     with zipfile.ZipFile(path) as z:
         config = json.loads(z.read("config.json"))
-    ins = []
+    ins: list[Tensor] = []
     for layer in config.get("config", {}).get("layers", []):
         if layer.get("class_name") == "InputLayer":
             c = layer.get("config", {})

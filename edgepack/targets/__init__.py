@@ -13,10 +13,13 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ..engine import Stage
 from ..recipe_targets import TARGET_SPECS, TargetBase, TargetType
+
+if TYPE_CHECKING:
+    from ..recipe import ModelSection
 
 # type -> ("module:Class", pip extra or None), from the recipe's table (edgepack/recipe_targets.py)
 TARGETS: dict[TargetType, tuple[str, str | None]] = {t: (spec.stage, spec.extra) for t, spec in TARGET_SPECS.items()}
@@ -26,13 +29,13 @@ TARGETS: dict[TargetType, tuple[str, str | None]] = {t: (spec.stage, spec.extra)
 class TargetContext:
     where: str  # 'recipe.yaml:20:5 targets[0]'
     recipe_dir: Path
-    model: object  # recipe.ModelSection
+    model: ModelSection
 
 
 class TargetStage(Stage):
     runtime: ClassVar[str] = ""
     extra: ClassVar[str | None] = None
-    uses = ("model", "calibration")
+    uses: ClassVar[tuple[str, ...] | None] = ("model", "calibration")
 
     def __init__(self, target: TargetBase, ctx: TargetContext):
         self.target = target

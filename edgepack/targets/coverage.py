@@ -87,10 +87,10 @@ def table_for(name: str) -> OpTable | None:
     if name == "openvino":
         return OpTable("OpenVINO ONNX frontend (standard domain)", ("", "ai.onnx", "com.microsoft", "org.openvinotoolkit"))
     if name in ("tflite", "onnx2tf"):
-        ops = _onnx2tf_ops()
-        if ops is None:
+        converters = _onnx2tf_ops()
+        if converters is None:
             return None
-        return OpTable("onnx2tf op converters (onnx2tf/ops)", ("", "ai.onnx", "com.microsoft"), supported=ops,
+        return OpTable("onnx2tf op converters (onnx2tf/ops)", ("", "ai.onnx", "com.microsoft"), supported=converters,
                        learned=learned_patterns("onnx2tf"))
     return None
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..engine import StageResult, package_versions
 from ..errors import StageError
+from ..recipe_targets import OnnxRuntimeOptions
 from . import TargetStage
 
 
@@ -23,7 +24,8 @@ class OnnxRuntimeTarget(TargetStage):
         import onnxruntime as ort
 
         src = inputs["model"]
-        opts = self.target.options  # recipe_targets.OnnxRuntimeOptions
+        opts = self.target.options
+        assert isinstance(opts, OnnxRuntimeOptions)  # the recipe's OnnxRuntimeSpec
         ort_format = opts.ort_format
         folder = workdir / "onnxruntime" if ort_format else workdir
         folder.mkdir(exist_ok=True)

@@ -214,7 +214,7 @@ def _calibration_files(ins, sources, arrays, perms, scratch: Path, record) -> li
     if arrays is None:
         record["calibration"] = "none (no data.calibration): onnx2tf checks shapes with all-ones inputs"
         return None
-    args = []
+    args: list[list] = []  # onnx2tf -cind: [input name, .npy path, mean, std]
     for spec, a in zip(ins, tf_layout(ins, sources, arrays, perms)):
         path = scratch / f"calib_{len(args)}.npy"
         np.save(path, a)

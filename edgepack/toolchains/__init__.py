@@ -103,7 +103,8 @@ def read_lock(name: str) -> Lock:
 
 
 def parse_lock(name: str, text: str) -> Lock:
-    python, requires, pins = "", (), {}
+    python, pins = "", {}
+    requires: tuple[str, ...] = ()
     for line in text.splitlines():
         s = line.strip()
         if s.startswith("# python:"):

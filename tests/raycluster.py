@@ -88,7 +88,7 @@ class RayCluster:
         return self
 
     def start_worker(self, name: str) -> None:
-        for attempt in (1, 2):
+        for _attempt in (1, 2):
             p = self._start(name, ["--address", self.address, "--num-cpus", str(self.cpus)])
             if p.wait(240) == 0:
                 return

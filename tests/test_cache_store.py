@@ -7,12 +7,12 @@ import io
 import json
 
 import pytest
+from registry_server import RegistryServer, available
+from test_engine import Copy, _input
 
 from edgepack.cache import StageCache, check_entry
 from edgepack.cache_store import store_for
 from edgepack.engine import Engine, Progress
-from registry_server import RegistryServer, available
-from test_engine import Copy, _input
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY_RECIPE, digits_arrays, tiny_onnx, write_recipe
-from edgepack.cache import ENTRY_NAME, check_entry
 from raycluster import RayCluster
 from raycluster import available as ray_missing
 from registry_server import RegistryServer
 from registry_server import available as registry_missing
+
+from edgepack.cache import ENTRY_NAME, check_entry
 
 pytestmark = [pytest.mark.skipif(ray_missing() is not None, reason=str(ray_missing())),
               pytest.mark.skipif(registry_missing() is not None, reason=str(registry_missing()))]

@@ -97,10 +97,6 @@ def test_three_recipes_on_the_ray_cluster_give_the_local_bundles(cluster, regist
              if (cluster.root / f"{n}-home" / "cache").exists()}
     assert nodes.get("w1", 0) >= 1 and sum(nodes.values()) >= 3 * 3  # the stages ran on the nodes (the second node too), each its own cache
     assert entries_whole(tmp_path / "cache-ray")
-    again = build(recipes, tmp_path / "ray", tmp_path / "cache-ray", env, "--executor", "ray", "--force")
-    assert again.returncode == 0, again.stderr
-    warm = json.loads((tmp_path / "ray" / "dist" / "m1-0-0.1.0" / "report.json").read_text())
-    assert all(s["cached"] for s in warm["stages"] if s["stage"].startswith(("optimize", "compile")))  # no task sent
 
 
 def test_without_a_shared_store_the_ray_executor_is_bad_input(cluster, tmp_path):
@@ -111,8 +107,8 @@ def test_without_a_shared_store_the_ray_executor_is_bad_input(cluster, tmp_path)
 
 
 def test_a_worker_node_killed_mid_build_its_tasks_rerun_elsewhere(cluster, registry, tmp_path):
-    """Last in this module: it takes one of the two worker nodes away."""
-    recipes = three_recipes(tmp_path / "src", seed=3)
+    """Last in this module: it takes the worker node away (the head node is left to re-run its tasks)."""
+    recipes = three_recipes(tmp_path / "src", seed=3)[:2]
     env = {"RAY_ADDRESS": cluster.address, "EDGEPACK_CACHE_STORE": f"oci://{registry.host}/cache-kill"}
     p = build(recipes, tmp_path, tmp_path / "cache", env, "--executor", "ray", background=True)
     killed, deadline = None, time.monotonic() + 300

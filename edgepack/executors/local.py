@@ -25,12 +25,12 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_node(node: Node, results: Results) -> NodeResult:
+def run_node(node: Node, results: Results, run=run_work) -> NodeResult:
     """prepare -> work -> finish for one node; errors become its result (BadInputError: fatal)."""
     try:
         item = node.prepare(results)
         if isinstance(item, Work):
-            res = run_work(node.engine, item)
+            res = run(node.engine, item)  # the Ray executor passes its own
             item = NodeResult("ok", res.outputs, res.record, res.cached, res.key)
             if node.finish is not None:
                 item = node.finish(item, results)

@@ -62,7 +62,7 @@ def check_labels(labels: dict | None, n: int, where: str, per: str = "samples") 
             raise BadInputError(f"{where}: label set '{name}' is an object array", hint="use numbers or a unicode string array")
 
 
-def _as_dict(value, inputs: list[InputSpec], where: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def _as_dict(value, inputs: list[InputSpec], where: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     labels = None
     if isinstance(value, tuple):
         if len(value) != 2:
@@ -149,6 +149,7 @@ def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[Inpu
         except Exception as e:
             raise BadInputError(f"{where}: the loader raised {e.__class__.__name__}: {e}") from e
     else:
+        assert src.path is not None  # DataSource: exactly one of path and loader
         path = lr.resolve(src.path)
         where = f"{path} (data.{field}.path)"
         if not path.is_file():
@@ -288,7 +289,7 @@ def model_samples(model, arrays: dict[str, np.ndarray], recipe_dir: Path | None 
     inputs = model.data_inputs()
     if is_stream(inputs, arrays):
         a = arrays[inputs[0].name]
-        index = [(s, t) for s in range(a.shape[0]) for t in range(a.shape[1])]
+        index: list = [(s, t) for s in range(a.shape[0]) for t in range(a.shape[1])]  # (sequence, step)
     else:
         index = list(range(len(arrays[inputs[0].name]))) if inputs else [0]
     return [make_feeds(contract, arrays, i, state_init(contract)) for i in index[:limit]]

@@ -179,8 +179,9 @@ def exchange(a: Path, b: Path) -> None:
         raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
-def safe_relpath(rel: str) -> PurePosixPath:
-    """A relative posix path that stays inside its root, else ValueError."""
+def safe_relpath(rel: object) -> PurePosixPath:
+    """A relative posix path that stays inside its root, else ValueError (``rel`` comes from untrusted documents:
+    anything that is not a non-empty string is refused too)."""
     if not isinstance(rel, str) or not rel or "\\" in rel or "\0" in rel:
         raise ValueError(f"invalid relative path {rel!r}")
     p = PurePosixPath(rel)

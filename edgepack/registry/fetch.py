@@ -44,7 +44,8 @@ def manifest_at(store, digest: str, what: str) -> dict:
 
 def small_blob(store, desc: dict, what: str) -> bytes:
     """A config, report or signature blob, read under its declared size (at most 4 MiB) and checked."""
-    size = desc.get("size") if isinstance(desc.get("size"), int) and desc.get("size") >= 0 else MAX_MANIFEST
+    declared = desc.get("size")
+    size = declared if isinstance(declared, int) and declared >= 0 else MAX_MANIFEST
     if size > MAX_MANIFEST:
         raise VerificationError(f"{what}: blob {desc.get('digest')} declares {size} bytes, over the {MAX_MANIFEST}-byte bound")
     data = store.read_blob(desc["digest"], limit=size)
@@ -124,6 +125,8 @@ class Artifact:
 
     def manifest(self, entry: dict) -> dict:
         d = entry.get("digest")
+        if not isinstance(d, str):
+            raise VerificationError(f"{self.where}: a manifest entry of the image index has no digest")
         if d not in self._manifests:
             doc = manifest_at(self.store, d, f"{self.where} manifest {d}")
             if not isinstance(doc.get("layers"), list) or not isinstance(doc.get("config"), dict):
@@ -152,7 +155,7 @@ class Artifact:
             for t, e in zip(tids or [], pick):
                 if e is None:
                     raise VerificationError(f"{self.where}: the image index has no manifest for target {t!r}")
-            docs = [self.manifest(e) for e in pick]
+            docs = [self.manifest(e) for e in pick if e is not None]  # a missing one was refused above
         for doc in docs:
             if doc.get("config", {}).get("digest") != self.config_desc["digest"]:
                 raise VerificationError(f"{self.where}: manifests disagree on {MANIFEST_NAME}")
@@ -272,10 +275,16 @@ def stream_blob(store, desc: dict, out, what: str) -> int:
     return n
 
 
+def _reference(ref: Ref) -> str:
+    if ref.reference is None:  # parse_ref requires a tag or digest for pull and verify
+        raise BadInputError(f"{ref}: give a tag or digest (REPO:TAG or REPO@sha256:...)")
+    return ref.reference
+
+
 def pull(store, ref: Ref, out_dir: Path, key, device=None, target: str | None = None, force: bool = False) -> dict:
     trust = as_trust(key)
     check_out_dir(out_dir, force)
-    art = Artifact(store, ref.reference, trust)
+    art = Artifact(store, _reference(ref), trust)
     check_identity(ref, art.config.get("name"), art.config.get("version"), art.where)
     tids, why = art.pick(device, target)
     layers = art.layers_for(tids)
@@ -301,7 +310,7 @@ def pull(store, ref: Ref, out_dir: Path, key, device=None, target: str | None = 
 
 def verify(store, ref: Ref, key) -> dict:
     """Check signature, name/version and every layer digest against it, downloading only the signature and config."""
-    art = Artifact(store, ref.reference, as_trust(key))
+    art = Artifact(store, _reference(ref), as_trust(key))
     check_identity(ref, art.config.get("name"), art.config.get("version"), art.where)
     layers = art.layers_for(None)
     return {"ref": art.where, "digest": art.digest, "kind": art.kind, "targets": sorted(art.groups),

@@ -114,9 +114,9 @@ def plan_bundle(bundle_dir: Path, trust=None) -> Plan:
     shared = [f for f in info if f not in grouped]
     created = str(manifest.get("created") or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     top = {A_CREATED: created, A_TARGETS: ",".join(sorted(groups))}
-    for key, ann in (("name", A_TITLE), ("version", A_VERSION)):
+    for key, name in (("name", A_TITLE), ("version", A_VERSION)):
         if manifest.get(key):
-            top[ann] = str(manifest[key])
+            top[name] = str(manifest[key])
     if isinstance(manifest.get("source"), dict) and manifest["source"].get("sha256"):
         top[A_SOURCE] = "sha256:" + str(manifest["source"]["sha256"])
     if manifest.get("recipe_sha256"):

@@ -211,7 +211,8 @@ def _tagged(root: Path) -> dict[str, dict]:
 
 def _read_blob(root: Path, desc: dict, what: str) -> bytes:
     """Read a small blob (manifest or config) and check it against its descriptor."""
-    size = desc.get("size") if isinstance(desc.get("size"), int) else MAX_SMALL
+    declared = desc.get("size")
+    size = declared if isinstance(declared, int) else MAX_SMALL
     if size > MAX_SMALL:
         raise VerificationError(f"{what}: blob {desc.get('digest')} is {size} bytes, over the {MAX_SMALL}-byte limit for manifests")
     with open_blob(root, str(desc.get("digest")), what) as f:
@@ -246,6 +247,7 @@ def resolve(ref: str | Ref) -> tuple[Path, dict]:
     """The layout root and the manifest descriptor for a tag or digest."""
     ref = _layout_ref(ref)
     root = ref.path
+    assert root is not None  # a layout reference always has its folder
     if ref.digest:
         _check_layout(root)
         if not _blob_path(root, ref.digest).is_file():

@@ -145,7 +145,7 @@ class StageCache:
         for a in outputs.values():
             if not a.path.resolve().is_relative_to(workdir.resolve()):
                 raise ValueError(f"stage output {a.path} is outside its workdir")
-        meta = {"key": key, "outputs": {k: a.to_json(relative_to=workdir) for k, a in outputs.items()}, "record": record,
+        meta: dict = {"key": key, "outputs": {k: a.to_json(relative_to=workdir) for k, a in outputs.items()}, "record": record,
                 "files": file_digests(workdir)}
         (workdir / ENTRY_NAME).write_text(json.dumps(meta, indent=2, default=str))
         failpoints.hit("cache.before_commit")

@@ -80,7 +80,7 @@ def owner_alive(name: str, path: Path | None = None) -> bool | None:
 def remove_dead(folder: Path, prefix: str = "", suffixes: tuple[str, ...] = ()) -> list[Path]:
     """Remove entries of ``folder`` named ``prefix...<token>...`` whose owner is dead; return them.
     Entries without a token, or whose owner lives (a concurrent run), are never touched."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:

@@ -66,7 +66,7 @@ def tree_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def disk_full(e: BaseException) -> OSError | None:
+def disk_full(e: BaseException | None) -> OSError | None:
     """The ENOSPC / EDQUOT error in ``e``'s cause chain, if any."""
     seen = set()
     while e is not None and id(e) not in seen:
@@ -77,7 +77,7 @@ def disk_full(e: BaseException) -> OSError | None:
     return None
 
 
-def disk_full_line(e: OSError, candidates: list[str] = ()) -> str:
+def disk_full_line(e: OSError, candidates: list[str] | tuple[str, ...] = ()) -> str:
     """One line: the path being written, the space free there and the space this run estimated it needs.
 
     When the error names no file: the directories a build estimated, else the command-line path on the

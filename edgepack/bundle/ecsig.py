@@ -33,7 +33,7 @@ def pae(raw: bytes) -> bytes:
 
 def pae_compat(raw: bytes) -> bytes:
     """The encoding model-signing 0.2 signed by mistake (upstream still verifies it: ``pae_compat``)."""
-    return f"DSSEV1 {len(PAYLOAD_TYPE)} {PAYLOAD_TYPE} {len(raw)} {raw}".encode()
+    return f"DSSEV1 {len(PAYLOAD_TYPE)} {PAYLOAD_TYPE} {len(raw)} {raw!r}".encode()  # the bytes' repr, as upstream
 
 
 def _ecdsa(public_key):
@@ -66,8 +66,12 @@ class Signer:
 
     def __init__(self, private_key_path: Path, password: bytes | None = None):
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
 
-        self._key = serialization.load_pem_private_key(Path(private_key_path).read_bytes(), password)
+        key = serialization.load_pem_private_key(Path(private_key_path).read_bytes(), password)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"Unsupported key type {type(key).__name__}: an EC private key is needed")
+        self._key = key
         self._ecdsa = _ecdsa(self._key.public_key())
 
     def sign(self, manifest) -> _Signature:
@@ -137,8 +141,12 @@ class Verifier:
 
     def __init__(self, public_key_path: Path):
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
 
-        self._key = serialization.load_pem_public_key(Path(public_key_path).read_bytes())
+        key = serialization.load_pem_public_key(Path(public_key_path).read_bytes())
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError(f"Unsupported key type {type(key).__name__}: an EC public key is needed")
+        self._key = key
         self._ecdsa = _ecdsa(self._key)
 
     def verify_file(self, path: Path):

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edgepack.bundle.fsutil import atomic_write_bytes
 from edgepack.errors import BadInputError
 
-CURVES = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
+CURVES: dict[str, type[ec.SECP256R1] | type[ec.SECP384R1] | type[ec.SECP521R1]] = {
+    "P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
 _SUPPORTED = {c.name for c in CURVES.values()}  # secp256r1, secp384r1, secp521r1
 _KEYGEN_HINT = "create a key pair with `edgepack keygen`"
 
@@ -87,6 +88,7 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
         extra = " (this is a public key)" if b"PUBLIC KEY" in data else ""
         raise BadInputError(f"private key {path} is not a PEM private key{extra}", hint=_KEYGEN_HINT) from e
     _check_ec(key, path, "private key")
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # _check_ec refused every other kind
     return key
 
 
@@ -100,6 +102,7 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     except (ValueError, UnsupportedAlgorithm) as e:
         raise BadInputError(f"public key {path} is not a PEM public key", hint=_KEYGEN_HINT) from e
     _check_ec(key, path, "public key")
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # _check_ec refused every other kind
     return key
 
 

@@ -122,7 +122,7 @@ def signed_digests(sig: bytes, trust: Trust) -> dict[str, str]:
         if hint and hint != hashlib.sha256(pem).hexdigest():
             raise VerificationError(f"{SIG_REL}: signed by a different key than {trust.public_key}",
                                     hint="pass the public key of the key that signed this bundle")
-        verifier = ecsig.Verifier(Path(trust.public_key))
+        verifier: ecsig.Verifier | _Upstream = ecsig.Verifier(Path(trust.public_key))
     else:
         verifier = _Upstream(ms("_signing.sign_certificate").Verifier([Path(c) for c in trust.cert_chain], log_fingerprints=False))
     with tempfile.TemporaryDirectory(prefix="edgepack-sig-") as d:
@@ -177,13 +177,16 @@ def verify_bundle(bundle_dir: Path, public_key: Path | None = None, cert_chain=(
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise BadInputError(f"bundle {bundle_dir} is not a folder")
-    key = load_public_key(public_key) if not cert_chain else None
+    if public_key is None and not cert_chain:
+        raise BadInputError(f"bundle {bundle_dir}: give a public key or a certificate chain to verify it against")
+    key = load_public_key(public_key) if public_key is not None and not cert_chain else None
     n = check_files(bundle_dir)
     manifest = read_manifest(bundle_dir)
     sig_path = signature_file(bundle_dir)
     if cert_chain:
         _verify_with_chain(bundle_dir, sig_path, tuple(cert_chain))
     else:  # the files were just checked against the manifest: their digests are not computed twice
+        assert public_key is not None  # refused above without a cert chain
         _verify_signature(bundle_dir, sig_path, Path(public_key).expanduser(), manifest_digests(manifest))
     return {
         "bundle": str(bundle_dir),

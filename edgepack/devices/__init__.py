@@ -115,7 +115,7 @@ def _parse(path: Path) -> DeviceProfile:
         transport = data.get("transport") if isinstance(data, dict) else None
         for k in ("key", "known_hosts"):  # relative key files are relative to the profile
             v = transport.get(k) if isinstance(transport, dict) else None
-            if isinstance(v, str) and not v.startswith("~") and not os.path.isabs(v):
+            if isinstance(transport, dict) and isinstance(v, str) and not v.startswith("~") and not os.path.isabs(v):
                 transport[k] = str((path.parent / v).absolute())
         return DeviceProfile.model_validate(data)
     except yaml.YAMLError as e:

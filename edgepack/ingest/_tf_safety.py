@@ -138,7 +138,8 @@ def tflite_ops(path: Path) -> dict[str, str]:
             if code is None:
                 continue
             opts = op.CustomOptionsAsNumpy().tobytes() if op.CustomOptionsLength() else None
-            for name in {code.removeprefix("Flex"), _flex_op(opts) if code.startswith("Flex") else None} - {None}:
+            inner = _flex_op(opts) if code.startswith("Flex") else None
+            for name in {code.removeprefix("Flex"), *([inner] if inner else [])}:
                 if denied(name) or name == "PrintV2":
                     found.setdefault(name, f"subgraph {k} operator {j} ({code})")
     return found

@@ -163,7 +163,7 @@ def export_checked(module, attempts, example, spec: ExportSpec, workdir: Path, s
 def _export_dynamo(module, example, names, out_names, dyn, opset, out: Path):
     import torch
 
-    dims = {}
+    dims: dict = {}
     shapes = []
     for n in names:
         axes = {}

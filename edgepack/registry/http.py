@@ -361,7 +361,8 @@ class RemoteStore:
     # ------------------------------------------------------------ tags and referrers
 
     def tags(self) -> list[str]:
-        out, url = [], "tags/list?n=1000"
+        out: list[str] = []
+        url: str | None = "tags/list?n=1000"
         while url:
             r = self._request("GET", url, "listing tags", ok=(200, 404))
             if r.status_code == 404:

@@ -39,7 +39,9 @@ class Ref:
     @property
     def name(self) -> str:
         """The model name this reference stands for: the layout folder's name or the repository's last part."""
-        return self.path.name if self.kind == "layout" else str(self.repository).rsplit("/", 1)[-1]
+        if self.kind == "layout" and self.path is not None:
+            return self.path.name
+        return str(self.repository).rsplit("/", 1)[-1]
 
     def __str__(self) -> str:
         base = f"layout:{self.path}" if self.kind == "layout" else f"{self.host}/{self.repository}"

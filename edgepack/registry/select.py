@@ -23,7 +23,8 @@ def _p50(report: dict, tid: str, device: str):
 
 def choose_target(config: dict, report: dict, device, where: str) -> tuple[str, dict]:
     """(target id, why) for a DeviceProfile-like object with ``name`` and ``runtimes``."""
-    targets = config.get("targets") if isinstance(config.get("targets"), dict) else {}
+    declared = config.get("targets")
+    targets: dict = declared if isinstance(declared, dict) else {}
     candidates, seen = [], []
     for tid, t in sorted(targets.items()):
         validated = list(t.get("validated_on") or [])

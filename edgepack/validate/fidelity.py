@@ -62,7 +62,7 @@ def distribution(values) -> dict:
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     if not v.size:
         return {"n": 0}
-    out = {"n": int(v.size), "mean": float(v.mean()), "min": float(v.min()), "p5": float(np.percentile(v, 5)),
+    out: dict = {"n": int(v.size), "mean": float(v.mean()), "min": float(v.min()), "p5": float(np.percentile(v, 5)),
            "p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "max": float(v.max())}
     if v.size <= SMALL_LIST:
         out["values"] = [float(x) for x in v]

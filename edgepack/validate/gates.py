@@ -13,7 +13,9 @@ def evaluate(gates: Gates, target: str, device: str, metrics: dict, size_bytes: 
     """metrics: the validate record ({'latency': {...}, 'accuracy': {...}}) of one target on one device.
 
     accuracy_metric: the metric max_accuracy_drop checks (a top1 metric; it needs labels)."""
-    failures, waived, checked = [], [], []
+    failures: list[dict] = []
+    waived: list[dict] = []
+    checked: list[str] = []
     lat = metrics.get("latency") or {}
     acc = metrics.get("accuracy") or {}
     named = acc.get("metrics") or {}
@@ -77,6 +79,7 @@ def check_latency_ratio(gates: Gates, target: str, device: str, ratio: float | N
     limit = gates.max_latency_ratio_vs_fp32
     if limit is None:
         return None
+    msg: str | None
     if ratio is None:
         msg = f"{target} on {device}: max_latency_ratio_vs_fp32 cannot be checked (no FP32 latency on this device)"
     else:

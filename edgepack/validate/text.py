@@ -61,7 +61,7 @@ def decode(spec, o: np.ndarray, base_dir) -> list[str]:
     d = spec.decode
     where = f"evaluate '{spec.id}' decode"
     if isinstance(d, CtcGreedyDecode):
-        tokens = list(d.characters) if d.characters is not None else read_charset(Path(base_dir or ".") / d.charset)
+        tokens = list(d.characters) if d.characters is not None else read_charset(Path(base_dir or ".") / str(d.charset))  # one of them is set
         return ctc_greedy(o, tokens, d.blank, where)
     from ..entrypoints import resolve
 

@@ -79,35 +79,41 @@ def find_python(name: str) -> tuple[str, str]:
 # pip settings uv understands, as uv pip flags; any other index setting means uv is not used
 _UV_FLAGS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
              "constraint": "--constraint"}
-_IGNORED = {"cert", "default-timeout", "timeout", "disable-pip-version-check", "no-cache-dir", "root-user-action",
+_IGNORED = {"default-timeout", "timeout", "disable-pip-version-check", "no-cache-dir", "root-user-action",
             "progress-bar", "no-input", "quiet", "verbose"}
 
 
-def uv_flags() -> list[str] | None:
-    """``uv pip install`` flags carrying this machine's pip index configuration, or None when uv should not be
-    used (not on PATH, EDGEPACK_INSTALLER=pip, or a pip setting it would not honour)."""
+def uv_flags() -> tuple[list[str], dict[str, str]] | None:
+    """(``uv`` + ``uv pip install`` flags carrying this machine's pip index configuration, extra environment), or
+    None when uv should not be used (not on PATH, EDGEPACK_INSTALLER=pip, or a pip setting it would not honour).
+    pip looks at every index for the best version; uv's default takes the first index that has the package, so
+    ``--index-strategy unsafe-best-match`` keeps pip's answer (uv otherwise fails where pip resolves)."""
     uv = shutil.which("uv")
     if not uv or os.environ.get("EDGEPACK_INSTALLER", "") == "pip":
         return None
     out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
-    flags = []
+    flags, env = [uv, "--index-strategy", "unsafe-best-match"], {}
     for line in out.stdout.splitlines():
         key, _, value = line.partition("=")
         key = key.rpartition(".")[2]
         value = value.strip().strip("'\"")
-        if key in _IGNORED:
+        if key == "cert":
+            env["SSL_CERT_FILE"] = value
+        elif key in _IGNORED:
             continue
-        if key not in _UV_FLAGS:
+        elif key not in _UV_FLAGS:
             return None
-        for v in value.split():
-            flags += [_UV_FLAGS[key], v]
-    return [uv, *flags]
+        else:
+            for v in value.split():
+                flags += [_UV_FLAGS[key], v]
+    return flags, env
 
 
 def _run(cmd: list[str], log, what: str, env: dict | None = None) -> None:
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
-    res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}  # the new env's own
+    res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**clean, **(env or {})})
     if res.returncode != 0:
         raise StageError(f"{what} failed (exit {res.returncode})", hint=f"log: {log.name}")
 
@@ -121,9 +127,10 @@ def _create(name: str, d: Path, python: str, log) -> str:
     args = ["-r", str(d / "requirements.txt"), "-c", str(d / "lock.txt")]
     uv = uv_flags()
     if uv:
+        (exe, *flags), env = uv
         try:
-            _run([uv[0], "venv", "-q", "--python", python, str(d)], log, f"uv venv for {name}")
-            _run([uv[0], "pip", "install", "--python", py, *uv[1:], *args], log, f"uv pip install for {name}")
+            _run([exe, "venv", "-q", "--allow-existing", "--python", python, str(d)], log, f"uv venv for {name}", env)
+            _run([exe, "pip", "install", "--python", py, *flags, *args], log, f"uv pip install for {name}", env)
             return "uv"
         except StageError as e:
             log.write(f"uv did not work here ({e.message}); using pip\n")

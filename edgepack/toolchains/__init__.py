@@ -127,8 +127,10 @@ def python_ok(spec: str, version: str | None = None) -> bool:
     return (version or platform.python_version()) in SpecifierSet(spec)
 
 
+@functools.lru_cache(maxsize=None)
 def unsatisfied(name: str) -> str | None:
-    """Why the running environment does not satisfy the lock of ``name`` (None: it does)."""
+    """Why the running environment does not satisfy the lock of ``name`` (None: it does). Memoized: the running
+    environment's packages do not change under a build (a few hundred ms of metadata reads otherwise)."""
     from importlib.metadata import PackageNotFoundError, version
 
     from packaging.requirements import Requirement

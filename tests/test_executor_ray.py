@@ -93,6 +93,11 @@ def test_three_recipes_on_the_ray_cluster_give_the_local_bundles(cluster, regist
     report = json.loads((tmp_path / "ray" / "dist" / "m1-0-0.1.0" / "report.json").read_text())
     on_ray = {s["name"] for s in report["stages"] if s.get("executor") == "ray"}
     assert {"compile ort", "optimize[0] quantize"} <= on_ray
+    for r_ in recipes:  # validation on this host overlapped nothing, Ray tasks of the other recipes included
+        rep = json.loads((tmp_path / "ray" / "dist" / f"{r_.parent.name}-0.1.0" / "report.json").read_text())
+        assert rep["plan"]["executor"] == "ray"
+        validations = [n for n in rep["plan"]["nodes"] if n["kind"] == "validate"]
+        assert validations and all(n["overlapped"] == [] for n in validations), validations
     nodes = {n: entries_whole(cluster.root / f"{n}-home" / "cache") for n in ["head", *cluster.workers]
              if (cluster.root / f"{n}-home" / "cache").exists()}
     assert nodes.get("w1", 0) >= 1 and sum(nodes.values()) >= 3 * 3  # the stages ran on the nodes (the second node too), each its own cache

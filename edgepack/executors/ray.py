@@ -24,9 +24,11 @@ every read, so a lost node never leaves a corrupted entry anywhere.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ..artifact import Artifact
 from ..engine import Engine, Progress, StageResult, _identity
@@ -48,7 +50,7 @@ class RayExecutor(LocalExecutor):
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._published: dict[tuple, str] = {}
         self._fetchers: dict[Path, object] = {}
-        self._task = None
+        self._task: Any = None  # the remote function, once connected
 
     def run(self, plan) -> Results:
         missing = sorted({n.recipe for n in plan.nodes.values() if n.engine.cache.store is None})
@@ -62,7 +64,7 @@ class RayExecutor(LocalExecutor):
         finally:
             ray.shutdown()
 
-    def _timed(self, node: Node, results: Results, start: float, t0: float, lock):
+    def _timed(self, node: Node, results: Results, start: float, t0: float, lock):  # type: ignore[override]
         import time
 
         res = run_node(node, results, run=lambda engine, work: self._run_work(node, engine, work))
@@ -95,7 +97,7 @@ class RayExecutor(LocalExecutor):
             opts = {"num_cpus": node.resources.cpus, "memory": int(node.resources.memory_mb) << 20, "max_retries": RETRIES,
                     "retry_exceptions": False, "name": f"edgepack {node.id}"}
             try:
-                out = ray.get(self._task.options(**opts).remote(Work(work.name, stage, {}, work.deadline_s), refs,
+                out: dict = ray.get(self._task.options(**opts).remote(Work(work.name, stage, {}, work.deadline_s), refs,
                                                                  cache.store.url, engine.cache.enabled))
             except ray.exceptions.RayTaskError as e:  # the stage's own error, raised on the worker
                 engine.progress.done(work.name, "failed", time.perf_counter() - t0)
@@ -213,7 +215,7 @@ def _connect(address: str | None):
     except ImportError as e:
         raise BadInputError(f"--executor ray: Ray is not installed ({e})", hint=_HINT) from e
     try:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level="ERROR",
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR,
                  include_dashboard=False if address is None else None)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = address or "a local cluster"

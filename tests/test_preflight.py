@@ -25,7 +25,8 @@ def _without(tmp_path, *modules) -> dict:
     d = tmp_path / "hide"
     d.mkdir(exist_ok=True)
     (d / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules))
-    return {"PYTHONPATH": os.pathsep.join([str(d), os.environ.get("PYTHONPATH", "")])}
+    return {"PYTHONPATH": os.pathsep.join([str(d), os.environ.get("PYTHONPATH", "")]),
+            "EDGEPACK_TOOLCHAINS_DIR": str(tmp_path / "no-toolchains")}  # nor a managed toolchain environment
 
 
 def test_missing_extra_for_a_target(tiny_recipe, edgepack_home, tmp_path):

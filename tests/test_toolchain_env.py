@@ -17,7 +17,10 @@ from testenvs import ensure_toolchain, numpy2_env
 
 @pytest.fixture(scope="session")
 def tflite_env():
-    return ensure_toolchain("tflite")
+    env = ensure_toolchain("tflite")
+    if env is None:
+        pytest.skip("no Python the tflite lock allows (3.11) on this machine")
+    return env
 
 
 @pytest.mark.slow

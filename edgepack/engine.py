@@ -35,12 +35,12 @@ class Stage:
 
     kind: ClassVar[str] = "stage"
     version: ClassVar[str] = "1"
-    isolated: ClassVar[bool] = False
+    isolated: bool = False  # run in a worker process (a stage may decide in __init__)
     timeout: float = 1800.0  # seconds; a stage may set its own from the recipe in __init__
     cacheable: ClassVar[bool] = True
     # Input names the stage reads; others offered by the build are dropped before keying, so that
     # e.g. new validation data does not re-run a pass that only reads calibration data. None = all.
-    uses: ClassVar[tuple[str, ...] | None] = None
+    uses: tuple[str, ...] | None = None
     # The toolchain (edgepack/toolchains: TOOLCHAINS) an isolated stage runs in: the running interpreter when it
     # satisfies the toolchain's lock, else that managed environment's. None: always the running interpreter.
     toolchain_env: ClassVar[str | None] = None

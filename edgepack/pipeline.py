@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, failpoints
 from . import build_checks as pre_build
@@ -23,6 +25,9 @@ from .recipe import LoadedRecipe
 from .targets import TargetContext, make_target
 from .validate import artifact_contract
 from .validate_plan import check_evaluation, onnx_outputs
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 DEFAULT_KEY = "keys/signing-key.pem"
 
@@ -42,7 +47,7 @@ class BuildOptions:
     allow_partial: bool = False  # publish even when some targets failed (else a partial build is not published)
     jobs: int | None = None  # nodes at once (default: the number of cores); --jobs
     executor: str | None = None  # local (default), ray or ray://HOST:PORT; --executor
-    progress: object = None  # a callable taking one event dict per stage start/done/note (edgepack/progress_hooks.py)
+    progress: Callable[[dict], None] | None = None  # a callable taking one event dict per stage start/done/note (edgepack/progress_hooks.py)
 
 
 @dataclass
@@ -120,7 +125,7 @@ class RecipeBuild:
     label_sets: set = field(default_factory=set)
     out_shapes: dict = field(default_factory=dict)
     metric_specs: list = field(default_factory=list)
-    plan: object = None
+    plan: Plan | None = None
 
     @property
     def stream(self) -> bool:  # outputs [S, T, ...]
@@ -154,7 +159,7 @@ def _preflight(lr: LoadedRecipe, opts: BuildOptions, out_dir: Path):
     from .registry.refs import parse_ref
 
     ref = parse_ref(f"{registry}:{r.version}")
-    if publish and ref.kind == "layout":
+    if publish and ref.kind == "layout" and ref.path is not None:
         check_writable(Path(ref.path), "publish.registry")
     if publish:  # reachable, TLS and credentials; this version not published yet: fail now, not after the build
         from .registry.remote import check_release
@@ -201,7 +206,8 @@ def make_build_plan(lrs: list[LoadedRecipe], opts: BuildOptions, progress: Progr
     if len(lrs) > 1 and opts.output:
         raise BadInputError("--output names one bundle folder; with several recipes each goes to its package.output (or dist/NAME-VERSION)",
                             hint="drop --output, or build one recipe at a time")
-    plan, builds = Plan(), []
+    plan = Plan()
+    builds: list[RecipeBuild | EdgepackError] = []  # an error in place of a recipe that could not be planned
     for i, lr in enumerate(lrs):
         try:
             rb = prepare_recipe(lr, opts, progress)

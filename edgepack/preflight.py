@@ -77,7 +77,7 @@ def _in_toolchain(extra: str, target, model) -> bool:
     if extra not in TOOLCHAINS or extra == "tensorrt":
         return False
     if extra == "coreml":
-        frontend = (target.options or {}).get("frontend", "auto")
+        frontend = getattr(target.options, "frontend", "auto")  # recipe_targets.CoreMLOptions
         return frontend == "onnx" or (frontend == "auto" and model.format.value not in ("pytorch", "torchscript"))
     return True
 

@@ -138,7 +138,7 @@ def verify_export(path: Path, samples, source_outputs, tolerance: float) -> tupl
     except StageError as e:
         raise ExportCheckError(e.message, check="numeric check") from e
     record = {"max_abs_diff": diffs, "tolerance": tolerance, "exported_opset": _opset(path)}
-    worst = max(diffs, key=diffs.get) if diffs else None
+    worst = max(diffs, key=lambda k: diffs[k]) if diffs else None
     if worst is not None and diffs[worst] > tolerance:
         raise ExportCheckError(
             f"ONNX output '{worst}' differs from the source by {diffs[worst]:.3g} (tolerance {tolerance:g})",
@@ -262,6 +262,7 @@ def source_artifact(model: ModelSection, lr) -> Artifact:
     from ..entrypoints import module_file
 
     if model.format is ModelFormat.PYTORCH:
+        assert model.entrypoint is not None  # ModelSection requires it for format pytorch
         code = module_file(model.entrypoint, lr.dir)
         if code is None:
             raise BadInputError(

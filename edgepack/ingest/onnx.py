@@ -102,7 +102,7 @@ def name_outputs(proto, names: list[str], where: str) -> dict:
         else:
             mapping[cur] = want
     rename_everywhere(g, mapping)
-    record = {}
+    record: dict = {}
     if moved:
         record["renamed_inner_tensors"] = moved
     if identities:

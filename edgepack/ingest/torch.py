@@ -38,6 +38,7 @@ def _load_module(ctx: ConvertContext):
 
     m = ctx.model
     if m.format is ModelFormat.PYTORCH:
+        assert m.entrypoint is not None  # ModelSection requires it for format pytorch
         module = build_module(m.entrypoint, ctx.recipe_dir, f"{ctx.source_where}.entrypoint")
         if m.weights:
             weights = Path(ctx.source.meta.get("weights") or ctx.source.path)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine import Stage
+
+if TYPE_CHECKING:
+    from ..recipe import Gates, ModelSection
 
 # pass name -> "module:Class". Imported lazily: nothing registers itself on import.
 PASSES: dict[str, str] = {
@@ -34,8 +38,8 @@ class PassContext:
     index: int  # position in the recipe's optimize list (for error messages)
     where: str  # 'recipe.yaml:14:5 optimize[0]'
     recipe_dir: Path
-    model: object  # recipe.ModelSection
-    gates: object  # recipe.Gates
+    model: ModelSection
+    gates: Gates | None
     evaluate: tuple = ()  # recipe `evaluate:` metrics: the named numbers a pass's budget and search use
 
 

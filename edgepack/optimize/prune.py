@@ -28,7 +28,7 @@ class PruneStage(Stage):
     kind = "optimize.prune"
     version = "1"
     timeout = 3600.0
-    uses = ("model", "source", "training", "validation")
+    uses: tuple[str, ...] | None = ("model", "source", "training", "validation")
 
     def __init__(self, cfg: PrunePass, ctx: PassContext):
         self.cfg = cfg

@@ -94,7 +94,8 @@ def credentials_for(host: str) -> Credentials:
         raise BadInputError(f"Docker config {path} is unreadable or not JSON", hint="fix or remove the file") from e
     if not isinstance(cfg, dict):
         return Credentials()
-    helpers = cfg.get("credHelpers") if isinstance(cfg.get("credHelpers"), dict) else {}
+    raw = cfg.get("credHelpers")
+    helpers: dict = raw if isinstance(raw, dict) else {}
     for key in config_keys(host):
         if isinstance(helpers.get(key), str):
             return _from_helper(helpers[key], key, f"{path} credHelpers[{key}]", required=True)
@@ -103,7 +104,8 @@ def credentials_for(host: str) -> Credentials:
             found = _from_helper(cfg["credsStore"], key, f"{path} credsStore", required=False)
             if found.present:
                 return found
-    auths = cfg.get("auths") if isinstance(cfg.get("auths"), dict) else {}
+    raw = cfg.get("auths")
+    auths: dict = raw if isinstance(raw, dict) else {}
     for key in config_keys(host):
         if isinstance(auths.get(key), dict):
             return _from_entry(auths[key], f"{path} auths[{key}]")

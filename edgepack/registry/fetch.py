@@ -275,7 +275,7 @@ def stream_blob(store, desc: dict, out, what: str) -> int:
     return n
 
 
-def _reference(ref: Ref) -> str:
+def reference_of(ref: Ref) -> str:
     if ref.reference is None:  # parse_ref requires a tag or digest for pull and verify
         raise BadInputError(f"{ref}: give a tag or digest (REPO:TAG or REPO@sha256:...)")
     return ref.reference
@@ -284,7 +284,7 @@ def _reference(ref: Ref) -> str:
 def pull(store, ref: Ref, out_dir: Path, key, device=None, target: str | None = None, force: bool = False) -> dict:
     trust = as_trust(key)
     check_out_dir(out_dir, force)
-    art = Artifact(store, _reference(ref), trust)
+    art = Artifact(store, reference_of(ref), trust)
     check_identity(ref, art.config.get("name"), art.config.get("version"), art.where)
     tids, why = art.pick(device, target)
     layers = art.layers_for(tids)
@@ -310,7 +310,7 @@ def pull(store, ref: Ref, out_dir: Path, key, device=None, target: str | None = 
 
 def verify(store, ref: Ref, key) -> dict:
     """Check signature, name/version and every layer digest against it, downloading only the signature and config."""
-    art = Artifact(store, _reference(ref), as_trust(key))
+    art = Artifact(store, reference_of(ref), as_trust(key))
     check_identity(ref, art.config.get("name"), art.config.get("version"), art.where)
     layers = art.layers_for(None)
     return {"ref": art.where, "digest": art.digest, "kind": art.kind, "targets": sorted(art.groups),

@@ -42,9 +42,11 @@ def store_for(ref: Ref, plain_http: bool = False, create: bool = False, timeout:
     if ref.kind == "layout":
         from edgepack.registry.layoutstore import LayoutStore
 
+        assert ref.path is not None  # parse_ref sets a layout's folder
         return LayoutStore(ref.path, create=create)
     from edgepack.registry.http import RemoteStore
 
+    assert ref.host is not None and ref.repository is not None  # parse_ref sets both for a remote
     return RemoteStore(ref.host, ref.repository, plain_http=plain_http, timeout=timeout)
 
 
@@ -77,7 +79,7 @@ def check_release(ref: str | Ref, name: str, force: bool = False, plain_http: bo
     version's tag is free: a rebuild never moves a published release unless ``force`` (exit 2)."""
     ref = as_ref(ref)
     check_identity(ref, name, ref.tag, f"publishing {name} as {ref}", error=BadInputError)
-    if ref.kind == "layout" and not (ref.path / "oci-layout").is_file():
+    if ref.kind == "layout" and ref.path is not None and not (ref.path / "oci-layout").is_file():
         return  # a new layout: nothing published yet
     store = store_for(ref, plain_http)
     if ref.kind == "remote":
@@ -169,7 +171,7 @@ def copy(src: str | Ref, dst: str | Ref, public_key, plain_http: bool = False, f
     if tag is None:
         raise BadInputError(f"copy destination {dst} needs a tag (the source is pinned by digest)", hint="write DST:TAG")
     s = store_for(src, plain_http, timeout=timeout)
-    art = fetch.Artifact(s, src.reference, fetch.as_trust(public_key))
+    art = fetch.Artifact(s, fetch.reference_of(src), fetch.as_trust(public_key))
     art.layers_for(None)
     name, version = art.config.get("name"), art.config.get("version")
     check_identity(src, name, version, art.where)

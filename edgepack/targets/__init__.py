@@ -35,7 +35,7 @@ class TargetContext:
 class TargetStage(Stage):
     runtime: ClassVar[str] = ""
     extra: ClassVar[str | None] = None
-    uses: ClassVar[tuple[str, ...] | None] = ("model", "calibration")
+    uses: tuple[str, ...] | None = ("model", "calibration")
 
     def __init__(self, target: TargetBase, ctx: TargetContext):
         self.target = target

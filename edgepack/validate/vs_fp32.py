@@ -23,13 +23,14 @@ def is_fp32(precision: str | None) -> bool:
 
 def chain_share(records: list[dict]) -> dict | None:
     """The optimize chain's quantized share: the best of its quantize passes (None: no quantize pass ran)."""
-    shares = [(r, QuantizedShare.from_json(r.get("quantized"))) for r in records
-              if r.get("pass") == "quantize" and r.get("status", "ok") == "ok" and r.get("quantized")]
+    shares = [(r, q) for r in records
+              if r.get("pass") == "quantize" and r.get("status", "ok") == "ok" and r.get("quantized")
+              for q in [QuantizedShare.from_json(r.get("quantized"))] if q is not None]
     if not shares:
         return None
     rec, best = max(shares, key=lambda s: s[1].weights or 0.0)
     return {"weights_fraction": best.weights, "nodes_fraction": best.nodes, "modified": any(s.modified for _, s in shares),
-            "reason": best.reason(), "passes": [r["index"] for r, _ in shares], "intended": INTENDED.get(rec.get("mode"), rec.get("mode"))}
+            "reason": best.reason(), "passes": [r["index"] for r, _ in shares], "intended": INTENDED.get(str(rec.get("mode")), rec.get("mode"))}
 
 
 INTENDED = {"static": "int8-static", "dynamic": "int8-dynamic", "fp16": "fp16", "int4": "int4-weight"}  # quantize mode -> precision

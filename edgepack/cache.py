@@ -55,6 +55,7 @@ class StageCache:
         self.root = (Path(root) if root else default_cache_dir()).absolute()  # stages may run with another cwd
         self.enabled = enabled
         self.store = store  # a cache_store store shared with other caches, or None
+        self._refused: set[str] = set()  # keys whose shared entry was refused: the recomputed one replaces it
         self._cleaned = False
 
     def entry_dir(self, key: str) -> Path:
@@ -100,6 +101,7 @@ class StageCache:
                 return None
         except EntryRefused as e:
             self.discard(workdir)
+            self._refused.add(key)
             return f"shared entry in {self.store.url}: {e}; refused, not used"
         except BaseException:
             self.discard(workdir)
@@ -154,15 +156,16 @@ class StageCache:
             shutil.rmtree(final)
         os.rename(workdir, final)
         if self.store is not None:
-            self.push(key)
+            self.push(key, replace=key in self._refused)
         return {k: Artifact.from_json(v, base=final) for k, v in meta["outputs"].items()}
 
-    def push(self, key: str) -> None:
-        """Copy the local entry ``key`` to the shared store (a failure names the store)."""
+    def push(self, key: str, replace: bool = False) -> None:
+        """Copy the local entry ``key`` to the shared store (a failure names the store); ``replace``:
+        over a shared entry that was refused."""
         from .errors import EdgepackError
 
         try:
-            self.store.push(key, self.entry_dir(key))
+            self.store.push(key, self.entry_dir(key), replace=replace)
         except EdgepackError as e:
             raise e.prefixed(f"cache store {self.store.url}: pushing entry {key[:12]}") from e
 

@@ -122,15 +122,20 @@ class DirStore:
         (dest / ENTRY_NAME).write_bytes(raw)
         return True
 
-    def push(self, key: str, entry_dir: Path) -> None:
+    def push(self, key: str, entry_dir: Path, replace: bool = False) -> None:
+        """Copy an entry in (temp + rename); an existing one is kept unless ``replace`` (it was refused)."""
         from .locks import owner_token
 
         final = self.root / key[:2] / key
-        if (final / ENTRY_NAME).is_file():
+        if (final / ENTRY_NAME).is_file() and not replace:
             return
         tmp = self.root / "tmp" / f"{key[:12]}-{owner_token()}"
         shutil.copytree(entry_dir, tmp)
         final.parent.mkdir(parents=True, exist_ok=True)
+        if replace and final.exists():
+            old = self.root / "tmp" / f"{key[:12]}-{owner_token()}.old"
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:  # another writer put it there first
@@ -187,7 +192,10 @@ class OciStore:
         (dest / ENTRY_NAME).write_bytes(raw)
         return True
 
-    def push(self, key: str, entry_dir: Path) -> None:
+    def push(self, key: str, entry_dir: Path, replace: bool = False) -> None:
+        """Blobs (those the registry has are skipped), then the manifest under the key's tag. A
+        registry keeps one blob per digest, so ``replace`` cannot mend a corrupted blob it holds:
+        readers keep refusing it until the registry's garbage collection or a DELETE removes it."""
         from .registry.http import OCI_MANIFEST
 
         s = self._store()

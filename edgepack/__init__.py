@@ -23,6 +23,8 @@ def build(recipe, **options):
         targets (list[str]): build only these target ids [--target]
         cache_dir (path): stage cache, default $EDGEPACK_HOME/cache [--cache-dir]
         use_cache (bool): reuse cached stages, default True [--no-cache]
+        jobs (int): plan nodes run at once, default the number of cores [--jobs]
+        executor (str): local (default), ray or ray://HOST:PORT [--executor]
         force (bool): publish over an existing tag of this version [--force]
         quiet (bool): print nothing on stdout [--json]
         progress (callable): called with one dict per event:

@@ -9,8 +9,6 @@ The artifact's ``meta['runtime']`` names the runner adapter (edgepack/devices/ru
 from __future__ import annotations
 
 import importlib
-import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -60,53 +58,9 @@ class TargetStage(Stage):
 
     def prerequisites(self) -> dict[str, Stage]:
         """Shared stages this compile reads, by the input name their single output gets (e.g. TFLite's
-        SavedModel): ``run_compile`` runs each through the engine first. Keys do not depend on the
-        target, so several targets share one run (the others are cache hits)."""
+        SavedModel): the build plan makes each its own node (edgepack/build_nodes.py), one per model and
+        prerequisite config, which every target needing it depends on."""
         return {}
-
-
-_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> {key: result or error}: one run per build
-_SHARED_LOCK = threading.Lock()
-
-
-def run_compile(engine, name: str, stage: TargetStage, inputs: dict):
-    """``engine.run(name, stage, inputs)`` after the stage's prerequisites. Within one engine (one build)
-    a prerequisite runs at most once per cache key, also with the cache disabled and when it failed
-    (the failure is re-raised for every target that needs it, its log copied to each compile's log)."""
-    from ..errors import EdgepackError
-
-    pres = stage.prerequisites()
-    if pres:
-        try:  # the compile's own input contract first: no conversion for a target that cannot compile
-            stage.check_inputs({k: a for k, a in inputs.items() if stage.uses is None or k in stage.uses})
-        except EdgepackError as e:
-            raise e.prefixed(name) from e
-    inputs = dict(inputs)
-    for out_name, pre in pres.items():
-        inputs[out_name] = _shared_run(engine, f"{name} [{out_name}]", pre, inputs, name).outputs[out_name]
-    return engine.run(name, stage, inputs)
-
-
-def _shared_run(engine, pre_name: str, pre: Stage, inputs: dict, compile_name: str):
-    import shutil
-
-    key = engine.key_for(pre, {k: a for k, a in inputs.items() if pre.uses is None or k in pre.uses})
-    with _SHARED_LOCK:
-        memo = _SHARED.setdefault(engine, {})
-        slot = memo.setdefault(key, [threading.Lock(), None])
-    with slot[0]:  # a parallel executor: the second target waits for the first's conversion
-        if slot[1] is None:
-            try:
-                slot[1] = engine.run(pre_name, pre, inputs)
-            except Exception as e:  # noqa: BLE001 - remembered, re-raised below
-                slot[1] = (e, engine.log_path(pre_name))
-    if isinstance(slot[1], tuple):
-        error, log = slot[1]
-        dest = engine.log_path(compile_name)
-        if log is not None and dest is not None and log.exists() and log != dest:
-            shutil.copyfile(log, dest)  # the build attaches the compile's log to the failed target
-        raise error
-    return slot[1]
 
 
 def make_target(target: TargetBase, ctx: TargetContext) -> TargetStage:

@@ -10,7 +10,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import REPO, TINY_RECIPE, run_cli
 from testenvs import ensure_toolchain, numpy2_env
 

@@ -11,8 +11,8 @@ import sys
 import tomllib
 
 import pytest
-
 from conftest import REPO, TINY_RECIPE, run_cli
+
 from edgepack import toolchains
 from edgepack.errors import BadInputError, StageError
 from edgepack.toolchains.env import _candidates, _version_of
@@ -34,7 +34,7 @@ needs_other = pytest.mark.skipif(OTHER is None, reason="no second Python 3.11+ i
 
 
 def test_every_toolchain_has_a_lock_that_parses():
-    for name, tc in toolchains.TOOLCHAINS.items():
+    for name in toolchains.TOOLCHAINS:
         lock = toolchains.read_lock(name)
         assert lock.python and lock.requires, name
         assert len(lock.digest) == 12

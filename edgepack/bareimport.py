@@ -38,7 +38,7 @@ def bare_package(name: str) -> None:
             raise AttributeError(attr)
         return importlib.import_module(f"{name}.{attr}")
 
-    pkg.__getattr__ = __getattr__
+    setattr(pkg, "__getattr__", __getattr__)  # noqa: B010 - a module-level __getattr__ (PEP 562), not a method
     sys.modules[name] = pkg
     if parent:
         setattr(sys.modules[parent], name.rpartition(".")[2], pkg)

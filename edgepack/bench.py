@@ -158,8 +158,8 @@ def _bench_one(transport, runtime: str, protocol: dict, contract, files: dict) -
 def run_bench(ref: str, devices: list[str], targets: list[str] | None = None, data: Path | None = None,
               overrides: dict | None = None, key: Path | None = None, timeout_s: float | None = None) -> dict:
     profiles = [load_profile(d)[0] for d in devices or ["local"]]
-    with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="edgepack-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         bundle, manifest, checked = open_bundle(ref, tmp, key)
         available = list(manifest.get("targets", {}))
         chosen = targets or available

@@ -89,13 +89,14 @@ def run_build(recipes, opts, plan_only: bool = False) -> None:
     results = iter(build_many(good, opts) if good else [])
     per, codes = [], []
     for path, lr in zip(recipes, lrs):
-        res = lr if isinstance(lr, EdgepackError) else next(results)
-        if isinstance(res, EdgepackError):
-            codes.append(res.exit_code)
-            per.append({"recipe": str(path), "status": "error", "exit_code": res.exit_code, "error": res.one_line()})
+        one = lr if isinstance(lr, EdgepackError) else next(results)  # a BuildResult, or the recipe's load error
+        if isinstance(one, EdgepackError):
+            codes.append(one.exit_code)
+            per.append({"recipe": str(path), "status": "error", "exit_code": one.exit_code, "error": one.one_line()})
             if not opts.quiet:
-                click.echo(f"\n{path}: error: {res.one_line()}", err=True)
+                click.echo(f"\n{path}: error: {one.one_line()}", err=True)
             continue
+        res = one
         codes.append(res.exit_code)
         if not opts.quiet:
             click.echo(f"\n== {path}")

@@ -138,7 +138,7 @@ def plan_rows(plan: Plan, results: Results) -> list[dict]:
     rows = []
     for nid, n in plan.nodes.items():
         r = results.get(nid)
-        row = {"id": nid, "kind": n.kind, "deps": list(n.deps), "status": r.status if r else "not-run"}
+        row: dict = {"id": nid, "kind": n.kind, "deps": list(n.deps), "status": r.status if r else "not-run"}
         if r is not None and r.ran:
             row.update(cached=r.cached, start_s=round(r.start_s, 3), end_s=round(r.end_s, 3), overlapped=over.get(nid, []))
         rows.append(row)

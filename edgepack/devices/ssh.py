@@ -117,7 +117,7 @@ class SSHTransport(Transport):
     # ------------------------------------------------------------ one job
 
     def _plan_files(self, files: dict[str, Path]) -> list[dict]:
-        out = [{"name": "runner.py", "path": RUNNER}]
+        out: list[dict] = [{"name": "runner.py", "path": RUNNER}]
         for key, path in files.items():
             path = Path(path)
             if path.is_dir():

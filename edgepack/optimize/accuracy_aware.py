@@ -217,14 +217,16 @@ def _steps(quantize, sens: list[dict], ev, full: dict, cfg: AccuracyAware, workd
     """Keep the most sensitive nodes in float one more at a time until the budget is met."""
     limit = min(len(sens), cfg.max_float_nodes or len(sens))
     steps: list[dict] = []
-    best = (full["drop"], [], None)  # (drop, float nodes, path)
-    prev_drop, prev_bytes, prev = full["drop"], None, None
+    best: tuple[float, list[str], Path | None] = (full["drop"], [], None)  # (drop, float nodes, path)
+    prev_drop = full["drop"]
+    prev_bytes: bytes | None = None
+    prev: dict | None = None
     for k in range(1, limit + 1):
         kept = [e["node"] for e in sens[:k]]
         step_path = workdir / f"step_{k}.onnx"
         quantize(kept, step_path)
         data = step_path.read_bytes() if speed.skip else None
-        r = prev if data is not None and data == prev_bytes else ev(step_path)  # same bytes: same result
+        r = prev if prev is not None and data is not None and data == prev_bytes else ev(step_path)  # same bytes: same result
         prev_bytes, prev = data, r
         steps.append({"step": k, "added": kept[-1], "float_nodes": len(kept), "score": r["score"], "drop": r["drop"], "effect": round(prev_drop - r["drop"], 6), "met": r["met"]})
         prev_drop = r["drop"]

@@ -72,7 +72,7 @@ def latency_ms(path: Path, sample: dict[str, np.ndarray], min_seconds: float = 0
     feed = _cast(sess, sample)
     for _ in range(5):
         sess.run(None, feed)
-    times = []
+    times: list[float] = []
     t_end = time.perf_counter() + min_seconds
     while len(times) < max_runs and (len(times) < 20 or time.perf_counter() < t_end):
         t0 = time.perf_counter()
@@ -120,6 +120,7 @@ def weight_stats(path: Path) -> dict:
             w = numpy_helper.to_array(inits[node.input[idx]])
             weights += w.size
             zeros += int(np.count_nonzero(w == 0))
+    macs: int | str
     try:
         macs = count_macs(model)
     except Exception as e:  # shape inference can fail on exotic graphs; say so instead of guessing
@@ -175,8 +176,8 @@ def named_metrics(path: Path, specs, outputs: list[np.ndarray], labels, referenc
     from ..validate.metrics import compute_metrics
 
     names = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
-    by_name = lambda outs: dict(zip(names, outs)) if outs is not None else None  # noqa: E731
-    res = compute_metrics(specs, by_name(outputs), labels, reference=by_name(reference), base_dir=base_dir)
+    res = compute_metrics(specs, dict(zip(names, outputs)), labels,
+                          reference=dict(zip(names, reference)) if reference is not None else None, base_dir=base_dir)
     return {k: {"value": v.get("value"), "higher_is_better": v.get("higher_is_better")} for k, v in res.items()}
 
 
@@ -222,6 +223,8 @@ def _metric_budgets(before: dict, after: dict, gates, where: str) -> dict:
         from ..validate.metrics import drop
 
         d = drop(a["value"], b["value"], a["higher_is_better"])
+        if d is None:  # both values were checked above
+            continue
         r = out[name] = {"before": b["value"], "after": a["value"], "drop": round(d, 6), "max_drop": g.max_drop, "met": d <= g.max_drop + 1e-12}
         if not r["met"]:
             if f"metrics.{name}" in getattr(gates, "waive", []):

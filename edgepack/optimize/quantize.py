@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ..artifact import Artifact
 from ..engine import Stage, StageResult, package_versions
@@ -113,9 +114,9 @@ class QuantizeStage(Stage):
             raise StageError(f"{self.ctx.where}: calibration failed: {e.__class__.__name__}: {str(e)[:300]}") from e
         record["calibration_method"] = c.calibration
 
-        opts = dict(qformat=c.format, per_channel=c.per_channel, symmetric_activations=c.symmetric_activations,
-                    symmetric_weights=c.symmetric_weights, op_types=c.op_types, include=c.nodes)
-        reused = []  # the search's trials: one ReusedQuantizer (quant_reuse.py), made by the first (serial) call
+        opts: dict[str, Any] = dict(qformat=c.format, per_channel=c.per_channel, symmetric_activations=c.symmetric_activations,
+                                    symmetric_weights=c.symmetric_weights, op_types=c.op_types, include=c.nodes)
+        reused: list = []  # the search's trials: one ReusedQuantizer (quant_reuse.py), made by the first (serial) call
 
         def quantize(exclude: list[str], dest: Path) -> None:
             try:

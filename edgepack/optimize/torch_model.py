@@ -30,6 +30,7 @@ def resize_to(module, state: dict) -> None:
         cur = getattr(m, attr, None) if m is not None else None
         if not isinstance(cur, torch.Tensor) or tuple(cur.shape) == tuple(tensor.shape):
             continue
+        assert m is not None  # cur is a tensor attribute of m
         if isinstance(cur, torch.nn.Parameter):
             setattr(m, attr, torch.nn.Parameter(torch.empty_like(tensor), requires_grad=cur.requires_grad))
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from .fidelity import distribution, fidelity
 from .metrics import MetricError, compute_one, drop, primary_name
@@ -20,7 +21,7 @@ def metrics_config(specs, base_dir) -> list:
         if getattr(getattr(m, "decode", None), "fn", None):
             fns.append(m.decode.fn)
         charset = getattr(getattr(m, "decode", None), "charset", None)
-        files = [module_file(f, base_dir or ".") for f in fns]
+        files = [module_file(f, Path(base_dir or ".")) for f in fns]
         if charset and base_dir is not None:
             files.append(base_dir / charset)
         d["_sources"] = [hashlib.sha256(f.read_bytes()).hexdigest() if f is not None and f.is_file() else None for f in files]

@@ -81,8 +81,14 @@ class RayCluster:
 
     def start(self) -> "RayCluster":
         self.root.mkdir(parents=True, exist_ok=True)
-        self._wait({"head": self._start("head", ["--head", "--port", str(self.port), "--num-cpus", str(self.head_cpus),
-                                                 "--include-dashboard=false", "--temp-dir", self.ray_tmp])})
+        head = ["--head", "--port", str(self.port), "--num-cpus", str(self.head_cpus), "--include-dashboard=false", "--temp-dir", self.ray_tmp]
+        for _attempt in (1, 2):  # Ray gives the raylet 30 s to register: a loaded machine can miss it
+            p = self._start("head", head)
+            if p.wait(240) == 0:
+                break
+            self.kill_node("head")
+        else:
+            self._wait({"head": p})  # raises with the log
         for w in self.workers:
             self.start_worker(w)  # `ray start` returns once the node's raylet registered
         return self

@@ -127,6 +127,7 @@ def _keras(path: Path) -> ModelIO:
 
 
 def _saved_model(path: Path) -> ModelIO:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up logs (as edgepack/ingest/tensorflow.py)
     from tensorflow.core.protobuf import saved_model_pb2
 
     sm = saved_model_pb2.SavedModel()

@@ -56,11 +56,11 @@ class Strict(BaseModel):
 
 
 class InputSpec(Strict):
-    name: str
+    name: str = Field(description="The model input's name.")
     shape: list[int | str] = Field(description="Dimensions; a string names a dynamic axis. [] for a scalar.")
-    dtype: DType = DType.FLOAT32
+    dtype: DType = Field(DType.FLOAT32, description="Element type fed to the model.")
     dynamic_axes: dict[int, str] = Field(default_factory=dict, description="axis index -> symbolic name")
-    layout: Literal["NCHW", "NHWC"] | None = None
+    layout: Literal["NCHW", "NHWC"] | None = Field(None, description="NCHW or NHWC: how image-like inputs are laid out (TFLite transposes NCHW).")
     batch_axis: int | None = Field(
         0, ge=0, description="The axis where a sample's batch of 1 goes (default 0; null: the input has no batch axis). "
         "Data arrays hold the input without this axis.")
@@ -134,14 +134,14 @@ class StateSpec(Strict):
 
 
 class ModelSection(Strict):
-    format: ModelFormat
+    format: ModelFormat = Field(description="Source format of the trained model.")
     path: str | None = Field(None, description="Model file or directory (relative to the recipe).")
     entrypoint: str | None = Field(None, description="module:function building the torch.nn.Module.")
     weights: str | None = Field(None, description="State dict loaded with torch.load(weights_only=True).")
-    inputs: list[InputSpec] = Field(min_length=1)
+    inputs: list[InputSpec] = Field(min_length=1, description="The model's inputs: name, shape, dtype (edgepack init reads them from a model file).")
     outputs: list[str] | None = Field(None, description="Output names (default output_0, ...).")
     state: list[StateSpec] = Field(default_factory=list, description="States carried from an output to an input between steps (stream mode).")
-    opset: int = Field(18, ge=13, le=23)
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset to export to.")
     tolerance: float = Field(1e-3, gt=0, description="Max abs difference allowed between source and ONNX.")
     trust_code: bool = Field(False, description="Let code and file I/O inside the model file run (Keras lambdas, TF file/Python ops): docs/security.md.")
 
@@ -229,9 +229,9 @@ class DataSource(Strict):
 
 
 class DataSection(Strict):
-    calibration: DataSource | None = None
-    validation: DataSource | None = None
-    training: DataSource | None = None
+    calibration: DataSource | None = Field(None, description="Samples for static quantization and self-quantizing targets.")
+    validation: DataSource | None = Field(None, description="Samples (and labels) the FP32 reference and every target are validated on.")
+    training: DataSource | None = Field(None, description="Samples (and labels) for fine-tuning and distillation.")
 
 
 # ---------------------------------------------------------------- optimize passes
@@ -264,20 +264,20 @@ class AccuracyAware(Strict):
 
 
 class QuantizePass(Strict):
-    pass_: Literal["quantize"] = Field(alias="pass")
-    mode: QuantizeMode = QuantizeMode.STATIC
-    per_channel: bool = True
-    format: Literal["qdq", "qoperator"] = "qdq"
-    symmetric_activations: bool = False
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    op_types: list[str] | None = None
-    exclude_nodes: list[str] = Field(default_factory=list)
-    keep_io_types: bool = True
+    pass_: Literal["quantize"] = Field(alias="pass", description="quantize: ONNX Runtime quantization.")
+    mode: QuantizeMode = Field(QuantizeMode.STATIC, description="static (needs data.calibration), dynamic, fp16 or int4 (weight-only MatMul).")
+    per_channel: bool = Field(True, description="Per-channel weight scales.")
+    format: Literal["qdq", "qoperator"] = Field("qdq", description="qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinear* ops).")
+    symmetric_activations: bool = Field(False, description="Symmetric activation ranges (zero point 0).")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="How static quantization picks activation ranges.")
+    op_types: list[str] | None = Field(None, description="Quantize only these ONNX op types (default: ONNX Runtime's).")
+    exclude_nodes: list[str] = Field(default_factory=list, description="ONNX node names kept in float.")
+    keep_io_types: bool = Field(True, description="fp16: keep float32 inputs and outputs.")
     nodes: list[str] | None = Field(None, description="Quantize only these node names (default: all of op_types).")
-    symmetric_weights: bool = True
+    symmetric_weights: bool = Field(True, description="Symmetric weight ranges.")
     block_size: int = Field(32, ge=16, description="int4: weights per quantization block (power of 2).")
     accuracy_level: int | None = Field(None, ge=0, le=4, description="int4: MatMulNBits accuracy_level.")
-    accuracy_aware: AccuracyAware | None = None
+    accuracy_aware: AccuracyAware | None = Field(None, description="Keep the most sensitive nodes in float until a metric budget is met.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -293,17 +293,17 @@ class QuantizePass(Strict):
 class Training(Strict):
     """The training loop used by fine-tuning and distillation (Adam, cross-entropy/KD loss, seeded)."""
 
-    epochs: int = Field(10, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = 0
+    epochs: int = Field(10, ge=1, description="Passes over data.training at most.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(64, ge=1, description="Samples per step.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    seed: int = Field(0, description="Seed of the shuffling and initialisation.")
     patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a better validation score.")
 
 
 class PrunePass(Strict):
-    pass_: Literal["prune"] = Field(alias="pass")
-    method: Literal["magnitude", "2:4", "channel"] = "magnitude"
+    pass_: Literal["prune"] = Field(alias="pass", description="prune: zero or remove weights.")
+    method: Literal["magnitude", "2:4", "channel"] = Field("magnitude", description="magnitude (unstructured), 2:4 (semi-structured) or channel (structured, PyTorch sources).")
     sparsity: float = Field(0.5, gt=0, lt=1, description="Fraction of weights (magnitude) or of channels (channel) removed.")
     scope: Literal["global", "layer"] = Field("layer", description="magnitude/channel: one threshold for all layers, or per layer.")
     op_types: list[str] = Field(default_factory=lambda: ["Conv", "Gemm", "MatMul"], description="magnitude/2:4: ONNX ops whose weights are pruned.")
@@ -320,12 +320,12 @@ class PrunePass(Strict):
 
 
 class DistillPass(Strict):
-    pass_: Literal["distill"] = Field(alias="pass")
+    pass_: Literal["distill"] = Field(alias="pass", description="distill: train a smaller student against the FP32 teacher.")
     student: str = Field(description="module:function building the student torch.nn.Module.")
-    temperature: float = Field(4.0, gt=0)
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the distillation loss.")
     kd_weight: float = Field(0.7, ge=0, description="Weight of the temperature-softened KL term (scaled by T^2).")
     ce_weight: float = Field(0.3, ge=0, description="Weight of the cross-entropy on labels (when data.training has labels).")
-    training: Training = Training(epochs=30, learning_rate=3e-3, patience=5)
+    training: Training = Field(Training(epochs=30, learning_rate=3e-3, patience=5), description="The student's training loop.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -349,8 +349,8 @@ GATE_NAMES = ("max_accuracy_drop", "min_cosine", "max_p90_ms", "max_size_mb", "m
 class Gates(Strict):
     max_accuracy_drop: float | None = Field(None, ge=0, description="Top-1 drop vs FP32 on the classifier output, as a fraction (0.01 = 1 point).")
     min_cosine: CosineGate | None = Field(None, description="Centred cosine to FP32 (a number: the mean over samples).")
-    max_p90_ms: float | None = Field(None, gt=0)
-    max_size_mb: float | None = Field(None, gt=0)
+    max_p90_ms: float | None = Field(None, gt=0, description="Largest p90 latency (ms) on each device.")
+    max_size_mb: float | None = Field(None, gt=0, description="Largest artifact size (MB, 10^6 bytes).")
     min_quantized_fraction: float | None = Field(
         None, ge=0, le=1, description="Share of the weights (by parameter count) the optimize chain's quantize passes must have quantized, for targets built from it.")
     max_latency_ratio_vs_fp32: float | None = Field(None, gt=0, description="p50 latency of a non-fp32 target over its FP32 counterpart's on the same device (docs/recipe.md).")
@@ -394,18 +394,18 @@ class Package(Strict):
 
 class Publish(Strict):
     registry: str | None = Field(None, description="layout:PATH (default $EDGEPACK_HOME/registry/<name>).")
-    enabled: bool = True
+    enabled: bool = Field(True, description="Publish the signed bundle (--no-publish overrides).")
     allow_partial: bool = Field(False, description="Publish the version tag even when some targets failed (default: the bundle is written and signed, not published).")
 
 
 class Benchmark(Strict):
-    warmup_runs: int = Field(10, ge=0)
-    warmup_seconds: float = Field(0.2, ge=0)
-    runs: int = Field(50, ge=1)
-    min_seconds: float = Field(0.5, ge=0)
+    warmup_runs: int = Field(10, ge=0, description="Untimed runs before timing.")
+    warmup_seconds: float = Field(0.2, ge=0, description="Keep warming up at least this long (bounded).")
+    runs: int = Field(50, ge=1, description="Timed runs at least.")
+    min_seconds: float = Field(0.5, ge=0, description="Keep timing at least this long (up to max_runs).")
     max_runs: int = Field(2000, ge=1, description="Stop timing after this many runs even if min_seconds is not reached.")
     noisy_cv: float = Field(0.15, gt=0, description="Flag the run as noisy above this coefficient of variation.")
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, description="Intra-op threads of the runtime (default: the runtime's own).")
 
 
 def _default_targets() -> list[TargetSpec]:
@@ -413,18 +413,18 @@ def _default_targets() -> list[TargetSpec]:
 
 
 class Recipe(Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    version: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-    model: ModelSection
-    data: DataSection = DataSection()
-    optimize: list[OptimizePass] = Field(default_factory=list)
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="The model's name: lowercase letters, digits, '.', '_', '-' (the registry repository ends with it).")
+    version: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$", description="The version published as the tag (immutable once published).")
+    model: ModelSection = Field(description="The trained model and its inputs/outputs.")
+    data: DataSection = Field(DataSection(), description="Calibration, validation and training samples.")
+    optimize: list[OptimizePass] = Field(default_factory=list, description="Ordered optimization passes (quantize, prune, distill).")
     targets: list[TargetSpec] = Field(default_factory=lambda: _default_targets(), description="Compile targets, one per runtime and precision (edgepack/recipe_targets.py).")
     devices: list[str] = Field(default_factory=lambda: ["local"], description="Device profiles (names or paths).")
     evaluate: list[Metric] = Field(default_factory=list, description="Named task metrics, computed on FP32 and every target.")
-    gates: Gates = Gates()
-    benchmark: Benchmark = Benchmark()
-    package: Package = Package()
-    publish: Publish = Publish()
+    gates: Gates = Field(Gates(), description="Checks every target on every device must pass before signing and publishing.")
+    benchmark: Benchmark = Field(Benchmark(), description="How latency is measured on devices.")
+    package: Package = Field(Package(), description="Signing key, certificates and bundle folder.")
+    publish: Publish = Field(Publish(), description="Where and whether the signed bundle is published.")
     card: Card | None = Field(None, description="Model card: intended use, limitations, training data, license (MODEL_CARD.md in the bundle).")
 
     @model_validator(mode="after")

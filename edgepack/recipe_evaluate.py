@@ -27,7 +27,7 @@ def _entry(v: str, field: str) -> str:
 class CtcGreedyDecode(_Strict):
     """Argmax per step, collapse repeats, drop the blank; class indices other than the blank map to the charset in order."""
 
-    type: Literal["ctc_greedy"]
+    type: Literal["ctc_greedy"] = Field(description="ctc_greedy")
     charset: str | None = Field(None, description="Text file, one token per line (relative to the recipe).")
     characters: str | None = Field(None, description="The tokens inline, one character each (instead of charset).")
     blank: int = Field(0, ge=0, description="Class index of the CTC blank.")
@@ -42,7 +42,7 @@ class CtcGreedyDecode(_Strict):
 class FnDecode(_Strict):
     """A user decode: f(output: ndarray [N, ...]) -> list[str] (one string per sample)."""
 
-    fn: str
+    fn: str = Field(description="module:function(output) -> list[str], one string per sample.")
 
     _e = field_validator("fn")(lambda cls, v: _entry(v, "decode.fn"))
 
@@ -84,12 +84,12 @@ class _Labelled(_Metric):
 
 
 class Top1(_Labelled):
-    type: Literal["top1"]
+    type: Literal["top1"] = Field(description="top1")
 
 
 class TopK(_Labelled):
-    type: Literal["topk"]
-    k: int = Field(5, ge=1)
+    type: Literal["topk"] = Field(description="topk")
+    k: int = Field(5, ge=1, description="A hit when the label is among the k best classes.")
 
 
 class _Binary(_Labelled):
@@ -98,24 +98,24 @@ class _Binary(_Labelled):
 
 
 class BinaryAccuracy(_Binary):
-    type: Literal["binary_accuracy"]
-    threshold: float = 0.5
+    type: Literal["binary_accuracy"] = Field(description="binary_accuracy")
+    threshold: float = Field(0.5, description="Positive when the score is above this.")
 
 
 class F1(_Binary):
-    type: Literal["f1"]
-    threshold: float = 0.5
+    type: Literal["f1"] = Field(description="f1")
+    threshold: float = Field(0.5, description="Positive when the score is above this.")
 
 
 class RocAuc(_Binary):
-    type: Literal["roc_auc"]
+    type: Literal["roc_auc"] = Field(description="roc_auc")
 
 
 class TextMetric(_Labelled):
     """exact_match / cer / wer between decoded strings and label strings (exact_match without decode: argmax rows)."""
 
-    type: Literal["exact_match", "cer", "wer"]
-    decode: Decode | None = None
+    type: Literal["exact_match", "cer", "wer"] = Field(description="exact_match, cer or wer (over decoded text).")
+    decode: Decode | None = Field(None, description="How an output becomes text.")
 
     def higher(self) -> bool:
         return self.type == "exact_match"
@@ -128,19 +128,19 @@ class TextMetric(_Labelled):
 
 
 class Mse(_Labelled):
-    type: Literal["mse"]
+    type: Literal["mse"] = Field(description="mse")
     against: Literal["labels", "reference"] = Field("labels", description="Compare with the label arrays, or with the FP32 outputs.")
     HIGHER: ClassVar[bool] = False
 
 
 class Psnr(_Labelled):
-    type: Literal["psnr"]
+    type: Literal["psnr"] = Field(description="psnr")
     max_value: float = Field(1.0, gt=0, description="Peak signal value (1.0 for [0,1] images, 255 for 8-bit).")
-    against: Literal["labels", "reference"] = "labels"
+    against: Literal["labels", "reference"] = Field("labels", description="labels (targets in data) or reference (the FP32 outputs).")
 
 
 class EmbeddingCosine(_Labelled):
-    type: Literal["embedding_cosine"]
+    type: Literal["embedding_cosine"] = Field(description="embedding_cosine")
     against: Literal["reference", "labels"] = Field("reference", description="FP32 embeddings, or label embeddings [N, D].")
 
 
@@ -148,15 +148,15 @@ class RecallAtK(_Labelled):
     """Retrieval: against reference, query i must find FP32 item i in its top k; against class labels [N], a
     neighbour (other than itself) with the same label; against label embeddings [N, D], label item i."""
 
-    type: Literal["recall_at_k"]
-    k: int = Field(1, ge=1)
-    against: Literal["reference", "labels"] = "reference"
+    type: Literal["recall_at_k"] = Field(description="recall_at_k")
+    k: int = Field(1, ge=1, description="Neighbours considered.")
+    against: Literal["reference", "labels"] = Field("reference", description="reference (the FP32 embeddings' neighbours) or labels.")
 
 
 class FidelityMetric(_Metric):
     """Per-sample fidelity to the FP32 outputs: centred cosine, max / mean abs error, top-1 agreement."""
 
-    type: Literal["cosine", "max_abs_error", "mean_abs_error", "top1_agreement"]
+    type: Literal["cosine", "max_abs_error", "mean_abs_error", "top1_agreement"] = Field(description="cosine, max_abs_error, mean_abs_error or top1_agreement (vs FP32).")
     centred: bool = Field(True, description="cosine: subtract the FP32 per-output mean over samples first.")
     needs_labels: ClassVar[bool] = False
 
@@ -167,11 +167,11 @@ class FidelityMetric(_Metric):
 class FnMetric(_Metric):
     """A user metric: f(outputs: dict[name, ndarray], labels) -> float | dict[str, float]."""
 
-    fn: str
+    fn: str = Field(description="module:function returning a float or a dict of floats.")
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", description="Unique name (default: the function name).")
     outputs: list[str] | None = Field(None, min_length=1, description="Outputs passed (default: all, or 'output').")
     labels: str | None = Field(None, description="Label set passed (default: the only one, or all as a dict).")
-    higher_is_better: bool
+    higher_is_better: bool = Field(description="Whether a higher value is better (for drops and gates).")
 
     def higher(self) -> bool:
         return self.higher_is_better
@@ -234,8 +234,8 @@ def metric_model_for(node) -> type[BaseModel] | None:
 
 class MetricGate(_Strict):
     max_drop: float | None = Field(None, ge=0, description="Largest allowed drop vs FP32 (in the metric's worse direction).")
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, description="Smallest allowed value.")
+    max: float | None = Field(None, description="Largest allowed value.")
 
     @model_validator(mode="after")
     def _some(self):
@@ -247,7 +247,7 @@ class MetricGate(_Strict):
 class MinCosine(_Strict):
     """Centred cosine to the FP32 outputs (see docs/design.md), aggregated over samples."""
 
-    min: float = Field(ge=-1, le=1)
+    min: float = Field(ge=-1, le=1, description="Smallest allowed centred cosine (-1..1).")
     per_sample: str = Field("mean", pattern=r"^(mean|worst|p(100|[0-9]{1,2})(\.[0-9]+)?)$",
                             description="mean, worst (the lowest sample) or pN (the N-th percentile, e.g. p5).")
     output: str | None = Field(None, description="Only this output (default: every output, the lowest counts).")

@@ -104,3 +104,10 @@ def test_schema_is_a_valid_json_schema():
     jsonschema.Draft202012Validator(schema).validate(ok)
     bad = {**ok, "targets": [{"type": "tflite", "options": {"io_type": "uint8"}}]}
     assert not jsonschema.Draft202012Validator(schema).is_valid(bad)
+
+
+def test_every_schema_property_has_a_description():
+    schema = json.loads(json_schema())
+    props = [(name, p, v) for name, d in schema["$defs"].items() for p, v in (d.get("properties") or {}).items()]
+    props += [("Recipe", p, v) for p, v in schema["properties"].items()]
+    assert [f"{n}.{p}" for n, p, v in props if not v.get("description")] == []

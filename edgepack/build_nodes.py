@@ -68,7 +68,7 @@ def add_recipe_nodes(plan: Plan, rb) -> None:
                 node(vname, "validate", (cname, "convert", "reference fp32"),
                      lambda res, tid=tid, dev=dev, n=n, vname=vname: _validate_work(rb, res, tid, dev, n, vname),
                      target=tid, device=dev.name,
-                     resources=Resources(device=dev.name, exclusive=dev.transport.type.value == "local"))
+                     resources=Resources(device=dev.name, exclusive=dev.transport.type.value in ("local", "browser")))
                 after_gates.append(vname)
     from .build_assemble import gates_node, package_node, publish_node
 

@@ -179,9 +179,11 @@ def prepare_recipe(lr: LoadedRecipe, opts: BuildOptions, progress: Progress) -> 
     from .bundle.sign import load_private_key
 
     load_private_key(key)
-    from .devices import load_profile
+    from .devices import check_ready, load_profile
 
     devices = [load_profile(d, lr.dir)[0] for d in r.devices]
+    for dev in devices:
+        check_ready(dev)  # a browser device: Chromium and the onnxruntime-web files are here
     names = [d.name for d in devices]
     if len(set(names)) != len(names):
         raise BadInputError(f"two devices share a name in {names}", hint="give each device profile a distinct 'name'")

@@ -162,7 +162,7 @@ def check_recipe(lr: LoadedRecipe, wanted: list[str] | None = None) -> list[str]
 
     Returns one line per thing checked; raises the first mistake."""
     from .build_checks import check_target_names
-    from .devices import load_profile
+    from .devices import check_ready, load_profile
     from .validate_plan import check_evaluation, onnx_outputs
 
     r = lr.recipe
@@ -173,6 +173,7 @@ def check_recipe(lr: LoadedRecipe, wanted: list[str] | None = None) -> list[str]
     lines = [f"recipe:  {lr.path} ({r.name} {r.version})", f"targets: {', '.join(t.id for t in selected)} (backends installed)"]
     for d in r.devices:
         profile = load_profile(d, lr.dir)[0]
+        check_ready(profile)
         if profile.transport.type.value == "ssh":
             from .devices.check import check_device
 

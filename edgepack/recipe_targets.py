@@ -25,6 +25,7 @@ class TargetType(str, enum.Enum):
     OPENVINO = "openvino"
     COREML = "coreml"
     TENSORRT = "tensorrt"
+    WEB = "web"
 
 
 class TargetInput(str, enum.Enum):
@@ -216,6 +217,24 @@ class TensorRTSpec(TargetBase):
         return self
 
 
+# ---------------------------------------------------------------- browser (onnxruntime-web)
+
+
+class WebOptions(_Options):
+    ort_format: bool = Field(False, description="Ship model.ort beside model.onnx (onnxruntime's converter) and run that file in the page.")
+    execution_provider: Literal["wasm", "webgpu"] = Field("wasm", description=(
+        "onnxruntime-web backend the page asks for: wasm, or webgpu with wasm as the fallback where the browser has no WebGPU adapter."))
+
+
+class WebSpec(TargetBase):
+    """The ONNX model (optionally .ort) with a self-contained runner page (index.html + runner.js) for onnxruntime-web."""
+
+    type: Literal[TargetType.WEB] = Field(description="web")
+    precision: str | None = Field(None, description="A label for the model's precision (default: read from the model, fp32 or int8).")
+    options: WebOptions = Field(default_factory=WebOptions, description="onnxruntime-web options.")
+    stage: ClassVar[str] = "edgepack.targets.web:WebTarget"
+
+
 # ---------------------------------------------------------------- the table
 
 TARGET_SPECS: dict[TargetType, type[TargetBase]] = {
@@ -224,6 +243,7 @@ TARGET_SPECS: dict[TargetType, type[TargetBase]] = {
     TargetType.OPENVINO: OpenVINOSpec,
     TargetType.COREML: CoreMLSpec,
     TargetType.TENSORRT: TensorRTSpec,
+    TargetType.WEB: WebSpec,
 }
 
 if TYPE_CHECKING:  # a static checker sees the common base; pydantic the union of the table's models

@@ -1,6 +1,6 @@
 """Headless Chromium for tests (the Debian `chromium` package; scripts/setup-tests.sh installs it).
 
-``find()`` returns the binary (edgepack/devices/browser.py's lookup once that module exists); ``run(url, ...)``
+``find()`` returns the binary (edgepack/devices/browser.py's lookup, the one the web target's device uses); ``run(url, ...)``
 starts one headless Chromium process for a screenshot or a ``--dump-dom``, with console messages on stderr.
 No DevTools client, no downloaded browser.
 """
@@ -8,30 +8,16 @@ No DevTools client, no downloaded browser.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
-
 
 def find() -> str | None:
-    try:  # the web target's lookup (edgepack/devices/browser.py), when it has landed
-        from edgepack.devices import browser  # type: ignore[attr-defined]
+    """The binary edgepack's browser device uses (edgepack/devices/browser.py: $EDGEPACK_CHROMIUM, then PATH)."""
+    from edgepack.devices.browser import find_chromium
 
-        for name in ("find_chromium", "find_browser", "chromium_path"):
-            fn = getattr(browser, name, None)
-            if callable(fn):
-                try:
-                    found = fn()
-                except Exception:
-                    found = None
-                if found:
-                    return str(found)
-    except ImportError:
-        pass
-    return next((p for p in map(shutil.which, NAMES) if p), None)
+    return find_chromium()
 
 
 def skip_reason() -> str | None:

@@ -34,6 +34,7 @@ class Strict(BaseModel):
 class TransportType(str, enum.Enum):
     LOCAL = "local"
     SSH = "ssh"
+    BROWSER = "browser"  # headless Chromium on this host running onnxruntime-web (devices/browser.py)
 
 
 class TransportSpec(Strict):
@@ -48,6 +49,7 @@ class TransportSpec(Strict):
     step_timeout_s: float = 600
     run_timeout_s: float = Field(1800, gt=0, description="Per-device limit for a whole fleet run (all its jobs)")
     remote_dir: str | None = Field(None, description="Where per-run folders go on the device (default: its temp dir)")
+    browser: str | None = Field(None, description="browser transport: the Chromium binary (default: $EDGEPACK_CHROMIUM, then chromium on PATH)")
 
 
 class Limits(Strict):
@@ -200,7 +202,16 @@ def _toolchain_python(runtime: str | None) -> str | None:
 TRANSPORTS = {
     TransportType.LOCAL: "edgepack.devices:LocalTransport",
     TransportType.SSH: "edgepack.devices.ssh:SSHTransport",
+    TransportType.BROWSER: "edgepack.devices.browser:BrowserTransport",
 }
+
+
+def check_ready(profile: DeviceProfile) -> None:
+    """Pre-flight of a device that runs on this host: what it needs is here (BadInputError otherwise)."""
+    if profile.transport.type == TransportType.BROWSER:
+        from .browser import check_ready as browser_ready
+
+        browser_ready(profile)
 
 
 def transport_for(profile: DeviceProfile) -> Transport:

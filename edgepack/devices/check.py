@@ -6,7 +6,7 @@ from . import DeviceProfile, transport_for
 
 # target type -> the runner adapter (runtime) its artifacts need; target types and runtimes share names
 TARGET_RUNTIMES = {"onnxruntime": "onnxruntime", "tflite": "tflite", "openvino": "openvino", "coreml": "coreml",
-                   "tensorrt": "tensorrt"}
+                   "tensorrt": "tensorrt", "web": "onnxruntime-web"}
 
 
 def check_device(profile: DeviceProfile) -> dict:

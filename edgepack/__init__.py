@@ -31,6 +31,7 @@ def build(recipe, **options):
             {"event": "start", "stage": NAME}
             {"event": "done", "stage": NAME, "status": STATUS, "seconds": S, "note": TEXT}
             {"event": "note", "line": TEXT}
+            {"event": "update", "stage": NAME, "task": TASK, "completed": N, "total": M, "unit": UNIT, "fields": {...}}
 
     Returns a BuildResult (status, exit_code, bundle, report_path, report, published, failures).
     Raises edgepack.errors.EdgepackError subclasses (their ``exit_code`` is the CLI's) on bad input,

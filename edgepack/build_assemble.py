@@ -4,7 +4,6 @@ and ``publish`` of one recipe (edgepack/build_nodes.py makes them)."""
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 from .errors import GateFailedError, StageError
@@ -157,15 +156,15 @@ def package_node(rb, res, plan) -> NodeResult:
         report = write_beside(report_path, report)  # + NAME.timings.json, NAME.report.html (edgepack/report_docs.py)
         if g["gate_failures"]:
             msgs = [f["message"] for f in g["gate_failures"]]
-            raise GateFailedError(f"{len(msgs)} gate(s) failed: " + "; ".join(msgs),
+            err = GateFailedError(f"{len(msgs)} gate(s) failed: " + "; ".join(msgs),
                                   hint=f"report written to {report_path}; nothing was signed or published")
+            err.report = report  # type: ignore[attr-defined]  # the CLI prints the summary table before the error line
+            raise err
         raise StageError("no target was built: " + "; ".join(g["failures"]), hint=f"report written to {report_path}")
-    rb.progress.start("package + sign")
-    t0 = time.perf_counter()
     from .pipeline import write_signed_bundle
 
-    bundle = write_signed_bundle(rb, report, {tid: g["artifacts"][tid] for tid in built_ok})
-    rb.progress.done("package + sign", "ok", time.perf_counter() - t0)
+    with rb.progress.running("package + sign"):  # done "failed" if it raises (console.Progress)
+        bundle = write_signed_bundle(rb, report, {tid: g["artifacts"][tid] for tid in built_ok})
     return NodeResult("ok", value={"bundle": bundle, "report": report})
 
 
@@ -179,8 +178,7 @@ def publish_node(rb, res) -> NodeResult:
     if not_published:
         rb.progress.note(f"not published: {not_published}")
     elif rb.publish:
-        rb.progress.start("publish")
-        t0 = time.perf_counter()
-        published = _publish(Path(bundle), rb.ref, rb.opts.force)
-        rb.progress.done("publish", "ok", time.perf_counter() - t0, note=published.get("ref", ""))
+        with rb.progress.running("publish") as step:
+            published = _publish(Path(bundle), rb.ref, rb.opts.force)
+            step["note"] = published.get("ref", "")
     return NodeResult("ok", value={"published": published, "not_published": not_published})

@@ -48,8 +48,9 @@ def cli(ctx, verbose):
 @click.option("--executor", help="local (default), ray or ray://HOST:PORT (the edgepack[ray] extra).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the plan (nodes, dependencies, which are cached); run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines or bars; only the summary and the result.")
 def build(recipes, output, registry, no_publish, key, targets, cache_dir, no_cache, cache_store, force, allow_partial, jobs, executor,
-          plan_only, as_json):
+          plan_only, as_json, quiet):
     """Run recipes: convert, optimize, compile, validate, sign, publish. Several recipes run as one plan.
 
     \b
@@ -61,9 +62,9 @@ def build(recipes, output, registry, no_publish, key, targets, cache_dir, no_cac
     from .pipeline import BuildOptions
 
     opts = BuildOptions(output=output, registry=registry, publish=not no_publish, key=key, targets=list(targets) or None,
-                        cache_dir=cache_dir, use_cache=not no_cache, cache_store=cache_store, quiet=as_json,
+                        cache_dir=cache_dir, use_cache=not no_cache, cache_store=cache_store, quiet=as_json or quiet,
                         force=force, allow_partial=allow_partial, jobs=jobs, executor=executor)
-    run_build(list(recipes), opts, plan_only)
+    run_build(list(recipes), opts, plan_only, as_json=as_json)
 
 
 @cli.command()
@@ -198,10 +199,12 @@ def publish(bundle, ref, key, cert_chain, force, plain_http, timeout):
     \b
     Example:
       edgepack publish dist/digits-1.0.0 registry.example.com/models/digits:1.0.0"""
+    from .console import transfer
     from .registry import push
     from .registry.refs import parse_ref
 
-    info = push(bundle, parse_ref(ref), plain_http=plain_http, trust=_trust(key, cert_chain), force=force, timeout=timeout)
+    with transfer("publish"):  # upload bars on a terminal
+        info = push(bundle, parse_ref(ref), plain_http=plain_http, trust=_trust(key, cert_chain), force=force, timeout=timeout)
     click.echo(f"published {info.get('ref', ref)} {info.get('digest', '')}")
 
 
@@ -232,8 +235,11 @@ def pull(ref, output, key, cert_chain, device, target, force, plain_http, timeou
     trust = _trust(key, cert_chain)
     if profile is None and target is None and not cert_chain:
         trust = trust.public_key  # a whole-bundle pull from a layout keeps layout.pull's path
-    info = do_pull(parse_ref(ref), output, trust, device=profile, target=target, plain_http=plain_http, force=force,
-                   timeout=timeout)
+    from .console import transfer
+
+    with transfer("pull"):  # download bars on a terminal
+        info = do_pull(parse_ref(ref), output, trust, device=profile, target=target, plain_http=plain_http, force=force,
+                       timeout=timeout)
     what = f"target {', '.join(info['targets'])}" if info.get("partial") else f"{info.get('files_checked', '?')} files"
     click.echo(f"pulled {ref} -> {output} (verified, {what})")
 
@@ -279,10 +285,11 @@ def copy(src, dst, key, cert_chain, force, plain_http, timeout):
     \b
     Example:
       edgepack copy layout:registry/digits:1.0.0 registry.example.com/models/digits:1.0.0"""
+    from .console import transfer
     from .registry import copy as do_copy
 
-    info = do_copy(src, dst, _trust(key, cert_chain), plain_http=plain_http, force=force,
-                   timeout=timeout)
+    with transfer("copy"):
+        info = do_copy(src, dst, _trust(key, cert_chain), plain_http=plain_http, force=force, timeout=timeout)
     click.echo(f"copied {info['src']} -> {info['dst']} {info['digest']} ({info['blobs_copied']} blobs sent)")
 
 

@@ -31,14 +31,14 @@ def _load_all(recipes):
     return out
 
 
-def print_plan(lrs, opts) -> None:
+def print_plan(lrs, opts, as_json: bool | None = None) -> None:
     from .engine import Progress
     from .pipeline import make_build_plan
     from .plan import dry_run
 
     plan, builds = make_build_plan(lrs, opts, Progress(quiet=True))
     rows = dry_run(plan)
-    if opts.quiet:
+    if opts.quiet if as_json is None else as_json:
         click.echo(json.dumps({"nodes": rows, "stopped": [b.one_line() for b in builds if isinstance(b, EdgepackError)]}, indent=2))
         return
     for b in builds:
@@ -59,7 +59,7 @@ def _echo_result(res, as_json: bool) -> dict | None:
         return {"status": res.status, "exit_code": res.exit_code, "bundle": str(res.bundle), "report": str(res.report_path),
                 "published": res.published, "not_published": res.not_published, "failures": res.failures,
                 "summary": summary_rows(res.report)}
-    click.echo(summary_table(res.report))
+    click.echo(summary_table(res.report, color=sys.stdout.isatty()))
     click.echo(f"\nbundle: {res.bundle}")
     if res.bundle is not None and (res.bundle / "report.html").is_file():
         click.echo(f"report: {res.bundle / 'report.html'} (MODEL_CARD.md beside it)")
@@ -72,17 +72,32 @@ def _echo_result(res, as_json: bool) -> dict | None:
     return None
 
 
-def run_build(recipes, opts, plan_only: bool = False) -> None:
+def _echo_failed_table(e: EdgepackError, as_json: bool) -> None:
+    """A gate failure carries its report: the summary table (failing cells marked) goes before the error line."""
+    from .report import summary_table
+
+    if getattr(e, "report", None) and not as_json:
+        click.echo(summary_table(e.report, color=sys.stdout.isatty()))  # type: ignore[attr-defined]
+
+
+def run_build(recipes, opts, plan_only: bool = False, as_json: bool | None = None) -> None:
+    """``as_json`` (default: opts.quiet): one JSON document on stdout; opts.quiet alone (--quiet) only drops progress."""
     from .pipeline import build, build_many
+
+    as_json = opts.quiet if as_json is None else as_json
 
     lrs = _load_all(recipes)
     good = [lr for lr in lrs if not isinstance(lr, EdgepackError)]
     if plan_only:
-        print_plan(good, opts)
+        print_plan(good, opts, as_json)
         sys.exit(worst([e.exit_code for e in lrs if isinstance(e, EdgepackError)]))
     if len(lrs) == 1:
-        res = build(lrs[0], opts)
-        out = _echo_result(res, opts.quiet)
+        try:
+            res = build(lrs[0], opts)
+        except EdgepackError as e:
+            _echo_failed_table(e, as_json)
+            raise
+        out = _echo_result(res, as_json)
         if out is not None:
             click.echo(json.dumps(out, indent=2, default=str))
         sys.exit(res.exit_code)
@@ -91,18 +106,19 @@ def run_build(recipes, opts, plan_only: bool = False) -> None:
     for path, lr in zip(recipes, lrs):
         one = lr if isinstance(lr, EdgepackError) else next(results)  # a BuildResult, or the recipe's load error
         if isinstance(one, EdgepackError):
+            _echo_failed_table(one, as_json)
             codes.append(one.exit_code)
             per.append({"recipe": str(path), "status": "error", "exit_code": one.exit_code, "error": one.one_line()})
-            if not opts.quiet:
+            if not as_json:
                 click.echo(f"\n{path}: error: {one.one_line()}", err=True)
             continue
         res = one
         codes.append(res.exit_code)
-        if not opts.quiet:
+        if not as_json:
             click.echo(f"\n== {path}")
-        out = _echo_result(res, opts.quiet)
+        out = _echo_result(res, as_json)
         per.append({"recipe": str(path), **(out or {"status": res.status, "exit_code": res.exit_code})})
-    if opts.quiet:
+    if as_json:
         click.echo(json.dumps({"exit_code": worst(codes), "recipes": per}, indent=2, default=str))
     else:
         click.echo("\n" + "\n".join(f"{p['recipe']}: {p['status']} (exit {p['exit_code']})" for p in per))

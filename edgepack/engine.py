@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, ClassVar
 
 from .artifact import Artifact
 from .cache import StageCache, stage_key
+from .console import Progress  # noqa: F401 - re-exported: engine.Progress is what the pipeline builds
 from .errors import EdgepackError, StageError
 from .worker import run_isolated
 
@@ -85,32 +85,6 @@ def _package_version(name: str) -> str:
         if line.startswith("Version:"):
             return line[len("Version:"):].strip()
     return dist.version
-
-
-class Progress:
-    """One line per stage on stdout (errors alone go to stderr); silent with quiet=True (--json)."""
-
-    def __init__(self, quiet: bool = False, stream=None):
-        self.quiet = quiet
-        self.stream = stream or sys.stdout
-
-        self.live = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
-
-    def start(self, name: str) -> None:
-        if self.live:  # on a terminal the line shows while the stage runs, then is overwritten
-            print(f"  {name:<34} ...", end="", file=self.stream, flush=True)
-
-    def done(self, name: str, status: str, seconds: float, note: str = "") -> None:
-        if not self.quiet:
-            extra = f"  {note}" if note else ""
-            prefix = "\r" if self.live else ""
-            print(f"{prefix}  {name:<34} {status:<7} {seconds:6.1f}s{extra}", file=self.stream, flush=True)
-
-    def note(self, line: str) -> None:
-        """A line about what the build did on its own (e.g. evicted a cache entry)."""
-        if not self.quiet:
-            prefix = "\r" if self.live else ""
-            print(f"{prefix}  {line}", file=self.stream, flush=True)
 
 
 def _identity(a: Artifact) -> str:

@@ -399,12 +399,12 @@ class Publish(Strict):
 
 
 class Benchmark(Strict):
-    warmup_runs: int = Field(10, ge=0, description="Untimed runs before timing.")
-    warmup_seconds: float = Field(0.2, ge=0, description="Keep warming up at least this long (bounded).")
-    runs: int = Field(50, ge=1, description="Timed runs at least.")
-    min_seconds: float = Field(0.5, ge=0, description="Keep timing at least this long (up to max_runs).")
-    max_runs: int = Field(2000, ge=1, description="Stop timing after this many runs even if min_seconds is not reached.")
-    noisy_cv: float = Field(0.15, gt=0, description="Flag the run as noisy above this coefficient of variation.")
+    warmup_runs: int = Field(10, ge=0, description="Warm-up: at most this many untimed runs (it also stops after warmup_seconds).")
+    warmup_seconds: float = Field(0.2, ge=0, description="Warm-up: at most this long (at least one run); the first bound reached ends it.")
+    runs: int = Field(50, ge=1, description="Timing: at least this many runs, and ...")
+    min_seconds: float = Field(0.5, ge=0, description="... at least this long (both are honoured; max_runs only caps).")
+    max_runs: int = Field(100000, ge=1, description="Cap on timed runs; when it stops the timing before runs/min_seconds, timed.stopped_by says max_runs.")
+    noisy_spread: float = Field(0.25, gt=0, description="Flag a run as noisy when (p90 - p50) / p50 of its timed runs is above this.")
     threads: int | None = Field(None, ge=1, description="Intra-op threads of the runtime (default: the runtime's own).")
 
 

@@ -38,22 +38,8 @@ def summary_rows(report: dict) -> list[dict]:
     return rows
 
 
-def summary_table(report: dict) -> str:
-    primary = primary_metric(report)
-    col, key = (primary, "value") if primary else ("top-1", "top1")
-    w = max(7, len(col))
-    head = f"{'target':<16} {'device':<12} {'precision':<13} {'size MB':>8} {'p50 ms':>8} {'p90 ms':>8} {col:>{w}} {'cosine':>8}  status"
-    lines = [head, "-" * len(head)]
-    flagged = set()
-    for r in summary_rows(report):
-        status = r["status"] + (" (noisy)" if r.get("noisy") else "")
-        lines.append(
-            f"{r['target']:<16} {r['device']:<12} {str(r.get('precision') or '-'):<13} {_fmt(r.get('size_mb'), '8.3f')} "
-            f"{_fmt(r.get('p50_ms'), '8.3f')} {_fmt(r.get('p90_ms'), '8.3f')} {_fmt(r.get(key), f'{w}.4f')} {_fmt(r.get('cosine'), '8.5f')}  {status}"
-        )
-        if r.get("error") and r["status"] != "ok":
-            lines.append(f"{'':<16} {r['error']}")
-        if r["target"] not in flagged:  # targets.<id>.flags: unchanged by its pass, slower/larger than FP32
-            flagged.add(r["target"])
-            lines.extend(f"{'':<16} ! {flag}" for flag in r.get("flags") or [])
-    return "\n".join(lines)
+def summary_table(report: dict, width: int | None = None, color: bool = False) -> str:
+    """The terminal table (edgepack/summary_table.py): fits ``width`` (default: the terminal's)."""
+    from .summary_table import render
+
+    return render(report, width=width, color=color)

@@ -11,15 +11,22 @@ blocks on a pipe only the worker holds; nothing polls).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing as mp
 import os
+import re
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from . import failpoints
+from . import failpoints, progress_hooks
 from .errors import EdgepackError, StageError
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -74,17 +81,78 @@ def _child(conn, fn, args, kwargs, log_path, sys_path, parent_pid=None):
     for p in reversed(sys_path):
         if p not in sys.path:
             sys.path.insert(0, p)
+    _report_to_parent(conn)
     try:
         result = fn(*args, **kwargs)
-        conn.send(("ok", result))
+        _send(conn, ("ok", result))
     except EdgepackError as e:
         traceback.print_exc()
-        conn.send(("edgepack", e))
+        _send(conn, ("edgepack", e))
     except BaseException as e:  # noqa: BLE001 - report anything to the parent
         traceback.print_exc()
-        conn.send(("error", f"{e.__class__.__name__}: {e}"))
+        _send(conn, ("error", f"{e.__class__.__name__}: {e}"))
     finally:
+        progress_hooks.set_sink(None)
         conn.close()
+
+
+_send_lock = threading.Lock()
+LOG_EVERY_S = 1.0  # a progress line in the worker's log at most once a second per task (and the last one)
+
+
+def _send(conn, message) -> None:
+    with _send_lock:  # progress may come from the stage's own threads
+        conn.send(message)
+
+
+def _report_to_parent(conn) -> None:
+    """progress_hooks.report() inside the worker: up the result pipe to the build (which shows it) and,
+    as it happens, a line into the worker's log."""
+    logged: dict[str, float] = {}
+
+    def sink(event: dict) -> None:
+        _send(conn, ("progress", event))
+        now, task = time.monotonic(), event.get("task", "")
+        final = event.get("total") is not None and (event.get("completed") or 0) >= event["total"]
+        if final or now - logged.get(task, -LOG_EVERY_S) >= LOG_EVERY_S:
+            logged[task] = now
+            print(f"progress: {progress_hooks.format_update(event)}", flush=True)
+
+    progress_hooks.set_sink(sink)
+
+
+class Tee(io.TextIOBase):
+    """A stdout that keeps what is written (``getvalue``) and passes it on at once (to the stage log),
+    ANSI colours stripped; ``on_line`` sees each complete line (e.g. to report a converter's phase)."""
+
+    def __init__(self, out, on_line: Callable[[str], None] | None = None):
+        self.out, self.on_line, self.buf, self.pending = out, on_line, io.StringIO(), ""
+
+    def write(self, text: str) -> int:
+        clean = ANSI.sub("", text)
+        self.buf.write(clean)
+        try:
+            self.out.write(clean)
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+        if self.on_line is not None:
+            self.pending += clean
+            *lines, self.pending = self.pending.split("\n")
+            for line in lines:
+                self.on_line(line)
+        return len(text)
+
+    def getvalue(self) -> str:
+        return self.buf.getvalue()
+
+
+@contextlib.contextmanager
+def tee_stdout(on_line: Callable[[str], None] | None = None):
+    """``with tee_stdout() as out:`` a library's prints land in the stage log as they come, and in ``out``."""
+    tee = Tee(sys.stdout, on_line)
+    with contextlib.redirect_stdout(tee):
+        yield tee
 
 
 def log_tail(log_path: Path | None, lines: int = 15) -> str:
@@ -110,10 +178,8 @@ def run_isolated(
         proc.start()
         child.close()
     try:
-        if not parent.poll(timeout):
-            raise StageError(f"{what} timed out after {timeout:.0f}s", hint=f"log: {log_path}" if log_path else None)
         try:
-            status, payload = parent.recv()
+            status, payload = _result(parent, timeout, what, log_path)
         except EOFError as e:
             proc.join(timeout=10)  # a worker that closed the pipe but does not exit is killed below, not waited for
             raise StageError(
@@ -207,6 +273,22 @@ def _foreign_main(job_fd: int, result_fd: int, log_path: str, parent_pid: int) -
         conn.close()
         return
     _child(conn, fn, args, kwargs, None, [], parent_pid)
+
+
+def _result(parent, timeout: float | None, what: str, log_path) -> tuple[str, Any]:
+    """The worker's result; its progress reports on the way are reported again here (the thread that
+    started the stage, so they name it)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not parent.poll(left):
+            raise StageError(f"{what} timed out after {timeout:.0f}s", hint=f"log: {log_path}" if log_path else None)
+        kind, payload = parent.recv()
+        if kind != "progress":
+            return kind, payload
+        event = payload
+        progress_hooks.report(event.pop("task", ""), event.pop("completed", None), event.pop("total", None),
+                              event.pop("unit", ""), **(event.pop("fields", None) or {}))
 
 
 def _kill(proc) -> None:

@@ -22,7 +22,9 @@ import platform
 import sys
 import time
 
-RUNNER_VERSION = "3"  # 2: memory is VmHWM over the post-import baseline (issue 11); 3: job["contract"] (edgepack/contract.py), stream mode, outputs keyed by name
+# 2: memory is VmHWM over the post-import baseline (issue 11); 3: job["contract"] (edgepack/contract.py), stream mode,
+# outputs keyed by name; 4: bounded warm-up, timed.stopped_by, noisy from the spread (p90-p50)/p50, p50_noise_ms
+RUNNER_VERSION = "4"
 
 # ------------------------------------------------------------------ adapters
 
@@ -480,6 +482,7 @@ def stats(samples_ms):
         return {}
     mean = float(a.mean())
     std = float(a.std(ddof=1)) if a.size > 1 else 0.0
+    p50, p90 = float(np.percentile(a, 50)), float(np.percentile(a, 90))
     return {
         "count": int(a.size),
         "min_ms": float(a.min()),
@@ -487,11 +490,63 @@ def stats(samples_ms):
         "mean_ms": mean,
         "std_ms": std,
         "cv": (std / mean) if mean > 0 else 0.0,
-        "p50_ms": float(np.percentile(a, 50)),
-        "p90_ms": float(np.percentile(a, 90)),
+        "p50_ms": p50,
+        "p90_ms": p90,
         "p99_ms": float(np.percentile(a, 99)),
+        "spread": (p90 - p50) / p50 if p50 > 0 else 0.0,  # the noise measure (docs/benchmark-protocol.md)
+        "p50_noise_ms": p50_noise(a),
         "throughput_per_s": (1000.0 / mean) if mean > 0 else 0.0,
     }
+
+
+def p50_noise(a, blocks=10, min_block=5):
+    """How far the median moved during the run: half the range of the medians of (up to) ``blocks``
+    consecutive blocks of samples (drift, contention). 0.0 with fewer than two blocks."""
+    import numpy as np
+
+    k = min(blocks, len(a) // min_block)
+    if k < 2:
+        return 0.0
+    meds = [float(np.median(b)) for b in np.array_split(np.asarray(a), k)]
+    return (max(meds) - min(meds)) / 2.0
+
+
+def is_noisy(latency, limit):
+    """Noisy: the timed runs' spread (p90 - p50) / p50 is above ``limit`` (benchmark.noisy_spread)."""
+    return bool(latency.get("spread", 0.0) > limit)
+
+
+def warm_up(run, feeds, max_runs, max_seconds):
+    """Untimed runs before timing, bounded both ways: stop after ``max_runs`` runs or once
+    ``max_seconds`` have passed, whichever comes first (one run at least, unless max_runs is 0)."""
+    t0 = time.perf_counter()
+    done = 0
+    while done < max_runs and (done == 0 or time.perf_counter() - t0 < max_seconds):
+        run(feeds)
+        done += 1
+    elapsed = time.perf_counter() - t0
+    return {"runs": done, "seconds": max_seconds, "max_runs": max_runs, "elapsed_s": elapsed,
+            "stopped_by": "warmup_runs" if done >= max_runs else "warmup_seconds"}
+
+
+def time_runs(run, feeds, runs, min_seconds, max_runs):
+    """One perf_counter sample per run until both ``runs`` runs and ``min_seconds`` seconds are done,
+    or ``max_runs`` runs (a cap: the record says when it cut the timing short of min_seconds)."""
+    samples = []
+    t_start = time.perf_counter()
+    while (len(samples) < runs or time.perf_counter() - t_start < min_seconds) and len(samples) < max_runs:
+        t0 = time.perf_counter()
+        run(feeds)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    elapsed = time.perf_counter() - t_start
+    capped = len(samples) >= max_runs and (len(samples) < runs or elapsed < min_seconds)
+    timed = {"runs": len(samples), "elapsed_s": elapsed, "min_seconds": min_seconds, "max_runs": max_runs,
+             "hit_max_runs": len(samples) >= max_runs,
+             "stopped_by": "max_runs" if capped else ("min_seconds" if len(samples) > runs else "runs")}
+    if capped:
+        timed["note"] = ("max_runs (%d) reached after %.3f s, before min_seconds (%g s): raise benchmark.max_runs to time longer"
+                         % (max_runs, elapsed, min_seconds))
+    return timed, samples
 
 
 # ------------------------------------------------------------------ host facts
@@ -730,23 +785,9 @@ def bench(job):
     adapter.run(first)
     first_ms = (time.perf_counter() - t0) * 1e3
 
-    warm_count, warm_s = int(proto.get("warmup_runs", 10)), float(proto.get("warmup_seconds", 0.2))
-    t_warm = time.perf_counter()
-    t_end = t_warm + warm_s
-    done = 0
-    while done < warm_count or time.perf_counter() < t_end:
-        adapter.run(first)
-        done += 1
-    warm_elapsed = time.perf_counter() - t_warm
-    runs, min_s = int(proto.get("runs", 50)), float(proto.get("min_seconds", 0.5))
-    max_runs = int(proto.get("max_runs", 100000))
-    samples = []
-    t_start = time.perf_counter()
-    while (len(samples) < runs or time.perf_counter() - t_start < min_s) and len(samples) < max_runs:
-        t0 = time.perf_counter()
-        adapter.run(first)
-        samples.append((time.perf_counter() - t0) * 1e3)
-    timed_s = time.perf_counter() - t_start
+    warmup = warm_up(adapter.run, first, int(proto.get("warmup_runs", 10)), float(proto.get("warmup_seconds", 0.2)))
+    timed, samples = time_runs(adapter.run, first, int(proto.get("runs", 50)), float(proto.get("min_seconds", 0.5)),
+                               int(proto.get("max_runs", 100000)))
 
     result = {
         "runner_version": RUNNER_VERSION,
@@ -755,15 +796,14 @@ def bench(job):
         "load": load_info,
         "host": host_info(),
         "threads": threads,
-        "warmup": {"runs": done, "seconds": warm_s, "elapsed_s": warm_elapsed},
-        "timed": {"runs": len(samples), "elapsed_s": timed_s, "hit_max_runs": len(samples) >= max_runs},
+        "warmup": warmup,
+        "timed": timed,
         "cold_load_ms": cold_load_ms,
         "first_inference_ms": first_ms,
         "latency": stats(samples),
         "samples_ms": [round(x, 4) for x in samples],
     }
-    cv_limit = proto.get("noisy_cv", 0.15)
-    result["noisy"] = bool(result["latency"].get("cv", 0) > cv_limit)
+    result["noisy"] = is_noisy(result["latency"], float(proto.get("noisy_spread", 0.25)))
     result["stream"] = stream
     if job.get("outputs"):
         payload = run_all(adapter.run, contract, arrays, stream, job.get("limit"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BadInputError, PassFailedError
+from ..progress_hooks import report
 from ..recipe import AccuracyAware, AccuracyMetric
 from .effect import run_model, scores
 
@@ -189,13 +191,22 @@ def _sensitivity(quantize, candidates, ev, full, trial: Path, op_of: dict, speed
             return {**e, "drop_when_kept_float": full["drop"], "mse_when_kept_float": full["mse"], "gain": 0.0, "skipped": reason}
         return {**e, "drop_when_kept_float": r["drop"], "mse_when_kept_float": r["mse"], "gain": round(full["drop"] - r["drop"], 6)}
 
+    done, lock = [0], threading.Lock()
+
+    def counted(k: int, name: str) -> dict:  # progress: candidates finished so far (any order)
+        e = one(k, name)
+        with lock:
+            done[0] += 1
+            report("candidates", done[0], len(candidates), drop=e["drop_when_kept_float"])
+        return e
+
     jobs = min(jobs_for(speed), max(1, len(candidates)))
     rec["jobs"] = jobs
     if jobs == 1:
-        sens = [one(k, n) for k, n in enumerate(candidates)]
+        sens = [counted(k, n) for k, n in enumerate(candidates)]
     else:
         with ThreadPoolExecutor(jobs, thread_name_prefix="edgepack-search") as pool:
-            sens = list(pool.map(one, range(len(candidates)), candidates))
+            sens = list(pool.map(counted, range(len(candidates)), candidates))
     rec["skipped"] = sum(1 for e in sens if "skipped" in e)
     sens.sort(key=lambda e: (e["drop_when_kept_float"], e["mse_when_kept_float"] if e["mse_when_kept_float"] is not None else 0.0))
     return sens
@@ -228,6 +239,7 @@ def _steps(quantize, sens: list[dict], ev, full: dict, cfg: AccuracyAware, workd
         data = step_path.read_bytes() if speed.skip else None
         r = prev if prev is not None and data is not None and data == prev_bytes else ev(step_path)  # same bytes: same result
         prev_bytes, prev = data, r
+        report("float nodes", k, limit, drop=r["drop"])
         steps.append({"step": k, "added": kept[-1], "float_nodes": len(kept), "score": r["score"], "drop": r["drop"], "effect": round(prev_drop - r["drop"], 6), "met": r["met"]})
         prev_drop = r["drop"]
         if r["drop"] < best[0]:

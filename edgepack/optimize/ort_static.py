@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..progress_hooks import report
+
 
 def without_torch() -> None:
     """Call before importing ``onnxruntime.quantization``: it imports ``onnxruntime.tools``, whose
@@ -125,8 +127,11 @@ class NpzReader:
             yield from onnx_feeds(self._model_path, read_npz(self._npz)[0], self._model, self._dir)
             return
         names = [k for k in self._layout if not is_label_key(k)]
+        total, done = (self._layout[names[0]][2][0] if names else None), 0
         for chunk in iter_batches(self._npz, names, self._batch):
             yield from onnx_feeds(self._model_path, chunk, self._model, self._dir)
+            done += len(chunk[names[0]])
+            report("calibration samples", done, total)
 
     def get_next(self):
         return next(self._it, None)

@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from ..errors import StageError
+from ..progress_hooks import report
 
 
 def seed_everything(seed: int) -> None:
@@ -111,6 +112,7 @@ def fit(module, train: tuple, val: tuple | None, names: list[str], cfg, where: s
             opt.step()
             total += float(loss.item())
             steps += 1
+            report("steps", step + 1, -(-n // cfg.batch_size), epoch=epoch)
         entry = {"epoch": epoch, "loss": round(total / max(steps, 1), 6)}
         if val is not None:
             metric, score = val_score(module, val, names, teacher_val)
@@ -120,6 +122,8 @@ def fit(module, train: tuple, val: tuple | None, names: list[str], cfg, where: s
             else:
                 stale += 1
         history.append(entry)
+        report("epochs", epoch, cfg.epochs, **{k: v for k, v in entry.items() if k != "epoch"})
+        print(f"{where}: epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v}" for k, v in entry.items() if k != "epoch"), flush=True)
         if cfg.patience is not None and stale >= cfg.patience:
             break
     if best[1] is not None:

@@ -20,6 +20,7 @@ from edgepack.bundle.manifest import MANIFEST_NAME, REPORT_NAME, read_manifest
 from edgepack.bundle.provenance import PROVENANCE_NAME, verify_provenance
 from edgepack.bundle.sigcheck import Trust, as_trust, check_trust, match_layers, signed_digests, verify_bundle
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
+from edgepack.progress_hooks import report
 from edgepack.registry.http import MAX_MANIFEST, OCI_INDEX, TransientError
 from edgepack.registry.index import A_TARGET, A_TITLE, ARTIFACT_TYPE, SIG_REL, SIGNATURE_TYPE, list_referrers, target_groups
 from edgepack.registry.limits import ATTEMPTS
@@ -263,6 +264,7 @@ def stream_blob(store, desc: dict, out, what: str) -> int:
                                                 hint="the registry is corrupted or hostile; nothing was kept")
                     h.update(block)
                     out.write(block)
+                    report(f"download {str(digest)[7:19]}", n, size, unit="bytes")
         except TransientError:
             if attempt == ATTEMPTS:
                 raise

@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
 from edgepack.errors import BadInputError, EdgepackError, VerificationError
+from edgepack.progress_hooks import report
 from edgepack.registry.auth import api_host, credentials_for, parse_challenge, realm_allowed, scheme_for, tls_verify
 from edgepack.registry.limits import ATTEMPTS, MIN_RATE, RETRY_STATUS, chunk_size, timeouts
 from edgepack.registry.refs import DIGEST_RE
@@ -317,6 +318,7 @@ class RemoteStore:
                 })
                 loc = urljoin(loc, r.headers.get("Location", loc))
                 offset += len(block)
+                report(f"upload {digest[7:19]}", offset, size, unit="bytes")
         self._request("PUT", _with_digest(loc, digest), f"finishing upload of {digest}", ok=(201,),
                       headers={"Content-Type": "application/octet-stream"})
         return True

@@ -11,8 +11,6 @@ and numeric validation runs on a macOS device profile (devices/mac.yaml).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +21,7 @@ from ..artifact import Artifact, TensorSpec
 from ..engine import StageResult, package_versions
 from ..errors import BadInputError, StageError, require_backend
 from ..recipe import ModelFormat
+from ..worker import tee_stdout
 from . import TargetStage
 from .common import check_precision
 from .coreml_inspect import check_io, inspect_mlpackage
@@ -93,9 +92,8 @@ class CoreMLTarget(TargetStage):
             compute_precision=ct.precision.FLOAT16 if self.precision != "fp32" else ct.precision.FLOAT32,
             minimum_deployment_target=getattr(ct.target, self.opts["minimum_deployment_target"]),
         )
-        log = io.StringIO()
         try:
-            with contextlib.redirect_stdout(log):
+            with tee_stdout():  # into the stage log as it comes
                 if self.frontend == "pytorch":
                     ml = self._from_torch(ct, inputs["source"], in_specs, ct_inputs, out_names, kwargs, workdir)
                 else:
@@ -108,8 +106,6 @@ class CoreMLTarget(TargetStage):
         except Exception as e:
             raise StageError(f"coremltools conversion failed ({self.frontend} frontend): {e.__class__.__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}",
                              hint="see the stage log; try options.frontend: onnx or pytorch") from e
-        finally:
-            print(log.getvalue())
         out = workdir / "model.mlpackage"
         ml.save(str(out))
         info = inspect_mlpackage(out)

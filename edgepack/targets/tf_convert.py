@@ -14,8 +14,6 @@ and teaches the pre-flight coverage table its op pattern (``_failure``).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import shutil
@@ -26,6 +24,8 @@ import numpy as np
 from ..artifact import Artifact
 from ..engine import Stage, StageResult
 from ..errors import BadInputError, StageError, require_backend
+from ..progress_hooks import report
+from ..worker import tee_stdout
 from .common import first_sample, model_io_and_calibration, quantized_ops
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -242,27 +242,36 @@ def _offline_stand_in(nhwc: np.ndarray | None, scratch: Path, record) -> None:
 
 
 def _run_onnx2tf(kwargs: dict, scratch: Path, source: Path):
-    """Run onnx2tf with its stdout captured (returned, and copied into the stage log): (Keras model, log).
-    A failure names the ONNX node onnx2tf was converting, and its op pattern is learned for the next pre-flight."""
+    """Run onnx2tf with its stdout captured (returned) and written to the stage log as it comes: (Keras model, log).
+    Its "INFO: i / n" op lines are reported as progress. A failure names the ONNX node onnx2tf was converting,
+    and its op pattern is learned for the next pre-flight."""
     import onnx2tf
 
-    buf = io.StringIO()
     cwd = os.getcwd()
     os.chdir(scratch)  # onnx2tf looks for SAMPLE_FILE in the working directory (worker process: safe)
     try:
-        with contextlib.redirect_stdout(buf):
-            model = onnx2tf.convert(**kwargs)
-    except SystemExit as e:  # onnx2tf reports bad input with error(...) then sys.exit(1)
-        raise _failure(f"onnx2tf stopped (exit {e.code})", _last_error(buf.getvalue()), buf.getvalue(), source,
-                       Path(kwargs["input_onnx_file_path"])) from e
-    except Exception as e:
-        raise _failure("onnx2tf failed", _cause(e), buf.getvalue(), source, Path(kwargs["input_onnx_file_path"])) from e
+        with tee_stdout(_op_progress) as buf:
+            try:
+                model = onnx2tf.convert(**kwargs)
+            except SystemExit as e:  # onnx2tf reports bad input with error(...) then sys.exit(1)
+                raise _failure(f"onnx2tf stopped (exit {e.code})", _last_error(buf.getvalue()), buf.getvalue(), source,
+                               Path(kwargs["input_onnx_file_path"])) from e
+            except Exception as e:
+                raise _failure("onnx2tf failed", _cause(e), buf.getvalue(), source, Path(kwargs["input_onnx_file_path"])) from e
     finally:
         os.chdir(cwd)
-        print(ANSI.sub("", buf.getvalue()))  # into the stage log
     if model is None:
         raise StageError("onnx2tf returned no model", hint="see the stage log for onnx2tf's output")
-    return model, ANSI.sub("", buf.getvalue())
+    return model, buf.getvalue()
+
+
+OP_LINE = re.compile(r"INFO:\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def _op_progress(line: str) -> None:
+    m = OP_LINE.search(line.strip())
+    if m:
+        report("onnx2tf ops", int(m.group(1)), int(m.group(2)))
 
 
 def _cause(e: Exception) -> str:

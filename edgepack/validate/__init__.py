@@ -10,6 +10,7 @@ from ..artifact import Artifact
 from ..data import read_data, read_npz
 from ..devices import DeviceProfile, transport_for
 from ..engine import Stage, StageResult, package_versions
+from ..progress_hooks import report
 from ..recipe import Benchmark
 from .scoring import score_outputs
 
@@ -126,8 +127,11 @@ class ValidateStage(Stage):
         transport = transport_for(self.profile)
         job = runner_job(artifact, self.source_inputs, self.protocol(), self.stream)
         out_path = workdir / "outputs.npz"
+        report("runs", 0, 2, phase="latency + outputs")
         result = transport.execute(job, {"artifact": artifact.path, "inputs": inputs["validation"].path}, {"outputs": out_path})
+        report("runs", 1, 2, phase="memory")
         mem = transport.execute(dict(job, mode="memory"), {"artifact": artifact.path, "inputs": inputs["validation"].path}, {})
+        report("runs", 2, 2, phase="metrics")
         record = {
             "device": self.profile.name,
             "runtime": result["runtime"],

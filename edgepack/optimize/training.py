@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,8 @@ def fit(module, train: tuple, val: tuple | None, names: list[str], cfg, where: s
             else:
                 stale += 1
         history.append(entry)
-        report("epochs", epoch, cfg.epochs, **{k: v for k, v in entry.items() if k != "epoch"})
+        shown: dict[str, Any] = {k: v for k, v in entry.items() if k != "epoch"}  # loss and the validation metric
+        report("epochs", epoch, cfg.epochs, **shown)
         print(f"{where}: epoch {epoch}/{cfg.epochs} " + " ".join(f"{k} {v}" for k, v in entry.items() if k != "epoch"), flush=True)
         if cfg.patience is not None and stale >= cfg.patience:
             break

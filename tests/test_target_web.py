@@ -40,7 +40,7 @@ def _device(report: dict, tid: str) -> dict:
     return t["devices"]["chromium"]
 
 
-def test_digits_web_target_in_headless_chromium(digits_recipe, ort_web, tmp_path):
+def test_digits_web_target_in_headless_chromium(digits_recipe, ort_web, tmp_path, monkeypatch):
     _web_recipe(digits_recipe, "  - {type: web, name: web-int8}\n"
                                "  - {type: web, name: web-fp32, input: fp32, options: {ort_format: true}}\n",
                 "gates:\n  max_accuracy_drop: 0.02\n  min_cosine: 0.98\n")
@@ -68,21 +68,19 @@ def test_digits_web_target_in_headless_chromium(digits_recipe, ort_web, tmp_path
     folder = out / "targets" / "web-fp32" / "web"
     assert {"index.html", "runner.js", "webjob.json", "model.onnx", "model.ort"} <= {p.name for p in folder.iterdir()}
     assert "cdn" not in (folder / "index.html").read_text().lower()  # ort-web is served locally, never from a CDN
-    _page_matches_onnxruntime(folder, ort_web, digits_recipe.parent)
+    monkeypatch.setenv("EDGEPACK_ORT_WEB", str(ort_web))
+    monkeypatch.syspath_prepend(str(digits_recipe.parent))
+    _page_matches_onnxruntime(folder)
 
 
-def _page_matches_onnxruntime(folder, ort_web, recipe_dir, n: int = 8):
+def _page_matches_onnxruntime(folder, n: int = 8):
     """The transport on the bundle's own folder: the page's outputs equal onnxruntime's on the same inputs."""
-    import sys
-
+    import digits_data
     import onnxruntime as ort
 
     from edgepack.devices import load_profile
     from edgepack.devices.browser import BrowserTransport
     from edgepack.errors import StageError
-
-    sys.path.insert(0, str(recipe_dir))
-    import digits_data
 
     x = digits_data.validation()[0]["input"][:n]
     np.savez(folder.parent / "val.npz", input=x)
@@ -91,9 +89,6 @@ def _page_matches_onnxruntime(folder, ort_web, recipe_dir, n: int = 8):
     job = {"mode": "bench", "runtime": "onnxruntime-web", "protocol": {"runs": 3, "warmup_runs": 1, "min_seconds": 0, "warmup_seconds": 0},
            "contract": contract}
     profile = load_profile("chromium")[0]
-    import os
-
-    os.environ["EDGEPACK_ORT_WEB"] = str(ort_web)
     dest = folder.parent / "outputs.npz"
     BrowserTransport(profile).execute(job, {"artifact": folder, "inputs": folder.parent / "val.npz"}, {"outputs": dest})
     got = np.load(dest)["logits"]

@@ -54,12 +54,12 @@ class Progress:
         self._running: dict[str, _Running] = {}
         self._bars = None  # rich.progress.Progress while a stage runs on a terminal
         self._beating = False
-        progress_hooks.set_sink(self._orphan)
 
     # -- events ---------------------------------------------------------------------------------------
     def start(self, name: str) -> None:
         sink = lambda event, name=name: self.update(name, event)  # noqa: E731 - looked up late: attach() wraps update
         progress_hooks.enter(sink)
+        progress_hooks.set_fallback(self._orphan)  # reports from threads that started no stage
         now = time.monotonic()
         with self._lock:
             run = self._running[name] = _Running(now, sink, now + self.heartbeat_s)

@@ -39,6 +39,12 @@ def set_sink(sink: Sink | None) -> None:
         _last_sent.clear()
 
 
+def set_fallback(sink: Sink) -> None:
+    """Like set_sink, for a build's display: never replaces a worker's pipe (``set_sink(..., worker=True)``)."""
+    if not getattr(_sink, "edgepack_worker", False) and _sink != sink:
+        set_sink(sink)
+
+
 def enter(sink: Sink) -> None:
     """A stage starts in this thread: its reports go to ``sink`` until :func:`leave`."""
     stack = getattr(_local, "stack", None)

@@ -118,6 +118,7 @@ def _report_to_parent(conn) -> None:
             logged[task] = now
             print(f"progress: {progress_hooks.format_update(event)}", flush=True)
 
+    sink.edgepack_worker = True  # type: ignore[attr-defined]  # a build display in this process must not replace it
     progress_hooks.set_sink(sink)
 
 

@@ -108,12 +108,15 @@ def convert(inputs: dict[str, Artifact], model_section, recipe_dir: Path, keep_n
         verbosity="warn",
     )
     record["onnx2tf_args"] = {k: v for k, v in kwargs.items() if k not in ("input_onnx_file_path", "output_folder_path", "custom_input_op_name_np_data_path")}
+    report("onnx2tf", 0, 2, phase="ONNX -> Keras")  # the phases (its per-op lines only print at verbosity debug)
     model, log = _run_onnx2tf(kwargs, scratch, Path(src.path))
+    report("onnx2tf", 1, 2, phase="export SavedModel")
     if "shape estimation is skipped" in log:  # onnx2tf's own ONNX-vs-TF check on the -cind data
         record["notes"].append("onnx2tf skipped its ONNX-side shape estimation (its dummy ONNX Runtime inference failed; "
                                "onnx2tf 1.29 compares -cind data shapes including the batch size); edgepack's own sample_check still ran")
     out = workdir / "saved_model"
     tf_inputs = _export(model, out)
+    report("onnx2tf", 2, 2, phase="done")
     shutil.rmtree(scratch)
     meta = {"shapes": shapes, "perms": perms, "tf_inputs": tf_inputs, "onnx_stem": Path(src.path).stem,
             "notes": record["notes"], "calibration": record["calibration"], "onnx2tf_args": record["onnx2tf_args"]}

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..engine import Stage, StageResult
 from ..errors import BadInputError, StageError, require_backend
+from ..progress_hooks import report
 from . import TargetStage
 from .common import check_precision, check_self_quantizing, model_io_and_calibration
 from .tf_convert import SIGNATURE, SavedModelStage, _cause, convert, odd_inputs, prepare, tf_layout, toolchain
@@ -81,7 +82,9 @@ class TFLiteTarget(TargetStage):
                         "saved_model": {"digest": saved.digest, "shared_stage": shared}}
         wanted = f"{m['onnx_stem']}_{self._variant()}.tflite"  # onnx2tf's own name for this variant
         out = workdir / "model.tflite"
+        report("tflite", 0, 1, phase=f"TFLite converter ({self.precision})")
         record["tflite_converter"] = self._convert_variant(saved.path, m["tf_inputs"], ins, sources, arrays, perms, out)
+        report("tflite", 1, 1, phase="converted")
         record["onnx2tf_produced"] = [wanted]  # only the requested variant is converted
         record["onnx2tf_file"] = wanted
         if not shared:

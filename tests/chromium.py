@@ -27,10 +27,10 @@ def skip_reason() -> str | None:
 def run(url: str, *args: str, width: int = 1200, height: int = 2400, timeout: float = 60) -> subprocess.CompletedProcess:
     """One headless Chromium run on ``url`` (a file:// URL); a private profile, no network needed."""
     with tempfile.TemporaryDirectory(prefix="edgepack-chromium-") as profile:
-        cmd = [find() or "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars",
-               f"--user-data-dir={profile}", f"--window-size={width},{height}", "--enable-logging=stderr", "--v=0",
-               "--virtual-time-budget=3000", *args, url]
+        from edgepack.devices.browser import headless_args  # the flags the web target's device uses
+
+        cmd = [find() or "chromium", *headless_args(profile), "--disable-gpu", "--hide-scrollbars",
+               f"--window-size={width},{height}", "--virtual-time-budget=3000", *args, url]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={"HOME": profile, "PATH": "/usr/bin:/bin"})
 
 

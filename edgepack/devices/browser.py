@@ -140,12 +140,18 @@ class _Server:
         self.httpd.server_close()
 
 
+def headless_args(profile_dir: str) -> list[str]:
+    """Flags of every headless Chromium edgepack (and its tests) start: a private profile, no first-run or
+    background traffic, the page's console on stderr; --no-sandbox only as root (Chromium refuses otherwise)."""
+    return ["--headless=new", *(["--no-sandbox"] if os.geteuid() == 0 else []), f"--user-data-dir={profile_dir}",
+            "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--disable-component-update", "--enable-logging=stderr", "--v=0"]
+
+
 def launch(binary: str, url: str, profile_dir: str, flags: tuple[str, ...] = ()) -> subprocess.Popen:
     """Headless Chromium on ``url`` in its own process group (``stop`` kills the whole group); its log
     (console lines included) goes to PROFILE_DIR.log."""
-    cmd = [binary, "--headless=new", *(["--no-sandbox"] if os.geteuid() == 0 else []), f"--user-data-dir={profile_dir}",
-           "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-dev-shm-usage",
-           "--disable-background-networking", "--disable-component-update", "--enable-logging=stderr", "--v=0", *flags, url]
+    cmd = [binary, *headless_args(profile_dir), *flags, url]
     os.makedirs(profile_dir, exist_ok=True)
     with open(profile_dir + ".log", "w") as log:  # a file, not a pipe: a chatty Chromium never blocks on it
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,

@@ -62,7 +62,7 @@ def target_coverage(engine, stage, model, fp32, inputs: dict) -> dict:
     from .targets.coverage import _learned_file, preflight
 
     if not engine.cache.enabled:
-        return preflight(stage, model, fp32)
+        return preflight(stage, model, fp32, inputs)
     offered = {"model": model, "fp32": fp32, **inputs}
     offered = {k: a for k, a in offered.items() if a is not None and (stage.uses is None or k in stage.uses)}
     learned = _learned_file("onnx2tf")
@@ -73,7 +73,7 @@ def target_coverage(engine, stage, model, fp32, inputs: dict) -> dict:
         return json.loads(memo.read_text())
     except (OSError, ValueError):
         pass
-    cov = preflight(stage, model, fp32)
+    cov = preflight(stage, model, fp32, inputs)
     try:
         write_json_atomic(memo, cov)
     except OSError:  # a read-only cache still builds

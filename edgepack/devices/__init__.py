@@ -88,7 +88,7 @@ class DeviceProfile(Strict):
         return self if n is None else self.model_copy(update={"benchmark": {**self.benchmark, "threads": n}})
 
 
-LOCAL = DeviceProfile(name="local", description="this host", runtimes=["onnxruntime", "tflite", "openvino"])
+LOCAL = DeviceProfile(name="local", description="this host", runtimes=["onnxruntime", "tflite", "openvino", "executorch"])
 
 
 def load_profile(ref: str, base_dir: Path | None = None) -> tuple[DeviceProfile, Path | None]:

@@ -462,6 +462,50 @@ class TensorRTAdapter:
         return outs
 
 
+class ExecuTorchAdapter:
+    """ExecuTorch runtime (pybindings, XNNPACK and the portable kernels built in): a .pte program.
+
+    Options: method (default forward), inputs (the method's argument order, by input name). The
+    runtime imports torch (its pybindings link libtorch): the device needs executorch's own environment.
+    """
+
+    module = "executorch"
+
+    def version(self):
+        from importlib.metadata import version
+
+        import executorch.runtime  # noqa: F401 - torch + the pybindings: part of the memory baseline, not of the model
+
+        return version("executorch")
+
+    def load(self, path, threads, options):
+        import torch
+        from executorch.runtime import Runtime
+
+        if os.path.isdir(path):
+            path = os.path.join(path, options.get("model_file", "model.pte"))
+        info = {}
+        if threads:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(int(threads))  # XNNPACK's threadpool
+            info["threadpool"] = portable_lib._threadpool_get_thread_count()
+        runtime = Runtime.get()
+        self.method = runtime.load_program(path).load_method(options.get("method", "forward"))
+        self.names = list(options.get("inputs") or [])
+        self._torch = torch
+        info.update(method=options.get("method", "forward"), backends=sorted(runtime.backend_registry.registered_backend_names))
+        return info
+
+    def input_names(self):
+        return list(self.names)
+
+    def run(self, feeds):
+        t = self._torch
+        outs = self.method.execute([t.from_numpy(feeds[n]) for n in self.names])
+        return [o.numpy() if hasattr(o, "numpy") else o for o in outs]
+
+
 # runtime name -> adapter class. Targets add their adapter here (tflite, openvino, coreml, tensorrt).
 ADAPTERS = {
     "onnxruntime": OnnxRuntimeAdapter,
@@ -469,6 +513,7 @@ ADAPTERS = {
     "openvino": OpenVINOAdapter,
     "coreml": CoreMLAdapter,
     "tensorrt": TensorRTAdapter,
+    "executorch": ExecuTorchAdapter,
 }
 
 # ------------------------------------------------------------------ statistics

@@ -159,11 +159,17 @@ def _walk(nodes):
                 yield from _walk(g.node)
 
 
-def preflight(stage, model, fp32) -> dict:
+def preflight(stage, model, fp32, inputs: dict | None = None) -> dict:
     """Coverage of the graph a target stage will convert. ``model``/``fp32``: the optimized and FP32
     ONNX artifacts. A stage may define ``coverage_input(model, fp32) -> (table name | None, artifact | None, note)``
-    when it reads another graph or converts through another tool (Core ML via onnx2tf, or from PyTorch)."""
+    when it reads another graph or converts through another tool (Core ML via onnx2tf, or from PyTorch),
+    or ``coverage(inputs) -> dict`` (same keys as ``check_graph``) when it checks a non-ONNX graph itself
+    (ExecuTorch: the exported PyTorch graph against the runtime's kernels)."""
     from ..recipe import TargetInput
+
+    own = getattr(stage, "coverage", None)
+    if own is not None:
+        return own({"model": model, "fp32": fp32, **(inputs or {})})
 
     hook = getattr(stage, "coverage_input", None)
     if hook is not None:

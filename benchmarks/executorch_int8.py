@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "tests"))
 TIME_PTE = """
 import sys, time, json, numpy as np, torch
 from executorch.extension.pybindings import portable_lib
+import executorch.kernels.quantized  # Q/DQ kernels of int8 programs outside the delegate
 from executorch.runtime import Runtime
 paths, x, threads, rounds, runs = sys.argv[1].split(","), np.load(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 portable_lib._unsafe_reset_threadpool(threads)

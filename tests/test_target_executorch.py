@@ -37,6 +37,7 @@ def et_python() -> str:
 
 RUN_PTE = """
 import sys, numpy as np, torch
+import executorch.kernels.quantized  # Q/DQ kernels of int8 programs outside the delegate
 from executorch.runtime import Runtime
 method = Runtime.get().load_program(sys.argv[1]).load_method("forward")
 x = np.load(sys.argv[2])

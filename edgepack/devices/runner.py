@@ -490,6 +490,10 @@ class ExecuTorchAdapter:
 
             portable_lib._unsafe_reset_threadpool(int(threads))  # XNNPACK's threadpool
             info["threadpool"] = portable_lib._threadpool_get_thread_count()
+        try:  # quantize/dequantize kernels (an int8 program's Q/DQ nodes outside a delegate); absent from some builds
+            import executorch.kernels.quantized  # noqa: F401
+        except ImportError:
+            pass
         runtime = Runtime.get()
         self.method = runtime.load_program(path).load_method(options.get("method", "forward"))
         self.names = list(options.get("inputs") or [])

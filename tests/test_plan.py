@@ -193,3 +193,29 @@ def test_parallel_build_matches_jobs_1_and_several_recipes_run_in_one_command(ti
         report = json.loads((a.parent / "dist" / name / "report.json").read_text())
         assert report["plan"]["nodes"][0]["id"] == f"{name}/data" and report["targets"]["ort-b"]["status"] == "ok"
     assert _digests(a.parent / "dist" / "tiny-0.1.0") == _digests(tmp_path / "j1")
+
+
+def test_parallel_ort_format_conversions_leave_stdout_alone(tmp_path):
+    """ORT's .ort converter runs under redirect_stdout (process-wide): two at once in threads used to leave
+    sys.stdout pointing at one's captured log (the build's summary then vanished)."""
+    import shutil
+    import sys
+
+    from conftest import tiny_onnx
+    from edgepack.targets.onnxruntime import _to_ort
+
+    tiny_onnx(tmp_path / "m.onnx")
+    real = sys.stdout
+
+    def one(i):
+        d = tmp_path / f"r{i}"
+        d.mkdir()
+        shutil.copyfile(tmp_path / "m.onnx", d / "model.onnx")
+        _to_ort(d / "model.onnx", "fixed")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sys.stdout is real and all((tmp_path / f"r{i}" / "model.ort").is_file() for i in range(4))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 from ..artifact import Artifact
@@ -44,6 +45,9 @@ class OnnxRuntimeTarget(TargetStage):
         return StageResult({"artifact": Artifact(folder, "onnx+ort", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
 
 
+_STDOUT_LOCK = threading.Lock()
+
+
 def _to_ort(onnx_path: Path, style: str) -> dict:
     """model.ort (+ model.required_operators.config for minimal builds) beside model.onnx, with
     onnxruntime's own converter (onnxruntime.tools.convert_onnx_models_to_ort)."""
@@ -55,8 +59,8 @@ def _to_ort(onnx_path: Path, style: str) -> dict:
     folder = onnx_path.parent
     scratch = folder / "_ort"
     log = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(log):
+    try:  # redirect_stdout swaps sys.stdout for the whole process: one at a time, or two overlapping
+        with _STDOUT_LOCK, contextlib.redirect_stdout(log):  # threads (parallel compiles) leave it swapped
             convert_onnx_models_to_ort(onnx_path, scratch, optimization_styles=[OptimizationStyle[style.capitalize()]])
     except Exception as e:
         raise StageError(f"onnxruntime could not convert the model to the .ort format: {e.__class__.__name__}: {str(e).splitlines()[0][:240] if str(e) else ''}",

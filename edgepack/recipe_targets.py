@@ -240,7 +240,8 @@ class WebSpec(TargetBase):
 
 
 class ExecuTorchOptions(_Options):
-    partitioner: Literal["xnnpack", "none"] = Field("xnnpack", description="xnnpack: delegate what XNNPACK takes (the rest runs on the portable kernels); none: portable kernels only.")
+    partitioner: Literal["xnnpack", "none"] = Field(
+        "xnnpack", description="xnnpack: delegate what XNNPACK takes (the rest runs on the portable kernels); none: portable kernels only.")
     per_channel: bool = Field(True, description="int8: per-channel weight scales (XNNPACK quantizer).")
     calibration_samples: PositiveInt = Field(200, description="int8: at most this many calibration samples (PT2E observers).")
     timeout_s: PositiveFloat | None = TIMEOUT
@@ -250,7 +251,8 @@ class ExecuTorchSpec(TargetBase):
     """An ExecuTorch .pte program from the PyTorch source (torch.export, XNNPACK delegate), in the executorch toolchain."""
 
     type: Literal[TargetType.EXECUTORCH] = Field(description="executorch")
-    input: Literal[TargetInput.FP32] = Field(TargetInput.FP32, description="always fp32: ExecuTorch lowers (and quantizes) the PyTorch source itself, not the optimize chain's ONNX model.")
+    input: Literal[TargetInput.FP32] = Field(
+        TargetInput.FP32, description="always fp32: ExecuTorch lowers (and quantizes) the PyTorch source itself, not the optimize chain's ONNX model.")
     precision: Literal["fp32", "int8"] | None = Field(None, description="fp32 (default), int8 (PT2E static, XNNPACK quantizer, needs data.calibration).")
     options: ExecuTorchOptions = Field(default_factory=ExecuTorchOptions, description="ExecuTorch options.")
     stage: ClassVar[str] = "edgepack.targets.executorch:ExecuTorchTarget"

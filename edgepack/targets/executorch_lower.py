@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def quantize(ep, example: tuple, feeds: list[tuple], per_channel: bool) -> tuple
     return export(converted, example), record
 
 
-def lower(ep, use_xnnpack: bool = True) -> tuple[object, dict]:
+def lower(ep, use_xnnpack: bool = True) -> tuple[Any, dict]:  # Any: executorch ships no type stubs
     """(ExecutorchProgramManager, record): lowered with the XNNPACK partitioner, falling back as the
     module docstring says. The record lists each attempt that failed and why."""
     import copy
@@ -190,7 +191,7 @@ def missing_kernels(operators: list[str]) -> list[str]:
 
 def run_pte(path: Path, feeds: list[tuple]) -> list[list[np.ndarray]]:
     """Per feed, the program's outputs through the ExecuTorch runtime (what the device runner does)."""
-    import torch
+    import torch  # noqa: F401 - imported before the runtime, as the device runner does
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method(METHOD)

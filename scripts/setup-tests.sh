@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the tests need: system packages (when run as root), then the Python extras.
-# README's second command (and `.ci/run`) is: bash scripts/setup-tests.sh && python3 -m pytest -q
+# README's second command (and `.ci/run`) is: bash scripts/setup-tests.sh && bash scripts/lint.sh && python3 -m pytest -q
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -77,3 +77,13 @@ def test_fast_search_chooses_what_the_serial_search_chose(outlier, tmp_path, mon
     measured = {e["node"]: e for e in legacy["sensitivity"]}
     for e in skipped:
         assert (e["drop_when_kept_float"], e["mse_when_kept_float"]) == (measured[e["node"]]["drop_when_kept_float"], measured[e["node"]]["mse_when_kept_float"])
+
+
+def test_reuse_is_on_only_for_the_verified_onnxruntime(monkeypatch):
+    """quant_reuse hooks onnxruntime's quantizer internals: on a release it was not checked against
+    (the core takes onnxruntime as a range) the search quantizes every trial from scratch instead."""
+    from edgepack.optimize import quant_reuse
+
+    assert quant_reuse.supported(), "this onnxruntime is not in quant_reuse.VERIFIED_ORT: verify these tests, then add it"
+    monkeypatch.setattr(quant_reuse, "VERIFIED_ORT", ("0.0.",))
+    assert not quant_reuse.supported()

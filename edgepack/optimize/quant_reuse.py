@@ -22,8 +22,20 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+VERIFIED_ORT = ("1.23.",)  # onnxruntime releases whose quantizer internals this module was checked against
 _active = threading.local()  # .cache: the ReusedQuantizer whose trial this thread is quantizing
 _classes: dict = {}
+
+
+def supported() -> bool:
+    """True when the installed onnxruntime is one this module was verified against (tests/test_search_reuse.py);
+    on any other release the search quantizes each trial from scratch (same result, slower)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxruntime").startswith(VERIFIED_ORT)
+    except PackageNotFoundError:
+        return False
 
 
 def _array_key(a) -> tuple:

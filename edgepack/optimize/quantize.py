@@ -120,7 +120,7 @@ class QuantizeStage(Stage):
 
         def quantize(exclude: list[str], dest: Path) -> None:
             try:
-                if c.accuracy_aware is not None and _speed().reuse:
+                if c.accuracy_aware is not None and _speed().reuse and _reuse_supported():
                     if not reused:
                         from .quant_reuse import ReusedQuantizer
 
@@ -220,6 +220,12 @@ class QuantizeStage(Stage):
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=self.cfg.keep_io_types, node_block_list=list(self.cfg.exclude_nodes) or None)
         onnx.save(model, str(out))
         record["keep_io_types"] = self.cfg.keep_io_types
+
+
+def _reuse_supported() -> bool:
+    from .quant_reuse import supported
+
+    return supported()
 
 
 def _speed():

@@ -20,10 +20,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from realmodels import data, harness, wheels  # noqa: E402
-
 import sshd  # noqa: E402
 import testenvs  # noqa: E402
+from realmodels import data, harness, wheels  # noqa: E402
 
 pytestmark = pytest.mark.slow
 FAST = "benchmark: {warmup_runs: 1, warmup_seconds: 0, runs: 3, min_seconds: 0, max_runs: 3}\n"

@@ -60,27 +60,14 @@ def recipe(model: str, d: Path) -> tuple[str, np.ndarray, str]:
         text = (d / "recipe.yaml").read_text()
         head = text[: text.index("optimize:")]
         return head + TARGETS + "devices: [local]\n" + BENCH, digits_data.validation()[0]["input"], "top1"
-    from realmodels import data, wheels
+    from realmodels import data, recipes, wheels
 
     shutil.copy(REPO / "tests" / "realmodels" / "nets.py", d / "nets.py")
     x, y = data.face_crops()
     np.savez(d / "crops.npz", input=x)
     np.save(d / "face.npy", y)
     weights = wheels.wheel_files("facenet-pytorch", "2.6.0") / "rnet.pt"
-    text = f"""name: rnet-et
-version: "2.6.0"
-model:
-  format: pytorch
-  entrypoint: nets:rnet
-  weights: {weights}
-  inputs: [{{name: input, shape: [batch, 3, 24, 24], layout: NCHW}}]
-  outputs: [bbox, prob]
-data:
-  calibration: {{path: crops.npz}}
-  validation: {{path: crops.npz, labels: face.npy}}
-evaluate:
-  - {{name: face_accuracy, type: binary_accuracy, output: prob, positive: 1}}
-"""
+    text = recipes.rnet_head("rnet-et", weights)
     return text + TARGETS + BENCH, x, "face_accuracy"
 
 

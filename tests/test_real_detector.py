@@ -8,26 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from realmodels import data, harness, wheels
+from realmodels import data, harness, recipes, wheels
 
 pytestmark = pytest.mark.slow
 MAX_DROP = 0.05
 
-RECIPE = """name: mtcnn-rnet
-version: "2.6.0"
-model:
-  format: pytorch
-  entrypoint: nets:rnet
-  weights: {weights}
-  inputs: [{{name: input, shape: [batch, 3, 24, 24], layout: NCHW}}]
-  outputs: [bbox, prob]
-data:
-  calibration: {{path: crops.npz}}
-  validation: {{path: crops.npz, labels: face.npy}}
-evaluate:
-  - {{name: face_accuracy, type: binary_accuracy, output: prob, positive: 1}}
-  - {{name: face_f1, type: f1, output: prob, positive: 1}}
-optimize:
+RECIPE_TAIL = """optimize:
   - pass: quantize
 targets:
   - {{type: onnxruntime, name: ort-int8}}
@@ -37,6 +23,10 @@ targets:
 gates:
 {gates}
 """
+
+
+def _recipe(weights, gates: str) -> str:
+    return recipes.rnet_head("mtcnn-rnet", weights, "  - {name: face_f1, type: f1, output: prob, positive: 1}\n") + RECIPE_TAIL.format(gates=gates)
 
 
 def face_accuracy(prob: np.ndarray, labels: np.ndarray) -> float:
@@ -50,11 +40,11 @@ def test_multi_output_detector(tmp_path, edgepack_home):
     np.savez(d / "crops.npz", input=x)
     np.save(d / "face.npy", y)
     # top-1 shorthand with two outputs and none named: a load-time recipe error naming the outputs
-    b0 = harness.build(d, RECIPE.format(weights=weights, gates="  max_accuracy_drop: 0.02"), edgepack_home)
+    b0 = harness.build(d, _recipe(weights, gates="  max_accuracy_drop: 0.02"), edgepack_home)
     assert b0.rc == 2, b0.why()
     line = harness.error_line(b0)
     assert "max_accuracy_drop" in line and "bbox" in line and "prob" in line, line
-    b = harness.build(d, RECIPE.format(weights=weights, gates=f"  metrics: {{face_accuracy: {{max_drop: {MAX_DROP}}}}}")
+    b = harness.build(d, _recipe(weights, gates=f"  metrics: {{face_accuracy: {{max_drop: {MAX_DROP}}}}}")
                       + harness.BENCH, edgepack_home)
     assert b.report, b.why()
     feeds = harness.samples({"input": x})

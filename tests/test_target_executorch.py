@@ -22,7 +22,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import sshd  # noqa: E402
 import testenvs  # noqa: E402
-from realmodels import data, harness, wheels  # noqa: E402
+from realmodels import data, harness, recipes, wheels  # noqa: E402
 
 pytestmark = pytest.mark.slow
 FAST = "benchmark: {warmup_runs: 1, warmup_seconds: 0, runs: 3, min_seconds: 0, max_runs: 3}\n"
@@ -219,24 +219,11 @@ def test_op_xnnpack_cannot_delegate_runs_on_portable_kernels(tmp_path, edgepack_
     assert not any(s["stage"] == "compile.executorch" for s in b2.report["stages"])
 
 
-RNET = """name: mtcnn-rnet-et
-version: "2.6.0"
-model:
-  format: pytorch
-  entrypoint: nets:rnet
-  weights: {weights}
-  inputs: [{{name: input, shape: [batch, 3, 24, 24], layout: NCHW}}]
-  outputs: [bbox, prob]
-data:
-  calibration: {{path: crops.npz}}
-  validation: {{path: crops.npz, labels: face.npy}}
-evaluate:
-  - {{name: face_accuracy, type: binary_accuracy, output: prob, positive: 1}}
-targets:
-  - {{type: executorch, name: et-fp32}}
-  - {{type: executorch, name: et-int8, precision: int8}}
+RNET_TARGETS = """targets:
+  - {type: executorch, name: et-fp32}
+  - {type: executorch, name: et-int8, precision: int8}
 gates:
-  metrics: {{face_accuracy: {{max_drop: 0.05}}}}
+  metrics: {face_accuracy: {max_drop: 0.05}}
 """
 
 
@@ -246,7 +233,7 @@ def test_real_pretrained_rnet(tmp_path, edgepack_home, et_python):
     x, y = data.face_crops()
     np.savez(d / "crops.npz", input=x)
     np.save(d / "face.npy", y)
-    b = harness.build(d, RNET.format(weights=weights) + FAST, edgepack_home, timeout=2400)
+    b = harness.build(d, recipes.rnet_head("mtcnn-rnet-et", weights) + RNET_TARGETS + FAST, edgepack_home, timeout=2400)
     assert b.rc == 0, b.why()
     fp32 = b.reference("face_accuracy")
     assert fp32 >= 0.95

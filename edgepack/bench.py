@@ -50,8 +50,8 @@ def open_bundle(ref: str, workdir: Path, key: Path | None = None) -> tuple[Path,
         return p, manifest, "digests checked against edgepack.json"
     looks_like_ref = ref.startswith("layout:") or ((":" in ref or "@" in ref) and not ref.startswith(("/", ".", "~")))
     if p.exists() or not looks_like_ref:
-        raise BadInputError(f"{ref}: not a bundle folder or registry reference",
-                            hint="pass a folder made by `edgepack build`, layout:PATH:TAG or HOST/REPO:TAG")
+        raise BadInputError("not a bundle folder or registry reference",
+                            hint="pass a folder made by `edgepack build`, layout:PATH:TAG or HOST/REPO:TAG", where=ref)
     from .registry import pull
     from .registry.refs import parse_ref
 
@@ -216,7 +216,7 @@ def latency_rows(doc: dict, where: str) -> dict[tuple[str, str], dict]:
                 if isinstance(d, dict) and d.get("latency"):
                     rows[(tid, dev)] = {"latency": d["latency"], "noisy": d.get("noisy", False), "metrics": _metrics_of(d)}
     else:
-        raise BadInputError(f"{where}: neither an `edgepack bench --json` result nor a bundle report.json")
+        raise BadInputError("neither an `edgepack bench --json` result nor a bundle report.json", where=where)
     return rows
 
 
@@ -245,7 +245,7 @@ def compare(a: Path, b: Path) -> dict:
         try:
             docs.append(json.loads(Path(p).read_text()))
         except (OSError, ValueError) as e:
-            raise BadInputError(f"{p}: cannot read it as JSON: {e}", hint="pass files written by `edgepack bench --json`") from e
+            raise BadInputError(f"cannot read it as JSON: {e}", hint="pass files written by `edgepack bench --json`", where=p) from e
     ra, rb = latency_rows(docs[0], str(a)), latency_rows(docs[1], str(b))
     rows = []
     for key in sorted(set(ra) & set(rb)):

@@ -21,7 +21,7 @@ def optimize_records(rb, res) -> list[dict]:
             records.append({"index": i, "pass": cfg.pass_, "status": "ok", "cached": out.cached, **out.record})
         else:
             failed = f"optimize[{i}] {cfg.pass_}"
-            records.append({"index": i, "pass": cfg.pass_, "status": "failed", "error": out.error, **(getattr(out.exc, "record", None) or {})})
+            records.append({"index": i, "pass": cfg.pass_, "status": "failed", "error": out.error, **out.detail(), **(getattr(out.exc, "record", None) or {})})
     return records
 
 
@@ -38,7 +38,7 @@ def _device_entry(rb, res, tid, art, dev, vids, over, failures, gate_failures, e
         entry["devices"][dev] = outs[0].value
         return "skipped"
     if bad is not None:
-        entry["devices"][dev] = {"status": "failed", "seconds": round(sum(o.end_s - o.start_s for o in outs), 3), "error": bad.error}
+        entry["devices"][dev] = {"status": "failed", "seconds": round(sum(o.end_s - o.start_s for o in outs), 3), "error": bad.error, **bad.detail()}
         failures.append(bad.error)
         return "failed"
     record = dict(outs[0].record)
@@ -66,7 +66,7 @@ def _target_entry(rb, res, tid, over, failures, gate_failures, artifacts) -> dic
     out = res.get(rb.node_id(f"compile {tid}"))
     if out is None or not out.ok:
         err = out.error if out is not None else "not run"
-        entry.update(status="failed", error=err)
+        entry.update(status="failed", error=err, **(out.detail() if out is not None else {}))
         if err != rb.pass_error(res):  # a failed pass is listed once in failures
             failures.append(err)
         log = rb.engine.log_path(f"compile {tid}")
@@ -102,7 +102,7 @@ def gates_node(rb, res) -> NodeResult:
     for name in ("data", "convert", "reference fp32"):
         o = res.get(rb.node_id(name))
         if o is not None and not o.ok:
-            raise o.exc if o.exc is not None else StageError(f"{name}: {o.error}")
+            raise o.exc if o.exc is not None else StageError(f"{o.error}", where=name)
     records = optimize_records(rb, res)
     failures = [rb.pass_error(res)] if rb.pass_error(res) else []
     gate_failures: list[dict] = []

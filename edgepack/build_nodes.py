@@ -180,7 +180,7 @@ def _compile_ready(rb, res, tid, model_node) -> dict:
         try:  # the compile's own input contract first: no conversion for a target that cannot compile
             stage.check_inputs({k: a for k, a in inputs.items() if stage.uses is None or k in stage.uses})
         except EdgepackError as e:
-            raise e.prefixed(f"compile {tid}") from e
+            raise e.in_stage(f"compile {tid}") from e
     return inputs
 
 
@@ -208,7 +208,7 @@ def _compile_work(rb, res, tid, model_node, pres) -> Work:
             log, dest = rb.engine.log_path(pre_name), rb.engine.log_path(f"compile {tid}")
             if log is not None and dest is not None and log.exists() and log != dest:
                 shutil.copyfile(log, dest)
-            raise pre.exc if pre.exc is not None else StageError(f"{pre_name}: {pre.error}")
+            raise pre.exc if pre.exc is not None else StageError(f"{pre.error}", where=pre_name)
         inputs[out_name] = pre.outputs[out_name]
     return Work(f"compile {tid}", rb.target_stages[tid], inputs)
 

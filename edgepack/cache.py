@@ -167,7 +167,7 @@ class StageCache:
         try:
             self.store.push(key, self.entry_dir(key), replace=replace)
         except EdgepackError as e:
-            raise e.prefixed(f"cache store {self.store.url}: pushing entry {key[:12]}") from e
+            raise e.in_stage(f"cache store {self.store.url}: pushing entry {key[:12]}") from e
 
     def evict_containing(self, path: Path) -> bool:
         """Remove the cache entry that holds ``path`` (if it is inside this cache)."""

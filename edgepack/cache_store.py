@@ -53,9 +53,9 @@ def store_for(url: str | None, where: str = "--cache-store"):
     if url.startswith("file://"):
         path = url[len("file://"):]
         if not path.startswith("/"):
-            raise BadInputError(f"{where}: {url!r} is not an absolute file:// URL", hint=_URL_HINT)
+            raise BadInputError(f"{url!r} is not an absolute file:// URL", hint=_URL_HINT, where=where)
         return DirStore(Path(path))
-    raise BadInputError(f"{where}: unknown cache store {url!r}", hint=_URL_HINT)
+    raise BadInputError(f"unknown cache store {url!r}", hint=_URL_HINT, where=where)
 
 
 def default_store_url() -> str | None:
@@ -151,7 +151,7 @@ class OciStore:
         body = url[len("oci://"):].rstrip("/")
         ref = parse_ref(body, require_tag=False) if "/" in body else None
         if ref is None or ref.kind != "remote" or ref.tag or ref.digest:
-            raise BadInputError(f"{where}: {url!r} is not oci://HOST[:PORT]/REPO", hint=_URL_HINT)
+            raise BadInputError(f"{url!r} is not oci://HOST[:PORT]/REPO", hint=_URL_HINT, where=where)
         self.url, self.host, self.repository = url, ref.host, ref.repository
         self._local = threading.local()  # one client (HTTP session, token) per thread: executors run stages at once
 

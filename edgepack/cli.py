@@ -196,6 +196,8 @@ def main(argv=None) -> None:
         if Ctx.verbose:
             traceback.print_exc()
         line, code = _unexpected(e, argv) if disk_full(e) else (e.one_line(), e.exit_code)
+        if "--json" in argv and not disk_full(e):  # a machine-readable error document on stdout as well
+            click.echo(json.dumps({"status": "error", "exit_code": code, "error": line, "error_detail": e.fields()}, indent=2))
         click.echo(f"error: {line}", err=True)
         sys.exit(code)
     except click.exceptions.Abort:

@@ -108,7 +108,7 @@ def run_build(recipes, opts, plan_only: bool = False, as_json: bool | None = Non
         if isinstance(one, EdgepackError):
             _echo_failed_table(one, as_json)
             codes.append(one.exit_code)
-            per.append({"recipe": str(path), "status": "error", "exit_code": one.exit_code, "error": one.one_line()})
+            per.append({"recipe": str(path), "status": "error", "exit_code": one.exit_code, "error": one.one_line(), "error_detail": one.fields()})
             if not as_json:
                 click.echo(f"\n{path}: error: {one.one_line()}", err=True)
             continue

@@ -56,26 +56,26 @@ def check_labels(labels: dict | None, n: int, where: str, per: str = "samples") 
     for name, y in (labels or {}).items():
         if y.ndim == 0 or len(y) != n:
             got = "a scalar" if y.ndim == 0 else f"{len(y)} labels"
-            raise BadInputError(f"{where}: label set '{name}' has {got} for {n} {per}",
-                                hint="give exactly one label per sample (per sequence in stream mode)")
+            raise BadInputError(f"label set '{name}' has {got} for {n} {per}",
+                                hint="give exactly one label per sample (per sequence in stream mode)", where=where)
         if y.dtype == object:
-            raise BadInputError(f"{where}: label set '{name}' is an object array", hint="use numbers or a unicode string array")
+            raise BadInputError(f"label set '{name}' is an object array", hint="use numbers or a unicode string array", where=where)
 
 
 def _as_dict(value, inputs: list[InputSpec], where: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     labels = None
     if isinstance(value, tuple):
         if len(value) != 2:
-            raise BadInputError(f"{where}: a loader may return arrays or (inputs, labels), got a {len(value)}-tuple")
+            raise BadInputError(f"a loader may return arrays or (inputs, labels), got a {len(value)}-tuple", where=where)
         value, labels = value
     if isinstance(value, np.lib.npyio.NpzFile):
         value = {k: value[k] for k in value.files}
     if isinstance(value, np.ndarray):
         if len(inputs) != 1:
-            raise BadInputError(f"{where}: one array given but the model has {len(inputs)} inputs; return a dict by input name")
+            raise BadInputError(f"one array given but the model has {len(inputs)} inputs; return a dict by input name", where=where)
         value = {inputs[0].name: value}
     if not isinstance(value, dict):
-        raise BadInputError(f"{where}: expected an array, a dict of arrays or (inputs, labels), got {type(value).__name__}")
+        raise BadInputError(f"expected an array, a dict of arrays or (inputs, labels), got {type(value).__name__}", where=where)
     value = dict(value)
     if LABELS in value:
         labels = value.pop(LABELS)
@@ -99,10 +99,10 @@ def check_arrays(arrays: dict[str, np.ndarray], labels, inputs: list[InputSpec],
     names = [i.name for i in inputs]
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise BadInputError(f"{where}: no data for model input(s) {missing}; arrays given: {sorted(arrays)}")
+        raise BadInputError(f"no data for model input(s) {missing}; arrays given: {sorted(arrays)}", where=where)
     if not inputs:
-        raise BadInputError(f"{where}: no model input is fed from data (all are constants or states)",
-                            hint="a validation/calibration set needs at least one input without 'value' that is not a model.state input")
+        raise BadInputError("no model input is fed from data (all are constants or states)",
+                            hint="a validation/calibration set needs at least one input without 'value' that is not a model.state input", where=where)
     lead = ["N"] if mode == "batch" else ["S", "T"]
     counts = set()
     out = {}
@@ -115,23 +115,23 @@ def check_arrays(arrays: dict[str, np.ndarray], labels, inputs: list[InputSpec],
         if ax is not None:
             hint += f" without its batch axis {ax}"
         if a.ndim == 0:
-            raise BadInputError(f"{where}: input '{spec.name}' is a 0-d array (a single value), expected {_expected(spec, lead)}",
-                                hint="for a value that is the same for every sample, declare it in the recipe: model.inputs[].value")
+            raise BadInputError(f"input '{spec.name}' is a 0-d array (a single value), expected {_expected(spec, lead)}",
+                                hint="for a value that is the same for every sample, declare it in the recipe: model.inputs[].value", where=where)
         if a.ndim != len(want) + len(lead) or any(isinstance(w, int) and w != g for w, g in zip(want, a.shape[len(lead):])):
-            raise BadInputError(f"{where}: input '{spec.name}' has shape {list(a.shape)}, expected {_expected(spec, lead)}", hint=hint)
+            raise BadInputError(f"input '{spec.name}' has shape {list(a.shape)}, expected {_expected(spec, lead)}", hint=hint, where=where)
         if a.dtype.kind not in "fiub":
-            raise BadInputError(f"{where}: input '{spec.name}' has dtype {a.dtype}, not a number (model.inputs[].dtype is {spec.dtype.value})")
+            raise BadInputError(f"input '{spec.name}' has dtype {a.dtype}, not a number (model.inputs[].dtype is {spec.dtype.value})", where=where)
         if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
             bad = int(np.count_nonzero(~np.isfinite(a)))
-            raise BadInputError(f"{where}: input '{spec.name}' contains {bad} NaN or infinite value(s)", hint="clean the data")
+            raise BadInputError(f"input '{spec.name}' contains {bad} NaN or infinite value(s)", hint="clean the data", where=where)
         if a.dtype.kind == "f" and spec.dtype.value in ("int64", "int32", "int8", "uint8", "bool") and not np.all(a == np.round(a)):
-            raise BadInputError(f"{where}: input '{spec.name}' holds fractional values but model.inputs[].dtype is {spec.dtype.value}",
-                                hint="save integer arrays (token ids, masks) with an integer dtype")
+            raise BadInputError(f"input '{spec.name}' holds fractional values but model.inputs[].dtype is {spec.dtype.value}",
+                                hint="save integer arrays (token ids, masks) with an integer dtype", where=where)
         out[spec.name] = a.astype(spec.dtype.value, copy=False)
         counts.add(tuple(a.shape[: len(lead)]))
     if len(counts) > 1:
         what = "sample counts" if mode == "batch" else "(sequences, steps)"
-        raise BadInputError(f"{where}: inputs have different {what} {sorted(counts)}")
+        raise BadInputError(f"inputs have different {what} {sorted(counts)}", where=where)
     count = counts.pop()
     if 0 in count:
         raise BadInputError(f"{where}: no samples" if mode == "batch" else f"{where}: no sequences or no steps (shape {list(count)})")
@@ -147,21 +147,21 @@ def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[Inpu
         try:
             value = fn()
         except Exception as e:
-            raise BadInputError(f"{where}: the loader raised {e.__class__.__name__}: {e}") from e
+            raise BadInputError(f"the loader raised {e.__class__.__name__}: {e}", where=where) from e
     else:
         assert src.path is not None  # DataSource: exactly one of path and loader
         path = lr.resolve(src.path)
         where = f"{path} (data.{field}.path)"
         if not path.is_file():
-            raise BadInputError(f"{where}: data file not found", hint="check the path; it is relative to the recipe")
+            raise BadInputError("data file not found", hint="check the path; it is relative to the recipe", where=where)
         try:
             value = np.load(path, allow_pickle=False)
             if isinstance(value, np.lib.npyio.NpzFile):  # members load lazily: read them here, inside the try
                 with value:
                     value = {k: value[k] for k in value.files}
         except Exception as e:
-            raise BadInputError(f"{where}: cannot read as .npy/.npz ({e.__class__.__name__}: {e})",
-                                hint="save plain numeric arrays (no dtype=object) with np.savez") from e
+            raise BadInputError(f"cannot read as .npy/.npz ({e.__class__.__name__}: {e})",
+                                hint="save plain numeric arrays (no dtype=object) with np.savez", where=where) from e
     arrays, labels = _as_dict(value, inputs, where)
     if src.labels:
         labels = load_labels(lr, src, field)

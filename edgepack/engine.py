@@ -148,8 +148,8 @@ class Engine:
             if k in before and (not a.path.exists() or digest_path(a.path) != before[k]):
                 evicted = self.cache.evict_containing(a.path)
                 raise StageError(
-                    f"{name}: the stage modified its input '{k}' ({a.path.name}) in place",
-                    hint="this is an edgepack bug; " + ("the corrupted cache entry was removed, rerun the build" if evicted else "restore the file"),
+                    f"the stage modified its input '{k}' ({a.path.name}) in place",
+                    hint="this is an edgepack bug; " + ("the corrupted cache entry was removed, rerun the build" if evicted else "restore the file"), where=name
                 )
 
     def run(self, name: str, stage: Stage, inputs: dict[str, Artifact]) -> StageResult:
@@ -192,7 +192,7 @@ class Engine:
             stage.check_inputs(inputs)
         except EdgepackError as e:
             self.progress.done(name, "failed", time.perf_counter() - t0)
-            raise e.prefixed(name) from e
+            raise e.in_stage(name) from e
         before = self._input_digests(inputs)
         workdir = self.cache.new_workdir(key)
         log_path = None
@@ -219,13 +219,11 @@ class Engine:
         except EdgepackError as e:
             self.cache.discard(workdir)
             self.progress.done(name, "failed", time.perf_counter() - t0)
-            if e.message.startswith(f"{name}:"):
-                raise
-            raise e.prefixed(name) from e
+            raise e.in_stage(name) from e
         except Exception as e:
             self.cache.discard(workdir)
             self.progress.done(name, "failed", time.perf_counter() - t0)
-            raise StageError(f"{name}: {e.__class__.__name__}: {e}", hint="rerun with --verbose for the traceback") from e
+            raise StageError(f"{e.__class__.__name__}: {e}", hint="rerun with --verbose for the traceback", where=name) from e
         result.cached = False
         result.key = key
         result.seconds = time.perf_counter() - t0

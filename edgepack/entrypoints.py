@@ -20,12 +20,12 @@ def resolve(spec: str, base_dir: Path, field: str) -> Callable:
         module = importlib.import_module(module_name)
     except Exception as e:  # ImportError, SyntaxError, anything the module raises on import
         raise BadInputError(
-            f"{field}: cannot import module '{module_name}' ({e.__class__.__name__}: {e})",
-            hint=f"the module is looked up in {base} and on PYTHONPATH",
+            f"cannot import module '{module_name}' ({e.__class__.__name__}: {e})",
+            hint=f"the module is looked up in {base} and on PYTHONPATH", where=field
         ) from e
     fn = getattr(module, func_name, None)
     if fn is None or not callable(fn):
-        raise BadInputError(f"{field}: module '{module_name}' has no function '{func_name}'")
+        raise BadInputError(f"module '{module_name}' has no function '{func_name}'", where=field)
     return fn
 
 

@@ -20,31 +20,62 @@ class ExitCode:
 
 
 class EdgepackError(Exception):
+    """``message``: what went wrong; ``where``: the file, field or node it is about (``recipe.yaml:3:5
+    model.path``, ``data/val.npz``, ``node 'Conv_3'``); ``stage``: the plan node it arose in (``compile ort-int8``),
+    set by the engine; ``hint``: what to do. The fields stay separate (``fields()``, ``--json``, report.json) and are
+    composed into one line only by ``one_line()``: ``stage: where: message (hint)``."""
+
     exit_code = ExitCode.BUILD_ERROR
 
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, hint: str | None = None, *, where: object = None, stage: str | None = None):
         self.message = message
         self.hint = hint
+        self.where = None if where is None else str(where)
+        self.stage = stage
+        super().__init__(self.text())
+
+    def text(self) -> str:
+        """``stage: where: message`` (what ``str()`` shows), without the hint."""
+        return ": ".join(p for p in (self.stage, self.where, self.message) if p)
 
     def one_line(self) -> str:
-        text = " ".join(self.message.split())
+        text = " ".join(self.text().split())
         if self.hint:
             text += f" ({' '.join(self.hint.split())})"
         return text
 
-    # Exceptions cross process boundaries (worker stages); keep them picklable.
-    def __reduce__(self):
-        return (self.__class__, (self.message, self.hint))
+    def fields(self) -> dict:
+        """The structured error, for ``--json`` output and report.json."""
+        return {"type": self.__class__.__name__, "exit_code": self.exit_code, "stage": self.stage, "where": self.where,
+                "message": self.message, "hint": self.hint}
 
-    def prefixed(self, prefix: str) -> "EdgepackError":
-        """The same error (same class, same extra fields) with ``prefix: `` before its message."""
+    # Exceptions cross process boundaries (worker stages); keep them picklable with every field a subclass adds.
+    def __reduce__(self):
+        return (_rebuild, (self.__class__, dict(self.__dict__)))
+
+    def recast(self, cls: type["EdgepackError"], **changes) -> "EdgepackError":
+        """This error as a ``cls`` (same message, hint, where and stage), with ``changes`` to its fields."""
+        e = cls.__new__(cls)
+        e.__dict__.update({**self.__dict__, **changes})
+        e.args = (e.text(),)
+        return e
+
+    def in_stage(self, stage: str) -> "EdgepackError":
+        """The same error (same class, same extra fields) raised inside ``stage``; an outer stage goes first."""
         import copy
 
         e = copy.copy(self)  # through __reduce__: subclasses keep their fields
-        e.message = f"{prefix}: {self.message}"
-        e.args = (e.message,)
+        if self.stage != stage and not (self.stage or "").startswith(f"{stage}: "):
+            e.stage = f"{stage}: {self.stage}" if self.stage else stage
+        e.args = (e.text(),)
         return e
+
+
+def _rebuild(cls: type[EdgepackError], state: dict) -> EdgepackError:
+    e = cls.__new__(cls)
+    e.__dict__.update(state)
+    e.args = (e.text(),)
+    return e
 
 
 class BadInputError(EdgepackError):
@@ -63,12 +94,9 @@ class PassFailedError(StageError):
     """An optimize pass failed (an error inside it, or a missed budget). ``record`` is what the pass had
     measured when it failed (effect, accuracy-aware sensitivities and steps): the build keeps it in the report."""
 
-    def __init__(self, message: str, hint: str | None = None, record: dict | None = None):
-        super().__init__(message, hint)
+    def __init__(self, message: str, hint: str | None = None, record: dict | None = None, **fields):
+        super().__init__(message, hint, **fields)
         self.record = record or {}
-
-    def __reduce__(self):  # picklable across the worker boundary, record included
-        return (self.__class__, (self.message, self.hint, self.record))
 
 
 class BackendMissingError(EdgepackError):

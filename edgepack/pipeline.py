@@ -271,7 +271,7 @@ def _outcome(rb: RecipeBuild, results) -> BuildResult:
         if o is None or o.status == "skipped":
             continue
         if not o.ok:
-            raise o.exc if o.exc is not None else StageError(f"{name}: {o.error}")
+            raise o.exc if o.exc is not None else StageError(f"{o.error}", where=name)
     pkg, pub = results[rb.node_id("package + sign")].value, results[rb.node_id("publish")].value
     failures = results[rb.node_id("gates")].value["failures"]
     bundle = pkg["bundle"]

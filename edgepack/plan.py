@@ -50,6 +50,11 @@ class NodeResult:
     end_s: float = 0.0
     ran: bool = False  # the executor ran this node (False: skipped because of a dependency, or not reached)
 
+    def detail(self) -> dict:
+        """``{"error_detail": stage, where, message, hint, ...}`` when an edgepack error failed the node, else {}."""
+        fields = getattr(self.exc, "fields", None)
+        return {"error_detail": fields()} if callable(fields) else {}
+
     @property
     def ok(self) -> bool:
         return self.status == "ok"

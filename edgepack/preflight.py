@@ -30,7 +30,7 @@ def _missing(modules) -> str | None:
 def _require(where: str, what: str, extra: str, modules=None) -> None:
     mod = _missing(modules if modules is not None else EXTRA_MODULES.get(extra, ()))
     if mod is not None:
-        raise BadInputError(f"{where}: {what} needs the '{mod}' package, which is not installed", hint=f"pip install 'edgepack[{extra}]'")
+        raise BadInputError(f"{what} needs the '{mod}' package, which is not installed", hint=f"pip install 'edgepack[{extra}]'", where=where)
 
 
 def pass_extra(cfg) -> str | None:
@@ -87,8 +87,8 @@ def check_pass_data(lr: LoadedRecipe) -> None:
     data = lr.recipe.data
     for i, cfg in enumerate(lr.recipe.optimize):
         if cfg.pass_ == "quantize" and getattr(cfg.mode, "value", cfg.mode) == "static" and data.calibration is None:
-            raise BadInputError(f"{lr.where('optimize', i)}: static quantization needs calibration data; the recipe has no data.calibration",
-                                hint="add data.calibration (path or loader), or use mode: dynamic")
+            raise BadInputError("static quantization needs calibration data; the recipe has no data.calibration",
+                                hint="add data.calibration (path or loader), or use mode: dynamic", where=lr.where('optimize', i))
 
 
 def onnx_inputs(lr: LoadedRecipe) -> dict[str, int] | None:
@@ -115,12 +115,12 @@ def check_onnx_inputs(lr: LoadedRecipe) -> None:
     names = ", ".join(f"{n} (rank {r})" for n, r in found.items())
     for i, spec in enumerate(lr.recipe.model.inputs):
         if spec.name not in found:
-            raise BadInputError(f"{lr.where('model', 'inputs', i, 'name')}: {lr.recipe.model.path} has no input '{spec.name}' (its inputs: {names})",
-                                hint="use the model file's input names")
+            raise BadInputError(f"{lr.recipe.model.path} has no input '{spec.name}' (its inputs: {names})",
+                                hint="use the model file's input names", where=lr.where('model', 'inputs', i, 'name'))
         if spec.value is None and len(spec.shape) != found[spec.name]:  # (a constant may be fed reshaped)
-            raise BadInputError(f"{lr.where('model', 'inputs', i, 'shape')}: input '{spec.name}' has rank {found[spec.name]} in "
+            raise BadInputError(f"input '{spec.name}' has rank {found[spec.name]} in "
                                 f"{lr.recipe.model.path}, the recipe gives {len(spec.shape)} dims {spec.shape}",
-                                hint=f"give {found[spec.name]} dims")
+                                hint=f"give {found[spec.name]} dims", where=lr.where('model', 'inputs', i, 'shape'))
 
 
 # top-level module a user's loader may import -> the edgepack extra that provides it
@@ -146,7 +146,7 @@ def check_loaders(lr: LoadedRecipe) -> None:
                 raise
             top = missing.partition(".")[0]
             hint = f"pip install 'edgepack[{MODULE_EXTRAS[top]}]'" if top in MODULE_EXTRAS else f"pip install {top} (the package that provides it)"
-            raise BadInputError(f"{where}: {src.loader} imports '{missing}', and the '{top}' package is not installed", hint=hint) from e
+            raise BadInputError(f"{src.loader} imports '{missing}', and the '{top}' package is not installed", hint=hint, where=where) from e
 
 
 def preflight(lr: LoadedRecipe, targets) -> None:

@@ -233,7 +233,7 @@ def parse_recipe(text: str, path: Path) -> Recipe:
                 loc, msg = _field_named_first(loc, msg, data)
         where = _format_where(path, positions, loc)
         extra = f" (and {len(e.errors()) - 1} more problem(s))" if len(e.errors()) > 1 else ""
-        raise RecipeError(f"{where}: {msg}{extra}", hint=hint) from e
+        raise RecipeError(f"{msg}{extra}", hint=hint, where=where) from e
 
 
 def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
@@ -245,9 +245,9 @@ def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
     try:
         text = safe_yaml.read(path)
     except FileNotFoundError as e:
-        raise RecipeError(f"{path}: recipe file not found", hint="check the path") from e
+        raise RecipeError("recipe file not found", hint="check the path", where=path) from e
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise RecipeError(f"{path}: cannot read the recipe ({e.__class__.__name__})") from e
+        raise RecipeError(f"cannot read the recipe ({e.__class__.__name__})", where=path) from e
     lr = LoadedRecipe(parse_recipe(text, path), path, text)
     from .validate_plan import check_evaluation
 

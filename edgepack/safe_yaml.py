@@ -33,7 +33,7 @@ def _check(root, path: Path) -> None:
         if key in sizes:
             return sizes[key]
         if key in active:
-            raise RecipeError(f"{_at(path, node)}: recursive YAML alias", hint="an alias may not refer to the node that contains it")
+            raise RecipeError("recursive YAML alias", hint="an alias may not refer to the node that contains it", where=_at(path, node))
         active.add(key)
         total = 1
         if isinstance(node, yaml.MappingNode):
@@ -42,8 +42,8 @@ def _check(root, path: Path) -> None:
                 if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                     if k.value in seen:
                         first = seen[k.value]
-                        raise RecipeError(f"{_at(path, k)}: duplicate key '{k.value}' (first at line {first.start_mark.line + 1})",
-                                          hint="keep one of the two; YAML would silently use the last")
+                        raise RecipeError(f"duplicate key '{k.value}' (first at line {first.start_mark.line + 1})",
+                                          hint="keep one of the two; YAML would silently use the last", where=_at(path, k))
                     seen[k.value] = k
                 total += size(k) + size(v)
         elif isinstance(node, yaml.SequenceNode):
@@ -51,8 +51,8 @@ def _check(root, path: Path) -> None:
                 total += size(v)
         active.discard(key)
         if total > MAX_NODES:
-            raise RecipeError(f"{_at(path, node)}: the YAML expands to more than {MAX_NODES} nodes (nested aliases?)",
-                              hint="write the values out, or use fewer nested anchors and aliases")
+            raise RecipeError(f"the YAML expands to more than {MAX_NODES} nodes (nested aliases?)",
+                              hint="write the values out, or use fewer nested anchors and aliases", where=_at(path, node))
         sizes[key] = total
         return total
 
@@ -62,8 +62,8 @@ def _check(root, path: Path) -> None:
 def load(text: str, path: Path):
     """Parse ``text`` (the file at ``path``) as YAML within the limits above; RecipeError on bad YAML."""
     if len(text.encode()) > MAX_BYTES:
-        raise RecipeError(f"{path}: {len(text.encode())} bytes, more than the {MAX_BYTES}-byte limit for a YAML file",
-                          hint="keep data in .npy/.npz files referenced by path")
+        raise RecipeError(f"{len(text.encode())} bytes, more than the {MAX_BYTES}-byte limit for a YAML file",
+                          hint="keep data in .npy/.npz files referenced by path", where=path)
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
@@ -75,9 +75,9 @@ def load(text: str, path: Path):
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"{where}: malformed YAML: {problem}", hint="fix the YAML syntax at that position") from e
+        raise RecipeError(f"malformed YAML: {problem}", hint="fix the YAML syntax at that position", where=where) from e
     except RecursionError as e:
-        raise RecipeError(f"{path}: the YAML is nested too deeply", hint="flatten the structure") from e
+        raise RecipeError("the YAML is nested too deeply", hint="flatten the structure", where=path) from e
     finally:
         loader.dispose()
 
@@ -86,6 +86,6 @@ def read(path: Path) -> str:
     """The file's text, refusing one over MAX_BYTES before reading it whole."""
     size = path.stat().st_size
     if size > MAX_BYTES:
-        raise RecipeError(f"{path}: {size} bytes, more than the {MAX_BYTES}-byte limit for a YAML file",
-                          hint="keep data in .npy/.npz files referenced by path")
+        raise RecipeError(f"{size} bytes, more than the {MAX_BYTES}-byte limit for a YAML file",
+                          hint="keep data in .npy/.npz files referenced by path", where=path)
     return path.read_text()

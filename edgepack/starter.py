@@ -38,8 +38,8 @@ def detect_format(path: Path) -> str:
     if path.is_dir():
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return "saved-model"
-        raise BadInputError(f"{path}: a directory without saved_model.pb is not a model edgepack reads",
-                            hint="give a .onnx, .tflite, .keras, .h5, .pt/.pth/.pt2 file or a SavedModel directory")
+        raise BadInputError("a directory without saved_model.pb is not a model edgepack reads",
+                            hint="give a .onnx, .tflite, .keras, .h5, .pt/.pth/.pt2 file or a SavedModel directory", where=path)
     suffix = path.suffix.lower()
     table = {".onnx": "onnx", ".tflite": "tflite", ".keras": "keras", ".h5": "keras", ".pt2": "exported-program"}
     if suffix in table:
@@ -50,8 +50,8 @@ def detect_format(path: Path) -> str:
                 return "torchscript" if any("/code/" in n for n in z.namelist()) else "pytorch"
         except zipfile.BadZipFile:
             return "pytorch"
-    raise BadInputError(f"{path}: cannot tell the model format from the suffix '{suffix or '(none)'}'",
-                        hint="edgepack reads .onnx, .tflite, .keras, .h5, .pt/.pth (TorchScript or weights), .pt2 and SavedModel directories")
+    raise BadInputError(f"cannot tell the model format from the suffix '{suffix or '(none)'}'",
+                        hint="edgepack reads .onnx, .tflite, .keras, .h5, .pt/.pth (TorchScript or weights), .pt2 and SavedModel directories", where=path)
 
 
 def read_io(path: Path) -> ModelIO:
@@ -77,7 +77,7 @@ def _onnx(path: Path) -> ModelIO:
     try:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - not an ONNX protobuf
-        raise BadInputError(f"{path}: not a readable ONNX model ({e.__class__.__name__})", hint="check the file (is it complete?)") from e
+        raise BadInputError(f"not a readable ONNX model ({e.__class__.__name__})", hint="check the file (is it complete?)", where=path) from e
     init = {i.name for i in m.graph.initializer}
 
     def tensor(v) -> Tensor:
@@ -282,12 +282,12 @@ def write_starter(model: Path, output: Path | None = None, force: bool = False) 
     """Write the starter recipe (default: recipe.yaml beside the model) and return its path. Refuses to
     overwrite an existing file unless ``force``; the text is checked to load before it is written."""
     if not model.exists():
-        raise BadInputError(f"{model}: model file not found", hint="give the path of a .onnx, .tflite, .keras, .pt file or a SavedModel directory")
+        raise BadInputError("model file not found", hint="give the path of a .onnx, .tflite, .keras, .pt file or a SavedModel directory", where=model)
     out = output or ((model if model.is_dir() else model.parent) / "recipe.yaml")
     if out.is_dir():
         out = out / "recipe.yaml"
     if out.exists() and not force:
-        raise BadInputError(f"{out}: already exists", hint="give another path with -o, or --force to overwrite it")
+        raise BadInputError("already exists", hint="give another path with -o, or --force to overwrite it", where=out)
     text = render(model, out)
     from .recipe import parse_recipe
 

@@ -72,28 +72,28 @@ def _check_metric(i, m, where, outs, shapes, label_sets, base_dir):
     for k, o in enumerate(wanted):
         if outs is not None and o not in outs:
             field = ("outputs", k) if isinstance(m, FnMetric) and m.outputs else ("output",)
-            raise RecipeError(f"{where('evaluate', i, *field)}: the model has no output '{o}' (outputs: {names})")
+            raise RecipeError(f"the model has no output '{o}' (outputs: {names})", where=where('evaluate', i, *field))
     if not isinstance(m, FnMetric):
         if not wanted and outs is not None and len(outs) > 1:
-            raise RecipeError(f"{where('evaluate', i)}: '{m.id}' does not say which output it reads; the model has outputs {names}",
-                              hint="add 'output: NAME'")
+            raise RecipeError(f"'{m.id}' does not say which output it reads; the model has outputs {names}",
+                              hint="add 'output: NAME'", where=where('evaluate', i))
         out = wanted[0] if wanted else (outs[0] if outs else None)
         problem = _shape_problem(m, (shapes or {}).get(out)) if out else None
         if problem:
-            raise RecipeError(f"{where('evaluate', i)}: '{m.id}' on output '{out}' {problem}", hint="name another output, or use another metric")
+            raise RecipeError(f"'{m.id}' on output '{out}' {problem}", hint="name another output, or use another metric", where=where('evaluate', i))
     if isinstance(m, TextMetric) and isinstance(m.decode, CtcGreedyDecode) and m.decode.charset and base_dir is not None:
         if not (Path(base_dir) / m.decode.charset).is_file():
-            raise RecipeError(f"{where('evaluate', i, 'decode', 'charset')}: charset file not found: {Path(base_dir) / m.decode.charset}")
+            raise RecipeError(f"charset file not found: {Path(base_dir) / m.decode.charset}", where=where('evaluate', i, 'decode', 'charset'))
     needs = m.wants_labels() or (isinstance(m, FnMetric) and m.labels)
     if needs and label_sets is not None:
         if not label_sets:
-            raise RecipeError(f"{where('evaluate', i)}: '{m.id}' needs labels; data.validation has none",
-                              hint="add data.validation.labels (a .npy, or a mapping of named .npy files)")
+            raise RecipeError(f"'{m.id}' needs labels; data.validation has none",
+                              hint="add data.validation.labels (a .npy, or a mapping of named .npy files)", where=where('evaluate', i))
         if m.labels and m.labels not in label_sets:
-            raise RecipeError(f"{where('evaluate', i, 'labels')}: no label set '{m.labels}' (label sets: {', '.join(sorted(label_sets))})")
+            raise RecipeError(f"no label set '{m.labels}' (label sets: {', '.join(sorted(label_sets))})", where=where('evaluate', i, 'labels'))
         if not m.labels and len(label_sets) > 1:
-            raise RecipeError(f"{where('evaluate', i)}: '{m.id}' does not say which labels it compares with; label sets: {', '.join(sorted(label_sets))}",
-                              hint="add 'labels: NAME'")
+            raise RecipeError(f"'{m.id}' does not say which labels it compares with; label sets: {', '.join(sorted(label_sets))}",
+                              hint="add 'labels: NAME'", where=where('evaluate', i))
 
 
 def _check_gates(recipe, where, outs, shapes, label_sets):
@@ -102,29 +102,29 @@ def _check_gates(recipe, where, outs, shapes, label_sets):
     prefixes = tuple(f"{m.id}." for m in recipe.evaluate if isinstance(m, FnMetric))
     for name in gates.metrics:
         if name not in ids and not (prefixes and name.startswith(prefixes)):
-            raise RecipeError(f"{where('gates', 'metrics', name)}: no metric named '{name}' in evaluate: (metrics: {', '.join(ids) or 'none'})",
-                              hint="gates.metrics keys are the names of evaluate: items")
+            raise RecipeError(f"no metric named '{name}' in evaluate: (metrics: {', '.join(ids) or 'none'})",
+                              hint="gates.metrics keys are the names of evaluate: items", where=where('gates', 'metrics', name))
     for k, w in enumerate(gates.waive):
         if w.startswith("metrics.") and w[len("metrics."):] not in gates.metrics:
-            raise RecipeError(f"{where('gates', 'waive', k)}: no gate '{w}' (gates.metrics has {', '.join(gates.metrics) or 'none'})")
+            raise RecipeError(f"no gate '{w}' (gates.metrics has {', '.join(gates.metrics) or 'none'})", where=where('gates', 'waive', k))
     cos = gates.cosine
     if cos is not None and cos.output and outs is not None and cos.output not in outs:
-        raise RecipeError(f"{where('gates', 'min_cosine', 'output')}: the model has no output '{cos.output}' (outputs: {', '.join(outs)})")
+        raise RecipeError(f"the model has no output '{cos.output}' (outputs: {', '.join(outs)})", where=where('gates', 'min_cosine', 'output'))
     if gates.max_accuracy_drop is None or any(isinstance(m, Top1) for m in recipe.evaluate):
         return
     if outs is not None and len(outs) > 1:
-        raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: top-1 of which output? The model has outputs {', '.join(outs)}",
+        raise RecipeError(f"top-1 of which output? The model has outputs {', '.join(outs)}", where=where('gates', 'max_accuracy_drop'),
                           hint="add `evaluate: [{type: top1, output: NAME}]` naming the classifier output, or gate a metric with gates.metrics")
     if outs is not None and label_sets is not None and len(label_sets) > 1:  # (the output comes first)
-        raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: top-1 against which labels? The data has label sets {', '.join(sorted(label_sets))}",
-                          hint="add `evaluate: [{type: top1, output: NAME, labels: SET}]`")
+        raise RecipeError(f"top-1 against which labels? The data has label sets {', '.join(sorted(label_sets))}",
+                          hint="add `evaluate: [{type: top1, output: NAME, labels: SET}]`", where=where('gates', 'max_accuracy_drop'))
     if outs and shapes and _shape_problem(Top1(type="top1"), shapes.get(outs[0])):
-        raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: top-1 needs a classifier output [N, classes]; output '{outs[0]}' has shape {_dims(shapes[outs[0]])}",
-                          hint="gate the task's metric instead: evaluate: + gates.metrics")
+        raise RecipeError(f"top-1 needs a classifier output [N, classes]; output '{outs[0]}' has shape {_dims(shapes[outs[0]])}",
+                          hint="gate the task's metric instead: evaluate: + gates.metrics", where=where('gates', 'max_accuracy_drop'))
     if recipe.data.validation is not None and label_sets is not None and not label_sets:  # argmax of an embedding means nothing
-        raise RecipeError(f"{where('gates', 'max_accuracy_drop')}: max_accuracy_drop is the top-1 drop against labels, and data.validation has none",
+        raise RecipeError("max_accuracy_drop is the top-1 drop against labels, and data.validation has none",
                           hint="give data.validation.labels, or gate the task's metric (evaluate: + gates.metrics; "
-                               "top1_agreement with FP32 is there for a classifier without labels)")
+                               "top1_agreement with FP32 is there for a classifier without labels)", where=where('gates', 'max_accuracy_drop'))
 
 
 def check_evaluation(recipe, where, outputs: dict | list | None = None, label_sets: set[str] | None = None, base_dir=None) -> None:
@@ -137,16 +137,16 @@ def check_evaluation(recipe, where, outputs: dict | list | None = None, label_se
     if label_sets is None:
         label_sets = declared_label_sets(recipe)
     if recipe.evaluate and recipe.data.validation is None:
-        raise RecipeError(f"{where('evaluate')}: metrics are computed on data.validation, and the recipe has none",
-                          hint="add data.validation (path or loader)")
+        raise RecipeError("metrics are computed on data.validation, and the recipe has none",
+                          hint="add data.validation (path or loader)", where=where('evaluate'))
     seen: set[str] = set()
     for i, m in enumerate(recipe.evaluate):
         if m.id in seen:
-            raise RecipeError(f"{where('evaluate', i)}: two metrics are named '{m.id}'", hint="give each a distinct 'name'")
+            raise RecipeError(f"two metrics are named '{m.id}'", hint="give each a distinct 'name'", where=where('evaluate', i))
         seen.add(m.id)
         _check_metric(i, m, where, outs, shapes, label_sets, base_dir)
     if sum(1 for m in recipe.evaluate if m.primary) > 1:
-        raise RecipeError(f"{where('evaluate')}: more than one metric has primary: true")
+        raise RecipeError("more than one metric has primary: true", where=where('evaluate'))
     _check_gates(recipe, where, outs, shapes, label_sets)
 
 

@@ -74,15 +74,17 @@ def test_error_inside_onnx_runtime_fails_the_pass_alone(tiny_recipe, edgepack_ho
     assert ok["status"] == "ok" and skipped == {"index": 2, "pass": "quantize", "status": "skipped", "reason": "optimize[1] quantize failed"}
     assert failed["status"] == "failed" and "optimize[1]" in failed["error"] and "static quantization failed" in failed["error"]
     assert failed["calibration_method"] == "minmax"  # what the pass had done before it failed
+    assert failed["error_detail"]["stage"].startswith("optimize[1]") and failed["error_detail"]["message"] in failed["error"]
     assert report["targets"]["ort"]["error"] == failed["error"]
 
 
 def test_pass_failure_carries_its_record_across_processes():
-    e = PassFailedError("optimize[0]: budget missed", "raise it", record={"accuracy_aware": {"sensitivity": [{"node": "a"}]}})
+    e = PassFailedError("budget missed", "raise it", record={"accuracy_aware": {"sensitivity": [{"node": "a"}]}}, where="optimize[0]")
     back = pickle.loads(pickle.dumps(e))
-    assert back.record == e.record and back.hint == "raise it"
-    p = back.prefixed("optimize[0] quantize")
-    assert isinstance(p, PassFailedError) and p.record == e.record and p.message.startswith("optimize[0] quantize: optimize[0]")
+    assert back.record == e.record and back.hint == "raise it" and back.where == "optimize[0]"
+    p = back.in_stage("optimize[0] quantize")
+    assert isinstance(p, PassFailedError) and p.record == e.record and p.stage == "optimize[0] quantize"
+    assert p.one_line() == "optimize[0] quantize: optimize[0]: budget missed (raise it)"
 
 
 @pytest.mark.parametrize("line", ["  - {pass: quantize, mode: static, accuracy_aware: {max_accuracy_drop: 0.01, metric: top1}}\n"])

@@ -106,7 +106,7 @@ def list_files(bundle_dir: Path) -> list[dict]:
     for rel in _walk(bundle_dir):
         p = bundle_dir / rel
         if p.is_symlink() or not p.is_file():
-            raise VerificationError(f"{rel}: not a regular file (symlinks are not allowed)")
+            raise VerificationError("not a regular file (symlinks are not allowed)", where=rel)
         out.append({"path": rel, "sha256": sha256_file(p), "size": p.stat().st_size})
     return out
 
@@ -135,7 +135,7 @@ def read_manifest(bundle_dir: Path) -> dict:
         raise BadInputError(f"{path} is unreadable or not valid JSON: {e}", hint=hint) from e
     problem = _manifest_problem(doc)
     if problem:
-        raise BadInputError(f"{path}: {problem}", hint=hint)
+        raise BadInputError(f"{problem}", hint=hint, where=path)
     return doc
 
 
@@ -171,7 +171,7 @@ def check_files(bundle_dir: Path, manifest: dict | None = None) -> int:
         try:
             manifest = read_manifest(bundle_dir)
         except BadInputError as e:
-            raise VerificationError(e.message, hint=e.hint) from e
+            raise e.recast(VerificationError) from e
     listed = {f["path"]: f for f in manifest["files"]}
     on_disk = set(_walk(bundle_dir))
     problems = []

@@ -138,9 +138,9 @@ def verify_provenance(bundle_dir: Path, public_key: Path, allow_missing: bool = 
         if env["payloadType"] != PAYLOAD_TYPE:
             raise ValueError(f"payloadType {env['payloadType']!r}")
     except FileNotFoundError as e:
-        raise VerificationError(f"{path}: missing; the bundle has no build provenance", hint="rebuild with this edgepack") from e
+        raise VerificationError("missing; the bundle has no build provenance", hint="rebuild with this edgepack", where=path) from e
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise VerificationError(f"{path}: not a DSSE envelope ({type(e).__name__}: {e})") from e
+        raise VerificationError(f"not a DSSE envelope ({type(e).__name__}: {e})", where=path) from e
     for sig in sigs:
         try:
             key.verify(sig, pae(PAYLOAD_TYPE, payload), ec.ECDSA(_hash_for(key)))
@@ -148,15 +148,15 @@ def verify_provenance(bundle_dir: Path, public_key: Path, allow_missing: bool = 
         except InvalidSignature:
             continue
     else:
-        raise VerificationError(f"{path}: signature is invalid for public key {public_key}",
-                                hint="pass the public key of the key the bundle was built with")
+        raise VerificationError(f"signature is invalid for public key {public_key}",
+                                hint="pass the public key of the key the bundle was built with", where=path)
     try:
         statement = json.loads(payload)
         subjects = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
         if statement["_type"] != STATEMENT_TYPE or statement["predicateType"] != SLSA_PROVENANCE:
             raise ValueError("not an in-toto v1 SLSA provenance statement")
     except (ValueError, KeyError, TypeError) as e:
-        raise VerificationError(f"{path}: bad statement: {e}") from e
+        raise VerificationError(f"bad statement: {e}", where=path) from e
     problems = []
     for rel, sha in sorted(subjects.items()):
         p = bundle_dir / rel

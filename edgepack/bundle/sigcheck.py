@@ -115,13 +115,13 @@ def signed_digests(sig: bytes, trust: Trust) -> dict[str, str]:
     try:
         doc = json.loads(sig)
     except ValueError as e:
-        raise VerificationError(f"{SIG_REL}: corrupt signature (not JSON)") from e
+        raise VerificationError("corrupt signature (not JSON)", where=SIG_REL) from e
     if trust.public_key is not None:
         hint = ((doc.get("verificationMaterial") or {}).get("publicKey") or {}).get("hint") if isinstance(doc, dict) else None
         pem = _pem(trust.public_key)
         if hint and hint != hashlib.sha256(pem).hexdigest():
-            raise VerificationError(f"{SIG_REL}: signed by a different key than {trust.public_key}",
-                                    hint="pass the public key of the key that signed this bundle")
+            raise VerificationError(f"signed by a different key than {trust.public_key}",
+                                    hint="pass the public key of the key that signed this bundle", where=SIG_REL)
         verifier: ecsig.Verifier | _Upstream = ecsig.Verifier(Path(trust.public_key))
     else:
         verifier = _Upstream(ms("_signing.sign_certificate").Verifier([Path(c) for c in trust.cert_chain], log_fingerprints=False))
@@ -131,14 +131,14 @@ def signed_digests(sig: bytes, trust: Trust) -> dict[str, str]:
         try:
             manifest = verifier.verify_file(path)
         except InvalidSignature as e:
-            raise VerificationError(f"{SIG_REL}: signature is invalid for {trust.describe()}") from e
+            raise VerificationError(f"signature is invalid for {trust.describe()}", where=SIG_REL) from e
         except Exception as e:  # malformed bundle, untrusted certificate (OpenSSL store errors), ...
             msg = " ".join(str(e).split())[:300]
-            raise VerificationError(f"{SIG_REL}: not verified with {trust.describe()}: {type(e).__name__}: {msg}") from e
+            raise VerificationError(f"not verified with {trust.describe()}: {type(e).__name__}: {msg}", where=SIG_REL) from e
     out = {}
     for rd in manifest.resource_descriptors():
         if rd.digest.algorithm != "sha256":
-            raise VerificationError(f"{SIG_REL}: {rd.identifier} is signed with {rd.digest.algorithm}, expected sha256")
+            raise VerificationError(f"{rd.identifier} is signed with {rd.digest.algorithm}, expected sha256", where=SIG_REL)
         out[str(rd.identifier)] = rd.digest.digest_hex
     return out
 
@@ -237,13 +237,13 @@ def check_publishable(bundle_dir: Path, trust: "Trust | None" = None) -> dict:
         else:
             signed = _payload_digests(sig_path.read_bytes())
             if signed is None:
-                raise VerificationError(f"{SIG_REL}: corrupt signature file (no signed file list)")
+                raise VerificationError("corrupt signature file (no signed file list)", where=SIG_REL)
             detail = _diff(signed, _actual_digests(bundle_dir))
             if detail:
                 raise VerificationError(f"bundle contents do not match {SIG_REL}: {detail}")
     except VerificationError as e:
-        raise VerificationError(f"{where}: {e.message}; nothing was published",
-                                hint=e.hint or "rebuild or re-sign the bundle with `edgepack sign`") from e
+        raise VerificationError(f"{e.text()}; nothing was published",
+                                hint=e.hint or "rebuild or re-sign the bundle with `edgepack sign`", where=where) from e
     return manifest
 
 
@@ -254,19 +254,19 @@ def _verify_signature(bundle_dir: Path, sig_path: Path, public_key: Path, known:
     try:
         _upstream_verify(ecsig.Verifier(Path(public_key)), bundle_dir, sig_path, known)
     except InvalidSignature as e:
-        raise VerificationError(f"{rel}: signature is invalid for public key {public_key}") from e
+        raise VerificationError(f"signature is invalid for public key {public_key}", where=rel) from e
     except ValueError as e:
         msg = " ".join(str(e).split())
         if isinstance(e, json.JSONDecodeError):
-            raise VerificationError(f"{rel}: corrupt signature file (not JSON)") from e
+            raise VerificationError("corrupt signature file (not JSON)", where=rel) from e
         if msg.startswith("Key mismatch"):
-            raise VerificationError(f"{rel}: signed by a different key than {public_key}") from e
+            raise VerificationError(f"signed by a different key than {public_key}", where=rel) from e
         if msg.startswith("Signature mismatch"):
             detail = _signed_diff(bundle_dir, sig_path) or msg[:300]
             raise VerificationError(f"bundle contents do not match {rel}: {detail}") from e
-        raise VerificationError(f"{rel}: {msg}") from e
+        raise VerificationError(f"{msg}", where=rel) from e
     except Exception as e:  # malformed Sigstore bundle: KeyError, TypeError, pydantic errors ...
-        raise VerificationError(f"{rel}: corrupt signature file ({type(e).__name__}: {e})") from e
+        raise VerificationError(f"corrupt signature file ({type(e).__name__}: {e})", where=rel) from e
 
 
 class _Upstream:

@@ -55,7 +55,7 @@ def sign_bundle(bundle_dir: Path, private_key: Path, certificate: Path | None = 
             stale.unlink()
         foreign = sorted(p.name for p in sig_dir.iterdir() if p.name != SIGNATURE_NAME)
         if foreign:
-            raise BadInputError(f"{sig_dir / foreign[0]}: unexpected file; {SIGNATURES_DIR}/ may hold only {SIGNATURE_NAME}")
+            raise BadInputError(f"unexpected file; {SIGNATURES_DIR}/ may hold only {SIGNATURE_NAME}", where=sig_dir / foreign[0])
         signed = hashing_config(manifest_digests(manifest)).hash(bundle_dir)
         if certificate is not None:
             cert = Path(certificate).expanduser()

@@ -121,11 +121,11 @@ def _parse(path: Path) -> DeviceProfile:
                 transport[k] = str((path.parent / v).absolute())
         return DeviceProfile.model_validate(data)
     except yaml.YAMLError as e:
-        raise BadInputError(f"{path}: malformed YAML: {str(e).splitlines()[0]}") from e
+        raise BadInputError(f"malformed YAML: {str(e).splitlines()[0]}", where=path) from e
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise BadInputError(f"{path}: {loc}: {err['msg']}") from e
+        raise BadInputError(f"{loc}: {err['msg']}", where=path) from e
 
 
 # Monotonic deadline of the current device's fleet run (set per thread by devices/fleet.py).
@@ -139,7 +139,7 @@ def remaining_timeout(timeout: float, where: str) -> float:
         return timeout
     left = deadline - time.monotonic()
     if left <= 0:
-        raise StageError(f"{where}: the per-device time limit (transport.run_timeout_s) ran out before this step")
+        raise StageError("the per-device time limit (transport.run_timeout_s) ran out before this step", where=where)
     return min(timeout, left)
 
 

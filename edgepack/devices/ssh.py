@@ -127,7 +127,7 @@ class SSHTransport(Transport):
             elif path.is_file():
                 out.append({"name": f"{key}/{path.name}", "path": path, "key": key})
             else:
-                raise BadInputError(f"{self.where}: {key} file {path} does not exist")
+                raise BadInputError(f"{key} file {path} does not exist", where=self.where)
         for f in out:
             f["size"] = f["path"].stat().st_size
         return out
@@ -165,7 +165,7 @@ class SSHTransport(Transport):
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as e:
-            raise StageError(f"{self.where}: cannot start ssh: {e}", hint="install the OpenSSH client") from e
+            raise StageError(f"cannot start ssh: {e}", hint="install the OpenSSH client", where=self.where) from e
         timed_out = threading.Event()
 
         def on_timeout():
@@ -212,12 +212,12 @@ class SSHTransport(Transport):
         if answer is None:
             self._cleanup(run_id)
             if timed_out.is_set():
-                raise StageError(f"{self.where}: no answer within {client_timeout:.0f}s (runner hung or link stalled); "
+                raise StageError(f"no answer within {client_timeout:.0f}s (runner hung or link stalled); "
                                  f"run folder edgepack-run-{run_id} removal attempted",
-                                 hint="raise transport.step_timeout_s if the model is slow, or check the device")
+                                 hint="raise transport.step_timeout_s if the model is slow, or check the device", where=self.where)
             if proc.returncode == 127:
-                raise StageError(f"{self.where}: Python '{self._python()}' not found on the device",
-                                 hint="set 'python' in the device profile to the interpreter that has numpy and the runtime")
+                raise StageError(f"Python '{self._python()}' not found on the device",
+                                 hint="set 'python' in the device profile to the interpreter that has numpy and the runtime", where=self.where)
             what, hint = classify_ssh_error(stderr)
             cls = StageError if what.startswith(("the connection dropped", "ssh failed")) else DeviceUnreachableError
             raise cls(f"{self.where}: {what} (ssh exit {proc.returncode})", hint=hint)
@@ -227,11 +227,11 @@ class SSHTransport(Transport):
             what = answer.get("error") or "unknown error"
             hint = {"disk_full": "free space on the device or set transport.remote_dir to a larger disk",
                     "hang": "raise transport.step_timeout_s if the model is slow"}.get(answer.get("kind"))
-            raise StageError(f"{self.where}: {what}", hint=hint)
+            raise StageError(f"{what}", hint=hint, where=self.where)
         result = answer["result"]
         if not result.get("ok"):
             what, hint = describe_runner_error(result.get("error"))
-            raise StageError(f"{self.where}: {what}", hint=hint)
+            raise StageError(f"{what}", hint=hint, where=self.where)
         for key, dest in fetch.items():
             if key in blobs:
                 dest = Path(dest)

@@ -104,19 +104,19 @@ class RayExecutor(LocalExecutor):
                 cause = getattr(e, "cause", None)
                 if isinstance(cause, EdgepackError):
                     raise cause from None
-                raise StageError(f"{work.name}: {type(cause or e).__name__}: {cause or e}", hint="rerun with --verbose") from e
+                raise StageError(f"{type(cause or e).__name__}: {cause or e}", hint="rerun with --verbose", where=work.name) from e
             except ray.exceptions.RayError as e:  # worker or node lost more than RETRIES times, or unschedulable
                 engine.progress.done(work.name, "failed", time.perf_counter() - t0)
-                raise StageError(f"{work.name}: the Ray task was lost ({type(e).__name__}) after {RETRIES} re-runs",
-                                 hint="check the cluster (ray status); nothing partial was cached, rerun the build") from e
+                raise StageError(f"the Ray task was lost ({type(e).__name__}) after {RETRIES} re-runs",
+                                 hint="check the cluster (ray status); nothing partial was cached, rerun the build", where=work.name) from e
             if out["key"] != key:
-                raise StageError(f"{work.name}: the Ray worker computed cache key {out['key'][:12]}, this host {key[:12]}",
-                                 hint="the worker's edgepack or toolchain versions differ from this host's; use one image")
+                raise StageError(f"the Ray worker computed cache key {out['key'][:12]}, this host {key[:12]}",
+                                 hint="the worker's edgepack or toolchain versions differ from this host's; use one image", where=work.name)
             with cache.locked(key):
                 hit, problem, source = cache.lookup_from(key)  # fetched from the store, verified by digest
             if hit is None:
-                raise StageError(f"{work.name}: no verified entry {key[:12]} in {cache.store.url} after its Ray task ({problem or 'missing'})",
-                                 hint="the store lost or changed the entry; rerun the build")
+                raise StageError(f"no verified entry {key[:12]} in {cache.store.url} after its Ray task ({problem or 'missing'})",
+                                 hint="the store lost or changed the entry; rerun the build", where=work.name)
             cached, where = out["cached"], "on Ray"
         else:
             cached, where = True, "from the shared store" if source == "store" else ""
@@ -199,8 +199,8 @@ def run_ray_work(work: Work, refs: dict, store_url: str, use_cache: bool) -> dic
         with fetch.locked(ref):
             hit, problem, _ = fetch.lookup_from(ref)
         if hit is None:
-            raise StageError(f"{work.name}: input '{name}' is not in {store_url} ({problem or 'missing'})",
-                             hint="the store lost the entry, or this node cannot reach it")
+            raise StageError(f"input '{name}' is not in {store_url} ({problem or 'missing'})",
+                             hint="the store lost the entry, or this node cannot reach it", where=work.name)
         inputs[name] = hit[0]["artifact"]
     cache = StageCache(None, enabled=use_cache, store=store)
     res = _run(Engine(cache, Progress(quiet=True)), Work(work.name, work.stage, inputs, work.deadline_s))

@@ -58,12 +58,9 @@ class Converted:
 class ExportCheckError(StageError):
     """An exporter's ONNX failed one of verify_export's checks; ``check`` names which one."""
 
-    def __init__(self, message: str, hint: str | None = None, check: str = "numeric check"):
-        super().__init__(message, hint)
+    def __init__(self, message: str, hint: str | None = None, check: str = "numeric check", **fields):
+        super().__init__(message, hint, **fields)
         self.check = check
-
-    def __reduce__(self):
-        return (self.__class__, (self.message, self.hint, self.check))
 
 
 def sample_inputs(model: ModelSection, data: dict[str, np.ndarray] | None, n: int = 4, recipe_dir: Path | None = None) -> list[dict[str, np.ndarray]]:
@@ -105,8 +102,8 @@ def check_onnx(path: Path, where: str) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
         raise BadInputError(
-            f"{where}: not a valid ONNX model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})",
-            hint="the file may be truncated or corrupted; re-export it",
+            f"not a valid ONNX model ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})",
+            hint="the file may be truncated or corrupted; re-export it", where=where
         ) from e
 
 
@@ -136,7 +133,7 @@ def verify_export(path: Path, samples, source_outputs, tolerance: float) -> tupl
     try:
         diffs = compare_outputs(source_outputs, onnx_out, out_names)
     except StageError as e:
-        raise ExportCheckError(e.message, check="numeric check") from e
+        raise e.recast(ExportCheckError, check="numeric check") from e
     record = {"max_abs_diff": diffs, "tolerance": tolerance, "exported_opset": _opset(path)}
     worst = max(diffs, key=lambda k: diffs[k]) if diffs else None
     if worst is not None and diffs[worst] > tolerance:
@@ -216,8 +213,8 @@ class ConvertStage(Stage):
             try:
                 path, checks = verify_export(converted.onnx_path, samples, converted.source_outputs, self.model.tolerance)
             except ExportCheckError as e:
-                raise StageError(f"{self.source_where}: the ONNX from {record.get('exporter')} failed the {e.check}: {e.message}",
-                                 hint=e.hint) from e
+                raise StageError(f"the ONNX from {record.get('exporter')} failed the {e.check}: {e.text()}",
+                                 hint=e.hint, where=self.source_where) from e
             record.update(checks)
         ins, outs = onnx_specs(path, {i.name: i.layout for i in self.model.inputs})
         art = Artifact(path, "onnx", inputs=ins, outputs=outs, meta={"opset": record["exported_opset"]})
@@ -266,8 +263,8 @@ def source_artifact(model: ModelSection, lr) -> Artifact:
         code = module_file(model.entrypoint, lr.dir)
         if code is None:
             raise BadInputError(
-                f"{lr.where('model', 'entrypoint')}: cannot find module '{model.entrypoint.partition(':')[0]}'",
-                hint=f"the module is looked up in {lr.dir} and on PYTHONPATH",
+                f"cannot find module '{model.entrypoint.partition(':')[0]}'",
+                hint=f"the module is looked up in {lr.dir} and on PYTHONPATH", where=lr.where('model', 'entrypoint')
             )
         parts = [digest_path(code)]
         weights = None

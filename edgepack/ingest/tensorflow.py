@@ -29,19 +29,19 @@ def check_container(path: Path, fmt: ModelFormat) -> None:
     where = f"{path} (model.path)"
     if fmt is ModelFormat.SAVED_MODEL:
         if not path.is_dir():
-            raise BadInputError(f"{where}: a SavedModel is a directory, this is a file", hint="point model.path at the directory holding saved_model.pb")
+            raise BadInputError("a SavedModel is a directory, this is a file", hint="point model.path at the directory holding saved_model.pb", where=where)
         if not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
-            raise BadInputError(f"{where}: no saved_model.pb in this directory, so it is not a SavedModel",
-                                hint="export with tf.saved_model.save(...) or keras model.export(...)")
+            raise BadInputError("no saved_model.pb in this directory, so it is not a SavedModel",
+                                hint="export with tf.saved_model.save(...) or keras model.export(...)", where=where)
         return
     if not path.is_file():
-        raise BadInputError(f"{where}: expected a {fmt.value} file, found a directory",
-                            hint="use format 'saved-model' for a SavedModel directory")
+        raise BadInputError(f"expected a {fmt.value} file, found a directory",
+                            hint="use format 'saved-model' for a SavedModel directory", where=where)
     head = path.read_bytes()[:8] if path.stat().st_size >= 8 else b""
     if fmt is ModelFormat.TFLITE:
         if head[4:8] != b"TFL3":
-            raise BadInputError(f"{where}: not a TFLite flatbuffer (no 'TFL3' identifier at byte 4)",
-                                hint="the file may be truncated or corrupted; re-export it with tf.lite.TFLiteConverter")
+            raise BadInputError("not a TFLite flatbuffer (no 'TFL3' identifier at byte 4)",
+                                hint="the file may be truncated or corrupted; re-export it with tf.lite.TFLiteConverter", where=where)
         return
     if path.suffix == ".keras" or zipfile.is_zipfile(path):
         try:
@@ -49,15 +49,15 @@ def check_container(path: Path, fmt: ModelFormat) -> None:
                 names = set(z.namelist())
                 bad = z.testzip()
         except (zipfile.BadZipFile, OSError) as e:
-            raise BadInputError(f"{where}: not a .keras archive ({e.__class__.__name__}: {e})",
-                                hint="the file may be truncated or corrupted; save it again with model.save('model.keras')") from e
+            raise BadInputError(f"not a .keras archive ({e.__class__.__name__}: {e})",
+                                hint="the file may be truncated or corrupted; save it again with model.save('model.keras')", where=where) from e
         if bad is not None or "config.json" not in names:
             why = f"member '{bad}' is corrupted" if bad else "no config.json inside"
-            raise BadInputError(f"{where}: not a valid .keras archive ({why})", hint="save it again with model.save('model.keras')")
+            raise BadInputError(f"not a valid .keras archive ({why})", hint="save it again with model.save('model.keras')", where=where)
         return
     if head != b"\x89HDF\r\n\x1a\n":
-        raise BadInputError(f"{where}: neither a .keras zip archive nor an HDF5 (.h5) file",
-                            hint="save the model with model.save('model.keras')")
+        raise BadInputError("neither a .keras zip archive nor an HDF5 (.h5) file",
+                            hint="save the model with model.save('model.keras')", where=where)
 
 
 def verify_tflite(path: Path) -> None:
@@ -171,8 +171,8 @@ def rename_tensors(proto, mapping: dict[str, str], order: list[str], where: str)
     for name in sorted(used):
         new = mapping.get(name, name)
         if final.setdefault(new, name) != name:
-            raise BadInputError(f"{where}: name '{new}' would be given to two tensors of the converted graph",
-                                hint="use distinct names in model.inputs / model.outputs")
+            raise BadInputError(f"name '{new}' would be given to two tensors of the converted graph",
+                                hint="use distinct names in model.inputs / model.outputs", where=where)
 
     def fix(graph):
         for node in graph.node:
@@ -197,7 +197,7 @@ def _reorder(values, order: list[str], where: str) -> None:
     by_name = {v.name: v for v in values}
     missing = [n for n in order if n not in by_name]
     if missing:
-        raise StageError(f"{where}: the converted graph lacks {missing}; it has {sorted(by_name)}")
+        raise StageError(f"the converted graph lacks {missing}; it has {sorted(by_name)}", where=where)
     rest = [v for v in values if v.name not in order]
     ordered = [type(v)() for v in [by_name[n] for n in order] + rest]
     for dst, src in zip(ordered, [by_name[n] for n in order] + rest):

@@ -27,9 +27,9 @@ def build_module(entrypoint: str, recipe_dir: Path, where: str):
     try:
         module = fn()
     except Exception as e:
-        raise BadInputError(f"{where}: '{entrypoint}' raised {e.__class__.__name__}: {e}") from e
+        raise BadInputError(f"'{entrypoint}' raised {e.__class__.__name__}: {e}", where=where) from e
     if not isinstance(module, torch.nn.Module):
-        raise BadInputError(f"{where}: '{entrypoint}' returned {type(module).__name__}, not a torch.nn.Module")
+        raise BadInputError(f"'{entrypoint}' returned {type(module).__name__}, not a torch.nn.Module", where=where)
     return module
 
 
@@ -147,7 +147,7 @@ def export_checked(module, attempts, example, spec: ExportSpec, workdir: Path, s
         except BadInputError:
             raise
         except ExportCheckError as e:
-            check, reason, hint = e.check, e.message, e.hint
+            check, reason, hint = e.check, e.text(), e.hint
         except Exception as e:
             text = str(e).strip()
             reason, hint = f"{e.__class__.__name__}: {text.splitlines()[0][:300] if text else ''}", None

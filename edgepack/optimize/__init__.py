@@ -56,9 +56,9 @@ def check_metric_names(lr) -> None:
         if aa is None or aa.metric in names or aa.metric in BUILTINS or has_fn:
             continue
         raise RecipeError(
-            f"{lr.where('optimize', i, 'accuracy_aware', 'metric')}: '{aa.metric}' is not a metric of evaluate: "
+            f"'{aa.metric}' is not a metric of evaluate: "
             f"({', '.join(names) or 'none listed'}) nor a builtin ({', '.join(BUILTINS)})",
-            hint="name a metric listed under evaluate:, or add it there",
+            hint="name a metric listed under evaluate:, or add it there", where=lr.where('optimize', i, 'accuracy_aware', 'metric')
         )
 
 

@@ -49,7 +49,7 @@ class DistillStage(Stage):
 
     def check_inputs(self, inputs):
         if "training" not in inputs:
-            raise BadInputError(f"{self.ctx.where}: distillation needs training data", hint="add data.training to the recipe")
+            raise BadInputError("distillation needs training data", hint="add data.training to the recipe", where=self.ctx.where)
 
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         from ..data import read_npz

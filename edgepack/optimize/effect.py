@@ -230,8 +230,8 @@ def _metric_budgets(before: dict, after: dict, gates, where: str) -> dict:
             if f"metrics.{name}" in getattr(gates, "waive", []):
                 r["waived"] = True
                 continue
-            raise StageError(f"{where}: {name} went from {b['value']:.4f} to {a['value']:.4f} (drop {d:.4f} > gates.metrics.{name}.max_drop {g.max_drop:g})",
-                             hint=f"lower the pass's strength, use accuracy_aware: {{metric: {name}, max_drop: ...}}, or waive metrics.{name}")
+            raise StageError(f"{name} went from {b['value']:.4f} to {a['value']:.4f} (drop {d:.4f} > gates.metrics.{name}.max_drop {g.max_drop:g})",
+                             hint=f"lower the pass's strength, use accuracy_aware: {{metric: {name}, max_drop: ...}}, or waive metrics.{name}", where=where)
     return out
 
 
@@ -251,7 +251,7 @@ def _top1_budget(before: dict, after: dict, gates, where: str) -> dict:
             res["waived"] = True
             return res
         raise StageError(
-            f"{where}: top-1 fell from {b:.4f} to {a:.4f} (drop {drop:.4f} > gates.max_accuracy_drop {limit:g})",
-            hint="lower the pass's strength, fine-tune longer, or waive the gate by name in gates.waive",
+            f"top-1 fell from {b:.4f} to {a:.4f} (drop {drop:.4f} > gates.max_accuracy_drop {limit:g})",
+            hint="lower the pass's strength, fine-tune longer, or waive the gate by name in gates.waive", where=where
         )
     return res

@@ -42,7 +42,7 @@ def prune_channels(cfg, ctx, inputs, workdir: Path, record: dict):
     names = [t.name for t in inputs["model"].inputs]
     sample_src = inputs.get("validation") or inputs.get("training")
     if sample_src is None:
-        raise BadInputError(f"{where}: channel pruning needs data.validation or data.training for an example input")
+        raise BadInputError("channel pruning needs data.validation or data.training for an example input", where=where)
     arrays, _ = read_npz(sample_src.path)
     example = {n: np.ascontiguousarray(arrays[n][:1]) for n in names}
     mods = dict(module.named_modules())
@@ -61,7 +61,7 @@ def prune_channels(cfg, ctx, inputs, workdir: Path, record: dict):
         )
         pruner.step()
     except Exception as e:
-        raise StageError(f"{where}: torch-pruning failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+        raise StageError(f"torch-pruning failed: {e.__class__.__name__}: {str(e)[:300]}", where=where) from e
     params_after = param_count(module)
     record["torch_params"] = {"before": params_before, "after": params_after, "reduction": round(1 - params_after / params_before, 4)}
     record["layers"] = {n: list(m.weight.shape) for n, m in module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.modules.conv._ConvNd))}

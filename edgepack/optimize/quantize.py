@@ -48,7 +48,7 @@ class QuantizeStage(Stage):
 
     def check_inputs(self, inputs):
         if self.cfg.mode is QuantizeMode.STATIC and "calibration" not in inputs:
-            raise BadInputError(f"{self.ctx.where}: static quantization needs calibration data", hint="add data.calibration to the recipe")
+            raise BadInputError("static quantization needs calibration data", hint="add data.calibration to the recipe", where=self.ctx.where)
         if self.cfg.accuracy_aware is not None and "validation" not in inputs:
             raise BadInputError(f"{self.ctx.where}.accuracy_aware: needs validation data to measure accuracy", hint="add data.validation to the recipe")
 
@@ -60,12 +60,12 @@ class QuantizeStage(Stage):
         except BadInputError:
             raise
         except PassFailedError as e:  # e.g. the accuracy-aware search: its record is already in ``record``
-            raise PassFailedError(e.message, e.hint, record={**record, **e.record}) from e
+            raise e.recast(PassFailedError, record={**record, **e.record}) from e
         except EdgepackError as e:
-            raise PassFailedError(e.message, e.hint, record=record) from e
+            raise e.recast(PassFailedError, record=record) from e
         except Exception as e:  # an ONNX Runtime error inside the quantizer or while measuring its output
-            raise PassFailedError(f"{self.ctx.where}: {e.__class__.__name__}: {' '.join(str(e).split())[:300]}",
-                                  hint="rerun with --verbose for the traceback", record=record) from e
+            raise PassFailedError(f"{e.__class__.__name__}: {' '.join(str(e).split())[:300]}",
+                                  hint="rerun with --verbose for the traceback", record=record, where=self.ctx.where) from e
 
     def _quantize(self, inputs: dict[str, Artifact], workdir: Path, record: dict) -> StageResult:
         src: Artifact = inputs["model"]
@@ -111,7 +111,7 @@ class QuantizeStage(Stage):
         try:
             ranges = ort_static.calibrate(pre, calib, c.calibration, c.op_types, workdir, self.ctx.model, self.ctx.recipe_dir)
         except Exception as e:
-            raise StageError(f"{self.ctx.where}: calibration failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+            raise StageError(f"calibration failed: {e.__class__.__name__}: {str(e)[:300]}", where=self.ctx.where) from e
         record["calibration_method"] = c.calibration
 
         opts: dict[str, Any] = dict(qformat=c.format, per_channel=c.per_channel, symmetric_activations=c.symmetric_activations,
@@ -132,7 +132,7 @@ class QuantizeStage(Stage):
                 hint = None
                 if c.format == "qoperator" and c.per_channel:
                     hint = "ONNX Runtime 1.23's QOperator per-channel path fails re-quantizing Gemm weights for the bias scale: use format: qdq, or per_channel: false"
-                raise StageError(f"{self.ctx.where}: static quantization failed: {e.__class__.__name__}: {str(e)[:300]}", hint=hint) from e
+                raise StageError(f"static quantization failed: {e.__class__.__name__}: {str(e)[:300]}", hint=hint, where=self.ctx.where) from e
 
         self._run(quantize, pre, out, workdir, validation, reference, record)
 
@@ -164,7 +164,7 @@ class QuantizeStage(Stage):
                     extra_options={"WeightSymmetric": c.symmetric_weights},
                 )
             except Exception as e:
-                raise StageError(f"{self.ctx.where}: dynamic quantization failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+                raise StageError(f"dynamic quantization failed: {e.__class__.__name__}: {str(e)[:300]}", where=self.ctx.where) from e
 
         self._run(quantize, model_in, out, workdir, validation, reference, record)
 
@@ -206,7 +206,7 @@ class QuantizeStage(Stage):
         try:
             q.process()
         except Exception as e:
-            raise StageError(f"{self.ctx.where}: INT4 weight-only quantization failed: {e.__class__.__name__}: {str(e)[:300]}") from e
+            raise StageError(f"INT4 weight-only quantization failed: {e.__class__.__name__}: {str(e)[:300]}", where=self.ctx.where) from e
         q.model.save_model_to_file(str(out), False)
         done = sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits")
         record["matmul_nbits"] = done

@@ -61,13 +61,13 @@ def check_torch_input(model: Artifact, ctx, where: str) -> None:
     passes = model.meta.get("passes")
     if passes:
         raise BadInputError(
-            f"{where}: this pass trains the PyTorch model, but the model entering it was changed by ONNX-level passes ({', '.join(passes)})",
-            hint="put prune (method: channel) and distill before quantize and magnitude/2:4 pruning",
+            f"this pass trains the PyTorch model, but the model entering it was changed by ONNX-level passes ({', '.join(passes)})",
+            hint="put prune (method: channel) and distill before quantize and magnitude/2:4 pruning", where=where
         )
     if ctx.model.format is not ModelFormat.PYTORCH:
         raise BadInputError(
-            f"{where}: needs a PyTorch source (model.format: pytorch with an entrypoint), got '{ctx.model.format.value}'",
-            hint="use method: magnitude or 2:4 for other sources",
+            f"needs a PyTorch source (model.format: pytorch with an entrypoint), got '{ctx.model.format.value}'",
+            hint="use method: magnitude or 2:4 for other sources", where=where
         )
 
 

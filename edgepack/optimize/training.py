@@ -83,7 +83,7 @@ def fit(module, train: tuple, val: tuple | None, names: list[str], cfg, where: s
     y = torch.from_numpy(np.asarray(labels).astype(np.int64).reshape(-1)) if labels is not None and ce_weight > 0 else None
     t = torch.from_numpy(teacher.astype(np.float32)) if teacher is not None and kd_weight > 0 else None
     if y is None and t is None:
-        raise StageError(f"{where}: nothing to train on: data.training has no labels and there are no teacher outputs", hint="give labels with the training data")
+        raise StageError("nothing to train on: data.training has no labels and there are no teacher outputs", hint="give labels with the training data", where=where)
     opt = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
@@ -106,8 +106,8 @@ def fit(module, train: tuple, val: tuple | None, names: list[str], cfg, where: s
                 loss = loss + kd_weight * kd * T * T
             if not torch.isfinite(loss):
                 raise StageError(
-                    f"{where}: training diverged: loss is {loss.item()} at epoch {epoch}, step {step + 1}",
-                    hint="lower learning_rate (or check the training data for extreme values)",
+                    f"training diverged: loss is {loss.item()} at epoch {epoch}, step {step + 1}",
+                    hint="lower learning_rate (or check the training data for extreme values)", where=where
                 )
             loss.backward()
             opt.step()

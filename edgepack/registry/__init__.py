@@ -25,8 +25,8 @@ def _backend(ref: Ref):
         if e.name != BACKENDS[ref.kind]:
             raise
         raise BadInputError(
-            f"{ref}: {ref.kind} registries are not supported by this edgepack version",
-            hint="use a layout:PATH:TAG reference",
+            f"{ref.kind} registries are not supported by this edgepack version",
+            hint="use a layout:PATH:TAG reference", where=ref
         ) from e
 
 

@@ -150,22 +150,22 @@ def _from_helper(name: str, server: str, src: str, required: bool) -> Credential
     if exe is None:
         if not required:
             return Credentials()
-        raise BadInputError(f"{src}: credential helper docker-credential-{name} is not on PATH",
-                            hint="install the helper, or remove the entry from the Docker config")
+        raise BadInputError(f"credential helper docker-credential-{name} is not on PATH",
+                            hint="install the helper, or remove the entry from the Docker config", where=src)
     try:
         p = subprocess.run([exe, "get"], input=server, capture_output=True, text=True, timeout=_HELPER_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise BadInputError(f"{src}: docker-credential-{name} get failed ({type(e).__name__})") from e
+        raise BadInputError(f"docker-credential-{name} get failed ({type(e).__name__})", where=src) from e
     if p.returncode != 0:
         if "not found" in (p.stdout + p.stderr).lower():
             return Credentials()
-        raise BadInputError(f"{src}: docker-credential-{name} get exited {p.returncode}",
-                            hint="run `docker login` again or check the helper")  # its output may hold secrets: not shown
+        raise BadInputError(f"docker-credential-{name} get exited {p.returncode}",
+                            hint="run `docker login` again or check the helper", where=src)  # its output may hold secrets: not shown
     try:
         out = json.loads(p.stdout)
         user, secret = out.get("Username") or "", out["Secret"]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise BadInputError(f"{src}: docker-credential-{name} did not answer with Username/Secret JSON") from e
+        raise BadInputError(f"docker-credential-{name} did not answer with Username/Secret JSON", where=src) from e
     if user == "<token>":
         return Credentials(None, None, token=str(secret), source=src)
     return Credentials(str(user), str(secret), source=src)

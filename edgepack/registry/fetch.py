@@ -48,11 +48,11 @@ def small_blob(store, desc: dict, what: str) -> bytes:
     declared = desc.get("size")
     size = declared if isinstance(declared, int) and declared >= 0 else MAX_MANIFEST
     if size > MAX_MANIFEST:
-        raise VerificationError(f"{what}: blob {desc.get('digest')} declares {size} bytes, over the {MAX_MANIFEST}-byte bound")
+        raise VerificationError(f"blob {desc.get('digest')} declares {size} bytes, over the {MAX_MANIFEST}-byte bound", where=what)
     data = store.read_blob(desc["digest"], limit=size)
     if "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"] or len(data) != desc.get("size", len(data)):
-        raise VerificationError(f"{what}: blob {desc['digest']} does not match its digest (registry corrupted)",
-                                hint="republish the bundle; do not use this artifact")
+        raise VerificationError(f"blob {desc['digest']} does not match its digest (registry corrupted)",
+                                hint="republish the bundle; do not use this artifact", where=what)
     return data
 
 
@@ -97,8 +97,8 @@ class Artifact:
     def _verify_signature(self) -> dict[str, str]:
         sigs = self._signature_candidates()
         if not sigs:
-            raise VerificationError(f"{self.where}: no signature found (no {SIGNATURE_TYPE} referrer of {self.digest})",
-                                    hint="publish a bundle signed by `edgepack build` / `edgepack sign`")
+            raise VerificationError(f"no signature found (no {SIGNATURE_TYPE} referrer of {self.digest})",
+                                    hint="publish a bundle signed by `edgepack build` / `edgepack sign`", where=self.where)
         errors = []
         for sig in sigs:  # a re-signed artifact may carry several; one valid for this trust is enough
             try:
@@ -107,7 +107,7 @@ class Artifact:
                 return signed
             except VerificationError as e:
                 errors.append(e)
-        raise VerificationError(f"{self.where}: {errors[0].message}", hint=errors[0].hint) from errors[0]
+        raise VerificationError(errors[0].text(), hint=errors[0].hint, where=self.where) from errors[0]
 
     # --------------------------------------------------------- config, targets, layers
 
@@ -117,21 +117,21 @@ class Artifact:
         else:
             entries = self.doc.get("manifests") or []
             if not entries:
-                raise VerificationError(f"{self.where}: the image index lists no manifests")
+                raise VerificationError("the image index lists no manifests", where=self.where)
             desc = self.manifest(entries[0]).get("config")
         if not isinstance(desc, dict) or desc.get("digest") != "sha256:" + self.signed.get(MANIFEST_NAME, ""):
-            raise VerificationError(f"{self.where}: {MANIFEST_NAME} (config) does not match the signed digest",
-                                    hint="the registry artifact was modified after signing; republish the signed bundle")
+            raise VerificationError(f"{MANIFEST_NAME} (config) does not match the signed digest",
+                                    hint="the registry artifact was modified after signing; republish the signed bundle", where=self.where)
         return desc
 
     def manifest(self, entry: dict) -> dict:
         d = entry.get("digest")
         if not isinstance(d, str):
-            raise VerificationError(f"{self.where}: a manifest entry of the image index has no digest")
+            raise VerificationError("a manifest entry of the image index has no digest", where=self.where)
         if d not in self._manifests:
             doc = manifest_at(self.store, d, f"{self.where} manifest {d}")
             if not isinstance(doc.get("layers"), list) or not isinstance(doc.get("config"), dict):
-                raise VerificationError(f"{self.where}: manifest {d} has no config or layers")
+                raise VerificationError(f"manifest {d} has no config or layers", where=self.where)
             self._manifests[d] = doc
         return self._manifests[d]
 
@@ -155,11 +155,11 @@ class Artifact:
             pick = entries if tids is None else [by_tid.get(t) for t in tids]
             for t, e in zip(tids or [], pick):
                 if e is None:
-                    raise VerificationError(f"{self.where}: the image index has no manifest for target {t!r}")
+                    raise VerificationError(f"the image index has no manifest for target {t!r}", where=self.where)
             docs = [self.manifest(e) for e in pick if e is not None]  # a missing one was refused above
         for doc in docs:
             if doc.get("config", {}).get("digest") != self.config_desc["digest"]:
-                raise VerificationError(f"{self.where}: manifests disagree on {MANIFEST_NAME}")
+                raise VerificationError(f"manifests disagree on {MANIFEST_NAME}", where=self.where)
             for layer in doc["layers"]:
                 title = (layer.get("annotations") or {}).get(A_TITLE)
                 if title == SIG_REL:
@@ -167,17 +167,17 @@ class Artifact:
                 try:
                     rel = safe_relpath(title).as_posix()
                 except ValueError as e:
-                    raise VerificationError(f"{self.where}: layer {layer.get('digest')} has an unsafe title {title!r}") from e
+                    raise VerificationError(f"layer {layer.get('digest')} has an unsafe title {title!r}", where=self.where) from e
                 if rel in want:
                     if rel in found and found[rel]["digest"] != layer.get("digest"):
-                        raise VerificationError(f"{self.where}: {rel} appears with two different digests")
+                        raise VerificationError(f"{rel} appears with two different digests", where=self.where)
                     found[rel] = layer
                 elif self.kind == "index":
-                    raise VerificationError(f"{self.where}: {rel} does not belong to the targets {tids or 'all'}")
+                    raise VerificationError(f"{rel} does not belong to the targets {tids or 'all'}", where=self.where)
         match_layers(self.signed, {r: str(layer.get("digest")) for r, layer in found.items()}, self.where, full=False)
         missing = sorted(want - set(found))
         if missing:
-            raise VerificationError(f"{self.where}: signed files missing from the artifact: {', '.join(missing[:4])}")
+            raise VerificationError(f"signed files missing from the artifact: {', '.join(missing[:4])}", where=self.where)
         if tids is None:
             match_layers(self.signed, {**{r: str(layer["digest"]) for r, layer in found.items()},
                                        MANIFEST_NAME: self.config_desc["digest"]}, self.where, full=True)
@@ -197,7 +197,7 @@ class Artifact:
     def pick(self, device=None, target: str | None = None) -> tuple[list[str] | None, dict]:
         if target:
             if target not in self.groups:
-                raise BadInputError(f"{self.where}: no target {target!r}; targets: {', '.join(sorted(self.groups)) or 'none'}")
+                raise BadInputError(f"no target {target!r}; targets: {', '.join(sorted(self.groups)) or 'none'}", where=self.where)
             return [target], {"target": target}
         if device is not None:
             tid, why = choose_target(self.config, self.report(), device, self.where)
@@ -250,7 +250,7 @@ def stream_blob(store, desc: dict, out, what: str) -> int:
     transfer that breaks (reset, stall) starts again, up to the store's retry budget."""
     digest, size = desc.get("digest"), desc.get("size")
     if not isinstance(size, int) or size < 0:
-        raise VerificationError(f"{what}: the descriptor of blob {digest} declares no size")
+        raise VerificationError(f"the descriptor of blob {digest} declares no size", where=what)
     for attempt in range(1, ATTEMPTS + 1):
         out.seek(0)
         out.truncate()
@@ -260,8 +260,8 @@ def stream_blob(store, desc: dict, out, what: str) -> int:
                 for block in chunks:
                     n += len(block)
                     if n > size:
-                        raise VerificationError(f"{what}: blob {digest} is larger than its declared {size} bytes",
-                                                hint="the registry is corrupted or hostile; nothing was kept")
+                        raise VerificationError(f"blob {digest} is larger than its declared {size} bytes",
+                                                hint="the registry is corrupted or hostile; nothing was kept", where=what)
                     h.update(block)
                     out.write(block)
                     report(f"download {str(digest)[7:19]}", n, size, unit="bytes")
@@ -272,14 +272,14 @@ def stream_blob(store, desc: dict, out, what: str) -> int:
             continue
         break
     if "sha256:" + h.hexdigest() != digest or n != size:
-        raise VerificationError(f"{what}: blob {digest} does not match its digest or size (registry corrupted)",
-                                hint="republish the bundle; nothing was written")
+        raise VerificationError(f"blob {digest} does not match its digest or size (registry corrupted)",
+                                hint="republish the bundle; nothing was written", where=what)
     return n
 
 
 def reference_of(ref: Ref) -> str:
     if ref.reference is None:  # parse_ref requires a tag or digest for pull and verify
-        raise BadInputError(f"{ref}: give a tag or digest (REPO:TAG or REPO@sha256:...)")
+        raise BadInputError("give a tag or digest (REPO:TAG or REPO@sha256:...)", where=ref)
     return ref.reference
 
 

@@ -102,8 +102,8 @@ class RemoteStore:
         try:
             r = self.session.request(method, url, headers=h, timeout=(idle, idle), stream=True, allow_redirects=True, **kw)
         except requests.exceptions.SSLError as e:
-            raise EdgepackError(f"{self.host}: TLS handshake failed ({what})",
-                                hint="set EDGEPACK_REGISTRY_CA to your CA bundle; use --plain-http only for a registry without TLS") from e
+            raise EdgepackError(f"TLS handshake failed ({what})",
+                                hint="set EDGEPACK_REGISTRY_CA to your CA bundle; use --plain-http only for a registry without TLS", where=self.host) from e
         except requests.Timeout as e:
             raise self._stalled(what, idle) from e
         except requests.ConnectionError as e:
@@ -128,7 +128,7 @@ class RemoteStore:
         declared = r.headers.get("Content-Length", "")
         if limit is not None and declared.isdigit() and int(declared) > limit:
             r.close()
-            raise VerificationError(f"{self.name}: {what} is {declared} bytes, over its {limit}-byte bound", hint=_BOUND_HINT)
+            raise VerificationError(f"{what} is {declared} bytes, over its {limit}-byte bound", hint=_BOUND_HINT, where=self.name)
         n = 0
         try:
             while True:
@@ -137,8 +137,8 @@ class RemoteStore:
                     break
                 n += len(block)
                 if limit is not None and n > limit:
-                    raise VerificationError(f"{self.name}: {what} is larger than its {limit}-byte bound (cut off while streaming)",
-                                            hint=_BOUND_HINT)
+                    raise VerificationError(f"{what} is larger than its {limit}-byte bound (cut off while streaming)",
+                                            hint=_BOUND_HINT, where=self.name)
                 if time.monotonic() > until:
                     raise self._stalled(what, r.edgepack_budget)
                 yield block
@@ -191,16 +191,16 @@ class RemoteStore:
         if r.status_code == 401:
             src = f"credentials from {self.creds.source}" if self.creds.present else "no credentials found for this host"
             if self.realm_refused:
-                raise BadInputError(f"{self.name}: 401 unauthorized {what}; {src}, not sent to the token service {self.realm_refused} "
+                raise BadInputError(f"401 unauthorized {what}; {src}, not sent to the token service {self.realm_refused} "
                                     "(plain HTTP on another host or port)",
-                                    hint="the token service must be https, or the registry's own host:port with --plain-http")
-            raise BadInputError(f"{self.name}: 401 unauthorized {what}; {src}",
-                                hint="set EDGEPACK_REGISTRY_AUTH for this host, or `docker login` to it")
+                                    hint="the token service must be https, or the registry's own host:port with --plain-http", where=self.name)
+            raise BadInputError(f"401 unauthorized {what}; {src}",
+                                hint="set EDGEPACK_REGISTRY_AUTH for this host, or `docker login` to it", where=self.name)
         if r.status_code == 403:
-            raise BadInputError(f"{self.name}: 403 denied {what}{detail}", hint="the account lacks push/pull rights on this repository")
+            raise BadInputError(f"403 denied {what}{detail}", hint="the account lacks push/pull rights on this repository", where=self.name)
         if r.status_code == 404:
-            raise BadInputError(f"{self.name}: not found: {what}{detail}", hint="check the repository and tag (`edgepack ls`)")
-        raise EdgepackError(f"{self.name}: registry answered {r.status_code} {what}{detail}")
+            raise BadInputError(f"not found: {what}{detail}", hint="check the repository and tag (`edgepack ls`)", where=self.name)
+        raise EdgepackError(f"registry answered {r.status_code} {what}{detail}", where=self.name)
 
     def _authenticate(self, r) -> bool:
         """Answer a 401 challenge once; False when there is nothing to answer with.
@@ -234,7 +234,7 @@ class RemoteStore:
                     h["Authorization"] = "Basic " + base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
                 t = self._send("GET", realm, what, headers=h, with_auth=False, limit=1 << 20, params=query)
         except TransientError as e:
-            raise EdgepackError(f"token service of {self.host} is unreachable: {e.message}") from e
+            raise EdgepackError(f"token service of {self.host} is unreachable: {e.text()}") from e
         if t.status_code != 200:
             return False  # the original 401 is reported
         try:
@@ -269,8 +269,8 @@ class RemoteStore:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         expected = reference if DIGEST_RE.match(reference) else r.headers.get("Docker-Content-Digest")
         if expected and expected != digest:
-            raise VerificationError(f"{self.name}: manifest {reference} does not match its digest {expected} (tampered or corrupted)",
-                                    hint="republish the bundle; do not use this artifact")
+            raise VerificationError(f"manifest {reference} does not match its digest {expected} (tampered or corrupted)",
+                                    hint="republish the bundle; do not use this artifact", where=self.name)
         media_type = (r.headers.get("Content-Type") or "").split(";")[0].strip()
         return data, media_type, digest
 

@@ -81,7 +81,7 @@ def target_groups(manifest: dict) -> dict[str, list[str]]:
         prefixes = [f"targets/{tid}/"] + ([path.rstrip("/") + "/"] if path else [])
         groups[tid] = [f for f in files if f == path or any(f.startswith(p) for p in prefixes)]
         if not groups[tid]:
-            raise BadInputError(f"{MANIFEST_NAME}: target {tid!r} has no files in the bundle", hint="rebuild the bundle")
+            raise BadInputError(f"target {tid!r} has no files in the bundle", hint="rebuild the bundle", where=MANIFEST_NAME)
     return groups
 
 
@@ -205,7 +205,7 @@ def attach_referrer(store, data: bytes, subject: dict) -> None:
         try:
             entries = list(json.loads(raw).get("manifests") or [])
         except (ValueError, AttributeError) as e:
-            raise VerificationError(f"{store.name}: referrers fallback tag {tag} is not an image index") from e
+            raise VerificationError(f"referrers fallback tag {tag} is not an image index", where=store.name) from e
     if any(e.get("digest") == desc["digest"] for e in entries):
         return
     entries.append({**desc, "artifactType": doc.get("artifactType"), "annotations": doc.get("annotations") or {}})
@@ -224,4 +224,4 @@ def list_referrers(store, digest: str) -> list[dict]:
     try:
         return list(json.loads(raw).get("manifests") or [])
     except (ValueError, AttributeError) as e:
-        raise VerificationError(f"{store.name}: referrers fallback tag {tag} is not an image index") from e
+        raise VerificationError(f"referrers fallback tag {tag} is not an image index", where=store.name) from e

@@ -151,14 +151,14 @@ def open_blob(root: Path, digest: str, what: str):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError as e:
-        raise VerificationError(f"{what}: blob {digest} is missing from {root}") from e
+        raise VerificationError(f"blob {digest} is missing from {root}", where=what) from e
     except OSError as e:  # ELOOP: a symlink
-        raise VerificationError(f"{what}: blob {digest} in {root} is not a regular file ({e.strerror})",
-                                hint="the layout was tampered with; republish the bundle") from e
+        raise VerificationError(f"blob {digest} in {root} is not a regular file ({e.strerror})",
+                                hint="the layout was tampered with; republish the bundle", where=what) from e
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise VerificationError(f"{what}: blob {digest} in {root} is not a regular file",
-                                hint="the layout was tampered with; republish the bundle")
+        raise VerificationError(f"blob {digest} in {root} is not a regular file",
+                                hint="the layout was tampered with; republish the bundle", where=what)
     os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
@@ -183,7 +183,7 @@ def _check_layout(root: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BadInputError(f"no OCI image layout at {root} (missing or bad oci-layout file)", hint="push a bundle there first") from e
     if version != "1.0.0":
-        raise BadInputError(f"{root}: unsupported OCI image layout version {version!r}")
+        raise BadInputError(f"unsupported OCI image layout version {version!r}", where=root)
 
 
 def _read_index(root: Path) -> dict:
@@ -214,11 +214,11 @@ def _read_blob(root: Path, desc: dict, what: str) -> bytes:
     declared = desc.get("size")
     size = declared if isinstance(declared, int) else MAX_SMALL
     if size > MAX_SMALL:
-        raise VerificationError(f"{what}: blob {desc.get('digest')} is {size} bytes, over the {MAX_SMALL}-byte limit for manifests")
+        raise VerificationError(f"blob {desc.get('digest')} is {size} bytes, over the {MAX_SMALL}-byte limit for manifests", where=what)
     with open_blob(root, str(desc.get("digest")), what) as f:
         data = f.read(min(size, MAX_SMALL) + 1)
     if len(data) != desc.get("size") or "sha256:" + hashlib.sha256(data).hexdigest() != desc["digest"]:
-        raise VerificationError(f"{what}: blob {desc['digest']} does not match its digest or size (registry corrupted)")
+        raise VerificationError(f"blob {desc['digest']} does not match its digest or size (registry corrupted)", where=what)
     return data
 
 
@@ -281,7 +281,7 @@ def pull(ref: str | Ref, out_dir: Path, public_key: Path, force: bool = False) -
             except ValueError as e:
                 raise VerificationError(f"layer {layer.get('digest')}: unsafe or missing title {title!r}: {e}") from e
             if rel == MANIFEST_NAME or rel in seen:
-                raise VerificationError(f"{rel}: duplicate layer title in {desc['digest']}")
+                raise VerificationError(f"duplicate layer title in {desc['digest']}", where=rel)
             seen.add(rel)
             _copy_checked(root, layer, tmp / rel, rel)
         summary = verify_bundle(tmp, public_key)
@@ -295,11 +295,11 @@ def _load_manifest(root: Path, desc: dict, name: str) -> dict:
     try:
         doc = json.loads(_read_blob(root, desc, name))
     except ValueError as e:
-        raise VerificationError(f"{name}: manifest {desc['digest']} is not JSON") from e
+        raise VerificationError(f"manifest {desc['digest']} is not JSON", where=name) from e
     if not isinstance(doc, dict) or doc.get("artifactType") != ARTIFACT_TYPE:
         raise BadInputError(f"{name} is not an edgepack bundle (artifactType {doc.get('artifactType') if isinstance(doc, dict) else None!r})")
     if not isinstance(doc.get("config"), dict) or not isinstance(doc.get("layers"), list):
-        raise VerificationError(f"{name}: manifest {desc['digest']} has no config or layers")
+        raise VerificationError(f"manifest {desc['digest']} has no config or layers", where=name)
     return doc
 
 
@@ -308,12 +308,12 @@ def _copy_checked(root: Path, layer: dict, dest: Path, rel: str) -> None:
     try:
         f = open_blob(root, str(layer.get("digest")), rel)
     except VerificationError as e:
-        raise VerificationError(e.message if e.message.startswith(rel) else f"{rel}: {e.message}", hint=e.hint) from e
+        raise e.recast(VerificationError, where=e.where if (e.where or "").startswith(rel) else ": ".join(filter(None, (rel, e.where)))) from e
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with f, open(dest, "wb") as out:
             digest, size = _copy_hashing(f, out, limit=declared)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
-        raise VerificationError(f"{rel}: layer path conflicts with another layer") from e
+        raise VerificationError("layer path conflicts with another layer", where=rel) from e
     if size != layer.get("size") or digest != layer["digest"]:
-        raise VerificationError(f"{rel}: blob {layer['digest']} does not match its digest or size (registry corrupted)")
+        raise VerificationError(f"blob {layer['digest']} does not match its digest or size (registry corrupted)", where=rel)

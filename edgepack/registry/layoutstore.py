@@ -35,11 +35,11 @@ class LayoutStore:
         if DIGEST_RE.match(reference):
             p = L._blob_path(self.root, reference)
             if not p.is_file():
-                raise BadInputError(f"{self.name}: not found: manifest {reference}")
+                raise BadInputError(f"not found: manifest {reference}", where=self.name)
             return {"digest": reference, "size": p.stat().st_size}
         tags = L._tagged(self.root)
         if reference not in tags:
-            raise BadInputError(f"{self.name}: not found: manifest {reference}; tags: {', '.join(sorted(tags)) or 'none'}")
+            raise BadInputError(f"not found: manifest {reference}; tags: {', '.join(sorted(tags)) or 'none'}", where=self.name)
         return tags[reference]
 
     def get_manifest(self, reference: str) -> tuple[bytes, str, str]:
@@ -48,7 +48,7 @@ class LayoutStore:
         try:
             media_type = json.loads(data).get("mediaType") or desc.get("mediaType") or ""
         except (ValueError, AttributeError) as e:
-            raise VerificationError(f"{self.name}: manifest {reference} is not JSON") from e
+            raise VerificationError(f"manifest {reference} is not JSON", where=self.name) from e
         return data, media_type, desc["digest"]
 
     def has_manifest(self, reference: str) -> bool:
@@ -104,7 +104,7 @@ class LayoutStore:
         with L.open_blob(self.root, digest, self.name) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise VerificationError(f"{self.name}: blob {digest} is larger than the {limit}-byte limit")
+            raise VerificationError(f"blob {digest} is larger than the {limit}-byte limit", where=self.name)
         return data
 
     def tags(self) -> list[str]:

@@ -60,9 +60,9 @@ def choose_target(config: dict, report: dict, device, where: str) -> tuple[str, 
                                "rank": _PRECISION_RANK.get(str(t.get("precision")), 9)})
     if not candidates:
         raise BadInputError(
-            f"{where}: no target was validated on device '{device.name}' with one of its runtimes "
+            f"no target was validated on device '{device.name}' with one of its runtimes "
             f"({', '.join(device.runtimes)}); targets: {'; '.join(seen) or 'none'}",
-            hint="add this device profile to the recipe's devices and rebuild, or pull a target by name with --target",
+            hint="add this device profile to the recipe's devices and rebuild, or pull a target by name with --target", where=where
         )
     best, tied = _best(candidates)
     t = best["t"]

@@ -19,7 +19,7 @@ def inspect_mlpackage(path: Path) -> dict:
     try:
         spec = ct.utils.load_spec(str(path))
     except Exception as e:
-        raise StageError(f"{path.name}: the saved Core ML package does not load ({e.__class__.__name__}: {str(e)[:200]})") from e
+        raise StageError(f"the saved Core ML package does not load ({e.__class__.__name__}: {str(e)[:200]})", where=path.name) from e
     names = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType
 
     def feature(f):
@@ -56,12 +56,12 @@ def check_io(info: dict, inputs, output_names: list[str], where: str) -> None:
     for spec in inputs:
         g = got.get(spec.name)
         if g is None:
-            raise StageError(f"{where}: the Core ML package has no input '{spec.name}' (it has {sorted(got)})")
+            raise StageError(f"the Core ML package has no input '{spec.name}' (it has {sorted(got)})", where=where)
         if list(g["shape"]) != list(spec.shape) or g["dtype"] != spec.dtype:
-            raise StageError(f"{where}: Core ML input '{spec.name}' is {g['dtype']}{g['shape']}, the recipe expects {spec.dtype}{list(spec.shape)}")
+            raise StageError(f"Core ML input '{spec.name}' is {g['dtype']}{g['shape']}, the recipe expects {spec.dtype}{list(spec.shape)}", where=where)
     outs = [o["name"] for o in info["outputs"]]
     if outs != list(output_names):
-        raise StageError(f"{where}: the Core ML package's outputs are {outs}, expected {list(output_names)}")
+        raise StageError(f"the Core ML package's outputs are {outs}, expected {list(output_names)}", where=where)
     for o in info["outputs"]:
         if o["dtype"] != "float32":
-            raise StageError(f"{where}: Core ML output '{o['name']}' is {o['dtype']}, expected float32")
+            raise StageError(f"Core ML output '{o['name']}' is {o['dtype']}, expected float32", where=where)

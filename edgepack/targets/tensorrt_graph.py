@@ -31,8 +31,8 @@ def check_trt_qdq(path: Path, where: str) -> None:
             if zp.dtype != np.int8 or np.any(zp != 0):
                 what = f"{zp.dtype} Q/DQ" if zp.dtype != np.int8 else f"zero point {zp.ravel()[:4].tolist()}"
                 raise BadInputError(
-                    f"{where}: node '{node.name}' has {what}: TensorRT takes int8 Q/DQ with zero point 0 only",
-                    hint="quantize with symmetric_activations: true, or use input: fp32 and let the TensorRT target place Q/DQ",
+                    f"node '{node.name}' has {what}: TensorRT takes int8 Q/DQ with zero point 0 only",
+                    hint="quantize with symmetric_activations: true, or use input: fp32 and let the TensorRT target place Q/DQ", where=where
                 )
 
 

@@ -193,8 +193,8 @@ def _fixed_shapes(model_section, where: str, ins, sources, feeds, record) -> lis
                 shape.append(int(feeds[0][src].shape[d]))
             else:
                 raise BadInputError(
-                    f"{where}: ONNX input '{spec['name']}' dimension {d} is dynamic ({dim!r}) and TFLite needs a fixed size",
-                    hint="give a fixed size in model.inputs[].shape, or add data.calibration so the size is taken from it",
+                    f"ONNX input '{spec['name']}' dimension {d} is dynamic ({dim!r}) and TFLite needs a fixed size",
+                    hint="give a fixed size in model.inputs[].shape, or add data.calibration so the size is taken from it", where=where
                 )
         if ax is not None and ax < len(spec["shape"]) and spec["shape"][ax] != 1:
             at = f" (axis {ax})" if ax else ""
@@ -311,7 +311,7 @@ def _failure(what: str, cause: str, log: str, source: Path, converted_copy: Path
 
     found = failed_node(log, cause, [source, converted_copy])
     if found is None:
-        return StageError(f"{what}: {cause}", hint="see the stage log for onnx2tf's output")
+        return StageError(f"{cause}", hint="see the stage log for onnx2tf's output", where=what)
     name, op, graph = found
     learned = learn("onnx2tf", graph, name, cause) if graph == source else None
     hint = "replace or rewrite this op in the model, or leave this target out"

@@ -252,7 +252,7 @@ def check(name: str, where: str, what: str) -> None:
     try:
         resolve(name)
     except ToolchainMissingError as e:
-        raise ToolchainMissingError(f"{where}: {what} {e.message}", hint=e.hint) from e
+        raise ToolchainMissingError(f"{what} {e.text()}", hint=e.hint, where=where) from e
 
 
 def python_tag() -> str:

@@ -133,7 +133,7 @@ def _create(name: str, d: Path, python: str, log) -> str:
             _run([exe, "pip", "install", "--python", py, *flags, *args], log, f"uv pip install for {name}", env)
             return "uv"
         except StageError as e:
-            log.write(f"uv did not work here ({e.message}); using pip\n")
+            log.write(f"uv did not work here ({e.one_line()}); using pip\n")
             for p in list(d.iterdir()):
                 if p.name not in ("requirements.txt", "lock.txt", "install.log"):
                     shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

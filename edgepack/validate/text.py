@@ -40,7 +40,7 @@ def ctc_greedy(logits: np.ndarray, tokens: list[str], blank: int, where: str = "
     Class c (c != blank) is tokens[c] below the blank and tokens[c - 1] above it."""
     a = np.asarray(logits)
     if a.ndim != 3:
-        raise BadInputError(f"{where}: ctc_greedy needs [N, T, classes] scores, got shape {list(a.shape)}")
+        raise BadInputError(f"ctc_greedy needs [N, T, classes] scores, got shape {list(a.shape)}", where=where)
     best = a.argmax(-1)
     out = []
     for row in best:
@@ -49,8 +49,8 @@ def ctc_greedy(logits: np.ndarray, tokens: list[str], blank: int, where: str = "
             if c != last and c != blank:
                 idx = c if c < blank else c - 1
                 if idx >= len(tokens):
-                    raise BadInputError(f"{where}: class {c} has no token ({len(tokens)} tokens, blank {blank})",
-                                        hint="the charset needs one line per class other than the blank")
+                    raise BadInputError(f"class {c} has no token ({len(tokens)} tokens, blank {blank})",
+                                        hint="the charset needs one line per class other than the blank", where=where)
                 chars.append(tokens[idx])
             last = c
         out.append("".join(chars))
@@ -69,9 +69,9 @@ def decode(spec, o: np.ndarray, base_dir) -> list[str]:
     try:
         texts = list(fn(o))
     except Exception as e:
-        raise BadInputError(f"{where}: {d.fn} raised {e.__class__.__name__}: {e}") from e
+        raise BadInputError(f"{d.fn} raised {e.__class__.__name__}: {e}", where=where) from e
     if len(texts) != len(o):
-        raise BadInputError(f"{where}: {d.fn} returned {len(texts)} strings for {len(o)} samples")
+        raise BadInputError(f"{d.fn} returned {len(texts)} strings for {len(o)} samples", where=where)
     return [str(t) for t in texts]
 
 

@@ -118,6 +118,28 @@ def test_a_failing_node_fails_only_its_dependents_and_exclusive_nodes_run_alone(
     assert all(e1 <= v0 or e0 >= v1 for n, (e0, e1) in spans.items() if n != "v")  # nothing overlaps the local validation
 
 
+def test_longest_chain_starts_first_and_host_validation_waits_for_shared_work():
+    """Start order on one job: the head of the longest chain first (an onnx2tf conversion before a quick compile);
+    an exclusive node (timed validation on the build host) only once no other work is ready or running."""
+    from edgepack.executors.local import LocalExecutor, chain_heights
+
+    eng = Engine.__new__(Engine)
+    order: list = []
+
+    def step(name):
+        return lambda res: order.append(name) or NodeResult("ok")
+
+    plan = Plan()
+    plan.add(Node("q", "compile", (), step("q"), eng))
+    plan.add(Node("v", "validate", (), step("v"), eng, resources=Resources(device="local", exclusive=True)))
+    plan.add(Node("l1", "tf-convert", (), step("l1"), eng))
+    plan.add(Node("l2", "compile", ("l1",), step("l2"), eng))
+    plan.add(Node("l3", "validate", ("l2",), step("l3"), eng))
+    assert chain_heights(plan) == {"q": 1, "v": 1, "l1": 3, "l2": 2, "l3": 1}
+    res = LocalExecutor(jobs=1).run(plan)
+    assert all(r.ok for r in res.values()) and order == ["l1", "l2", "q", "l3", "v"]
+
+
 def test_failed_node_error_in_thread_does_not_stop_others():
     from edgepack.executors.local import LocalExecutor
 

@@ -3,7 +3,9 @@
 Heavy stages still run in their own spawned workers (``Stage.isolated``, edgepack/worker.py); a thread
 here only waits for them. Honest timings: a node with ``resources.exclusive`` (validation on the build
 host) starts only when nothing else runs and nothing starts while it runs; two nodes on one device never
-overlap. With ``jobs > 1`` stages that change process-wide state (``Stage.process_global``: the quantize
+overlap. Order (only wall time changes, never a result): ready nodes start longest remaining chain first (the
+onnx2tf conversion before a quick compile), and an exclusive node waits while other work is ready or running, so
+the host's timed validations run back to back once the cores have nothing else to do instead of idling a core. With ``jobs > 1`` stages that change process-wide state (``Stage.process_global``: the quantize
 pass sets the cwd for ONNX Runtime's temp files) run in a worker, so threads never share a changed cwd.
 """
 
@@ -43,6 +45,18 @@ def run_node(node: Node, results: Results, run=run_work) -> NodeResult:
         return NodeResult("failed", error=f"{node.id}: {e.__class__.__name__}: {e}", exc=e)
 
 
+def chain_heights(plan: Plan) -> dict[str, int]:
+    """Per node, the number of nodes on its longest chain of dependents (itself included): the start priority."""
+    height: dict[str, int] = {}
+    children: dict[str, list[str]] = {nid: [] for nid in plan.nodes}
+    for nid, n in plan.nodes.items():
+        for d in n.deps:
+            children[d].append(nid)
+    for nid in reversed(list(plan.nodes)):  # insertion order is a topological order
+        height[nid] = 1 + max((height[c] for c in children[nid]), default=0)
+    return height
+
+
 class LocalExecutor:
     name = "local"
 
@@ -57,19 +71,22 @@ class LocalExecutor:
         stopped: dict[str, str] = {}  # recipe -> the fatal error that stopped it
         t0 = time.monotonic()
         lock = threading.Lock()
-        pending = list(plan.nodes.values())
+        height = chain_heights(plan)
+        pending = sorted(plan.nodes.values(), key=lambda n: -height[n.id])  # stable: plan order among equals
         with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="edgepack-node") as pool:
             while pending or running:
                 progressed = True
                 while progressed:
                     progressed = False
+                    shared_work = any(not o.resources.exclusive for o in running.values()) or any(
+                        not n.resources.exclusive and all(d in results for d in n.deps) for n in pending)
                     for node in list(pending):
                         done = self._resolve_without_running(node, results, stopped)
                         if done is not None:
                             results[node.id] = done
                             pending.remove(node)
                             progressed = True
-                        elif self._can_start(node, results, running):
+                        elif not (node.resources.exclusive and shared_work) and self._can_start(node, results, running):
                             pending.remove(node)
                             start = time.monotonic() - t0
                             fut = pool.submit(self._timed, node, dict(results), start, t0, lock)

@@ -5,8 +5,9 @@ here only waits for them. Honest timings: a node with ``resources.exclusive`` (v
 host) starts only when nothing else runs and nothing starts while it runs; two nodes on one device never
 overlap. Order (only wall time changes, never a result): ready nodes start longest remaining chain first (the
 onnx2tf conversion before a quick compile), and an exclusive node waits while other work is ready or running, so
-the host's timed validations run back to back once the cores have nothing else to do instead of idling a core. With ``jobs > 1`` stages that change process-wide state (``Stage.process_global``: the quantize
-pass sets the cwd for ONNX Runtime's temp files) run in a worker, so threads never share a changed cwd.
+the host's timed validations run back to back once the cores have nothing else to do instead of idling a core.
+With ``jobs > 1`` stages that change process-wide state (``Stage.process_global``: the quantize pass sets
+the cwd for ONNX Runtime's temp files) run in a worker, so threads never share a changed cwd.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 Every user mistake becomes one line: ``recipe.yaml:12:5 targets[1].precision: ... (hint)``.
 """
 
-from __future__ import annotations
 
 import enum
 from typing import Annotated, Literal, Union

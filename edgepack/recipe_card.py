@@ -1,6 +1,5 @@
 """Recipe surface of `card:` (the model card's hand-written parts; edgepack/model_card.py fills in the rest)."""
 
-from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 

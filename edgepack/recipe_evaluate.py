@@ -4,7 +4,6 @@ A metric is a builtin, discriminated on ``type`` (each with its own typed parame
 (``fn: module:function``). The numbers are computed by edgepack/validate/metrics.py.
 """
 
-from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 

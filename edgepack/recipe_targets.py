@@ -11,7 +11,6 @@ a spec model below (its ``stage`` and ``extra`` class variables name the compile
 and one entry in TARGET_SPECS.
 """
 
-from __future__ import annotations
 
 import enum
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union

@@ -42,8 +42,9 @@ class Stage:
     # e.g. new validation data does not re-run a pass that only reads calibration data. None = all.
     uses: tuple[str, ...] | None = None
     # The toolchain (edgepack/toolchains: TOOLCHAINS) an isolated stage runs in: the running interpreter when it
-    # satisfies the toolchain's lock, else that managed environment's. None: always the running interpreter.
-    toolchain_env: ClassVar[str | None] = None
+    # satisfies the toolchain's lock, else that managed environment's. None: always the running interpreter. A stage
+    # may decide in __init__ (the convert stage: by source format).
+    toolchain_env: str | None = None
     # Changes process-wide state while it runs (e.g. the cwd): run in a worker when stages run in threads
     process_global: ClassVar[bool] = False
 

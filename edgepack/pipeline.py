@@ -315,11 +315,13 @@ def write_signed_bundle(rb: RecipeBuild, report: dict, artifacts: dict) -> Path:
 
 
 def _manifest(rb: RecipeBuild, report: dict, artifacts: dict) -> dict:
-    r, targets = rb.lr.recipe, report["targets"]
+    r, targets, conv = rb.lr.recipe, report["targets"], report["conversion"]["record"]
     frozen = rb.data
     manifest = {
         "name": r.name, "version": r.version, "created": report["finished"], "recipe_sha256": report["recipe_sha256"],
         "source": report["source"],
+        "conversion": {"exporter": conv.get("exporter"), "toolchain": conv.get("toolchain", {}),  # versions where it ran
+                       **({"toolchain_env": conv["environment"]} if "environment" in conv else {})},  # a toolchain env
         "calibration_sha256": frozen["calibration"].digest if "calibration" in frozen else None,
         "validation_sha256": frozen["validation"].digest if "validation" in frozen else None,
         "targets": {

@@ -42,13 +42,14 @@ def pass_extra(cfg) -> str | None:
 
 def check_extras(lr: LoadedRecipe, targets) -> None:
     """Source format, passes and the selected targets: their backends are importable."""
-    from .ingest import CONVERTERS
+    from . import toolchains
+    from .ingest import CONVERTERS, SOURCE_TOOLCHAINS
     from .targets import TARGETS
 
     m = lr.recipe.model
     extra = CONVERTERS.get(m.format, (None, None))[1]
-    if extra:
-        _require(lr.where("model", "format"), f"a {m.format.value} source", extra)
+    if extra:  # its conversion runs in a toolchain: here, or in that toolchain's managed environment
+        toolchains.check(SOURCE_TOOLCHAINS[extra], lr.where("model", "path" if m.path else "entrypoint"), f"a {m.format.value} source")
     for i, cfg in enumerate(lr.recipe.optimize):
         extra = pass_extra(cfg)
         if extra:
@@ -58,28 +59,10 @@ def check_extras(lr: LoadedRecipe, targets) -> None:
         extra = TARGETS[t.type][1] if t.type in TARGETS else None
         if t in targets and extra:
             where, what = lr.where("targets", i), f"target '{t.id}' ({t.type.value})"
-            if _in_toolchain(extra, t, m):  # its compile runs in that toolchain: here or in its managed environment
-                from . import toolchains
-
-                toolchains.check(extra, where, what)
+            if extra in toolchains.TOOLCHAINS and extra != "tensorrt":  # its compile runs in that toolchain: here or in
+                toolchains.check(extra, where, what)                     # its managed environment (TensorRT: on the device)
                 continue
-            mods = EXTRA_MODULES.get(extra, ())
-            if extra == "coreml" and m.format.value == "onnx":
-                mods = mods + ("onnx2tf", "tensorflow")  # ONNX sources go through onnx2tf
-            _require(where, what, extra, mods)
-
-
-def _in_toolchain(extra: str, target, model) -> bool:
-    """Whether a target's compile runs in the toolchain named by its extra (edgepack/toolchains). TensorRT's
-    engine is built on the device; Core ML's PyTorch frontend runs in the build's environment (user torch code)."""
-    from .toolchains import TOOLCHAINS
-
-    if extra not in TOOLCHAINS or extra == "tensorrt":
-        return False
-    if extra == "coreml":
-        frontend = getattr(target.options, "frontend", "auto")  # recipe_targets.CoreMLOptions
-        return frontend == "onnx" or (frontend == "auto" and model.format.value not in ("pytorch", "torchscript"))
-    return True
+            _require(where, what, extra)
 
 
 def check_pass_data(lr: LoadedRecipe) -> None:

@@ -41,14 +41,31 @@ def test_missing_extra_for_a_target(tiny_recipe, edgepack_home, tmp_path):
 
 
 def test_missing_extra_for_the_source_format_and_a_pass(digits_recipe, tiny_recipe, edgepack_home, tmp_path):
-    res = _build(digits_recipe, env=_without(tmp_path, "torch"))
+    res = _build(digits_recipe, env=_without(tmp_path, "torch"))  # its conversion runs in the torch toolchain
     assert res.returncode == 2, res.stderr
-    assert "model.format" in res.stderr and "pip install 'edgepack[torch]'" in res.stderr
+    assert "model.entrypoint: a pytorch source needs the torch toolchain: the 'torch' package is not installed here" in res.stderr
+    assert "edgepack toolchains install torch" in res.stderr and "pip install 'edgepack[torch]'" in res.stderr
     _nothing_ran(res, edgepack_home)
     tiny_recipe.write_text(TINY_RECIPE.replace("    mode: static\n", "    mode: static\n  - {pass: distill, student: m:f}\n"))
     res = _build(tiny_recipe, env=_without(tmp_path, "torch"))
     assert res.returncode == 2, res.stderr
     assert "optimize[1]" in res.stderr and "distill pass" in res.stderr and "pip install 'edgepack[torch]'" in res.stderr
+    _nothing_ran(res, edgepack_home)
+
+
+def test_keras_source_without_tensorflow_or_the_tflite_toolchain(tmp_path, edgepack_home):
+    """A core install (no TensorFlow) without the tflite toolchain environment cannot convert a Keras model: one line
+    naming model.path and the install command, exit 2, before any stage."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: k\nversion: 1.0.0\nmodel:\n  format: keras\n  path: model.keras\n  inputs:\n    - name: x\n"
+                      "      shape: [1, 4]\ntargets:\n  - type: onnxruntime\n")
+    res = _build(recipe, env=_without(tmp_path, "tensorflow", "tf2onnx", "onnx2tf"))
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert f"{recipe}:5:3 model.path: a keras source needs the tflite toolchain" in line, line
+    assert "'tensorflow' package is not installed here" in line and "(edgepack toolchains install tflite" in line, line
+    assert not (tmp_path / "out").exists()
     _nothing_ran(res, edgepack_home)
 
 

@@ -8,6 +8,7 @@ source, and fails naming the worst output when the difference is beyond ``model.
 from __future__ import annotations
 
 import importlib
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,10 @@ TOOLCHAIN = {
     "tensorflow": ("tensorflow", "tf2onnx"),
     None: (),
 }
+
+# pip extra of a source format -> the toolchain (edgepack/toolchains) its conversion runs in: the running
+# interpreter when it satisfies that toolchain's lock, else the toolchain's managed environment
+SOURCE_TOOLCHAINS = {"torch": "torch", "tensorflow": "tflite"}
 
 
 @dataclass
@@ -170,10 +175,11 @@ def compare_outputs(source: list[list[np.ndarray]], onnx_out: list[list[np.ndarr
 
 
 class ConvertStage(Stage):
-    """Source model -> FP32 ONNX, numerically checked. Runs in a worker (torch/TF are heavy)."""
+    """Source model -> FP32 ONNX, numerically checked. A PyTorch or TensorFlow-family source converts in a worker
+    of its toolchain's interpreter (SOURCE_TOOLCHAINS); an ONNX file is checked in-process."""
 
     kind = "convert"
-    version = "1"
+    version = "2"  # 2: the record names the versions of the interpreter it ran in
     isolated = True
     timeout = 1800.0
 
@@ -184,12 +190,19 @@ class ConvertStage(Stage):
         self.module, self.extra = CONVERTERS[model.format]
         # torch / TensorFlow exporters run in a worker; checking an ONNX file does not need one
         self.isolated = self.extra is not None
+        self.toolchain_env = SOURCE_TOOLCHAINS.get(self.extra or "")
 
     def config(self) -> dict:
         return self.model.model_dump(mode="json", exclude={"path", "weights"})
 
     def toolchain(self) -> dict[str, str]:
-        return package_versions("onnx", "onnxruntime", *TOOLCHAIN[self.extra])
+        """Exporter versions (cache key) from the environment that will run the conversion."""
+        names = ("onnx", "onnxruntime", *TOOLCHAIN[self.extra])
+        if self.toolchain_env is None:
+            return package_versions(*names)
+        from .. import toolchains
+
+        return toolchains.versions(self.toolchain_env, *names)
 
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         from ..data import read_npz
@@ -216,6 +229,8 @@ class ConvertStage(Stage):
                 raise StageError(f"the ONNX from {record.get('exporter')} failed the {e.check}: {e.text()}",
                                  hint=e.hint, where=self.source_where) from e
             record.update(checks)
+        # the versions of the interpreter this ran in (a toolchain environment's, or the build's): the manifest's conversion
+        record["toolchain"] = {**package_versions("onnx", "onnxruntime", "numpy", *TOOLCHAIN[self.extra]), "python": platform.python_version()}
         ins, outs = onnx_specs(path, {i.name: i.layout for i in self.model.inputs})
         art = Artifact(path, "onnx", inputs=ins, outputs=outs, meta={"opset": record["exported_opset"]})
         return StageResult({"model": art}, record)

@@ -1,4 +1,5 @@
-"""Core ML target: an ``.mlpackage`` (ML Program) made with coremltools, in an isolated worker.
+"""Core ML target: an ``.mlpackage`` (ML Program) made with coremltools, in an isolated worker of the coreml
+toolchain (edgepack/toolchains: the running interpreter when it satisfies the lock, else its managed environment).
 
 Frontends: a PyTorch source (nn.Module entrypoint + weights, or TorchScript) is traced and converted
 directly; any other source goes FP32 ONNX -> onnx2tf (a TensorFlow graph, inputs kept NCHW) ->
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, TensorSpec
-from ..engine import StageResult, package_versions
+from ..engine import StageResult
 from ..errors import BadInputError, StageError, require_backend
 from ..recipe import ModelFormat
 from ..worker import tee_stdout
@@ -38,6 +39,7 @@ class CoreMLTarget(TargetStage):
     isolated = True
     timeout = 900.0
     uses = ("source", "fp32", "model")
+    toolchain_env = "coreml"  # both frontends (its lock has torch for the PyTorch one): here, or its managed environment
 
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
@@ -51,18 +53,14 @@ class CoreMLTarget(TargetStage):
                                 f"this recipe's is {ctx.model.format.value}", hint="use frontend: onnx (the default for non-PyTorch sources)")
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
-        # the ONNX path runs in the coreml toolchain; the PyTorch frontend imports the user's torch code, here
-        self.toolchain_env = "coreml" if self.frontend == "onnx" else None
 
     def config(self) -> dict:
         return {**super().config(), "frontend": self.frontend}
 
     def toolchain(self) -> dict[str, str]:
-        names = ("coremltools", "torch") if self.frontend == "pytorch" else ("coremltools", "onnx2tf", "tensorflow", "tf_keras")
-        if self.toolchain_env is None:
-            return package_versions(*names)
         from .. import toolchains
 
+        names = ("coremltools", "torch") if self.frontend == "pytorch" else ("coremltools", "onnx2tf", "tensorflow", "tf_keras")
         return toolchains.versions("coreml", *names)
 
     def coverage_input(self, model, fp32):

@@ -42,14 +42,16 @@ class Toolchain:
 
 # name -> Toolchain; its lock is locks/NAME.txt. Nothing registers itself on import.
 TOOLCHAINS: dict[str, Toolchain] = {
-    "tflite": Toolchain("tflite", ("onnx2tf", "tensorflow", "tf_keras"),
-                        ("onnx2tf", "tensorflow", "tf_keras", "onnx", "onnxruntime", "onnxsim", "ai-edge-litert", "numpy"),
-                        "onnx2tf + TensorFlow + LiteRT (TFLite target, Core ML's ONNX path)", "tflite"),
+    "tflite": Toolchain("tflite", ("tensorflow", "onnx2tf", "tf_keras", "tf2onnx"),
+                        ("onnx2tf", "tensorflow", "tf_keras", "tf2onnx", "onnx", "onnxruntime", "onnxsim", "ai-edge-litert", "numpy"),
+                        "onnx2tf + TensorFlow + LiteRT + tf2onnx (TFLite target; Keras/SavedModel/TFLite source conversion)", "tflite"),
+    "torch": Toolchain("torch", ("torch", "onnxscript"), ("torch", "onnxscript", "onnx", "onnxruntime", "numpy"),
+                       "PyTorch + onnxscript (PyTorch/TorchScript/ExportedProgram source conversion to ONNX)", "torch"),
     "openvino": Toolchain("openvino", ("openvino", "nncf"), ("openvino", "nncf", "onnx", "numpy"),
                           "OpenVINO + NNCF (OpenVINO IR target)", "openvino"),
-    "coreml": Toolchain("coreml", ("coremltools", "onnx2tf", "tensorflow"),
-                        ("coremltools", "onnx2tf", "tensorflow", "tf_keras", "onnx", "numpy"),
-                        "coremltools (+ onnx2tf for ONNX sources) (Core ML target)", "coreml"),
+    "coreml": Toolchain("coreml", ("coremltools", "onnx2tf", "tensorflow", "torch"),
+                        ("coremltools", "onnx2tf", "tensorflow", "tf_keras", "torch", "onnx", "numpy"),
+                        "coremltools (+ onnx2tf for ONNX sources, torch for the PyTorch frontend) (Core ML target)", "coreml"),
     "executorch": Toolchain("executorch", ("executorch", "torch"), ("executorch", "torch", "torchao", "numpy"),
                             "ExecuTorch + XNNPACK (ExecuTorch .pte target)", "executorch"),
     "tensorrt": Toolchain("tensorrt", ("tensorrt",), ("tensorrt-cu12", "tensorrt", "onnx", "numpy"),

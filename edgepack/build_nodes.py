@@ -104,7 +104,8 @@ def _convert_work(rb, res) -> Work:
     samples = data.get("validation") or data.get("calibration")
     if samples is not None:
         inputs["samples"] = samples
-    return Work("convert", ConvertStage(r.model, lr.dir, lr.where("model")), inputs)
+    program = any(t.type.value == "executorch" for t in r.targets)  # hf sources: the torch program ExecuTorch compiles
+    return Work("convert", ConvertStage(r.model, lr.dir, lr.where("model"), torch_program=program), inputs)
 
 
 def _convert_done(rb, out: NodeResult, res) -> NodeResult:
@@ -112,6 +113,10 @@ def _convert_done(rb, out: NodeResult, res) -> NodeResult:
 
     r = rb.lr.recipe
     rb.out_shapes = {t.name: t.shape for t in out.outputs["model"].outputs}
+    if "program" in out.outputs:  # an hf source: later PyTorch consumers (ExecuTorch) read its torch.export program
+        rb.torch_source = out.outputs["program"]
+    if "tokenizer" in out.outputs:  # ships in the bundle as tokenizer/
+        rb.bundle_files["tokenizer"] = out.outputs["tokenizer"]
     check_evaluation(r, rb.lr.where, outputs=rb.out_shapes or None, label_sets=rb.label_sets, base_dir=rb.lr.dir)
     rb.metric_specs = effective_metrics(r, rb.out_shapes, rb.label_sets)
     return out
@@ -143,7 +148,7 @@ def _pass_work(rb, res, i, cfg, prev) -> Work:
 
 
 def _compile_inputs(rb, res, model_node) -> dict:
-    return {"model": res[rb.node_id(model_node)].outputs["model"], "source": rb.source,
+    return {"model": res[rb.node_id(model_node)].outputs["model"], "source": rb.torch_source or rb.source,
             "fp32": res[rb.node_id("convert")].outputs["model"], **res[rb.node_id("data")].outputs}
 
 
@@ -158,7 +163,7 @@ def coverage(rb, tid, res, model_node) -> dict:
         if tid not in rb.coverage:
             stage = rb.target_stages[tid]
             inputs = _compile_inputs(rb, res, model_node)
-            rb.coverage[tid] = target_coverage(rb.engine, stage, inputs["model"], inputs["fp32"], {"source": rb.source, **res[rb.node_id("data")].outputs})
+            rb.coverage[tid] = target_coverage(rb.engine, stage, inputs["model"], inputs["fp32"], {"source": inputs["source"], **res[rb.node_id("data")].outputs})
         return rb.coverage[tid]
 
 

@@ -148,8 +148,14 @@ def load_source(lr: LoadedRecipe, src: DataSource, field: str, inputs: list[Inpu
             value = fn()
         except Exception as e:
             raise BadInputError(f"the loader raised {e.__class__.__name__}: {e}", where=where) from e
+    elif src.text:
+        from .ingest.hf_text import tokenize_file
+
+        path = lr.resolve(src.text)
+        where = f"{path} (data.{field}.text)"
+        value = tokenize_file(lr, path, where, inputs)
     else:
-        assert src.path is not None  # DataSource: exactly one of path and loader
+        assert src.path is not None  # DataSource: exactly one of path, loader and text
         path = lr.resolve(src.path)
         where = f"{path} (data.{field}.path)"
         if not path.is_file():

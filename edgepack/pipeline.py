@@ -121,6 +121,8 @@ class RecipeBuild:
     validations: dict = field(default_factory=dict)  # target -> device -> validate node ids (one per thread count)
     coverage: dict = field(default_factory=dict)
     source: Artifact | None = None
+    torch_source: Artifact | None = None  # an hf source's torch.export program (the convert's 'program' output)
+    bundle_files: dict = field(default_factory=dict)  # bundle folder -> artifact beside the targets (an hf source's tokenizer/)
     data: dict = field(default_factory=dict)  # role -> frozen data artifact
     label_sets: set = field(default_factory=set)
     out_shapes: dict = field(default_factory=dict)
@@ -288,6 +290,7 @@ def write_signed_bundle(rb: RecipeBuild, report: dict, artifacts: dict) -> Path:
 
     lr, r, out_dir, key = rb.lr, rb.lr.recipe, rb.out_dir, rb.key_path
     files = {f"targets/{tid}/{art.path.name}": art.path for tid, art in artifacts.items()}
+    files.update({name: art.path for name, art in rb.bundle_files.items()})
     manifest = _manifest(rb, report, artifacts)
     manifest["provenance"] = PROVENANCE_NAME  # signed in-toto SLSA statement, covered by the bundle signature too
     pkg = r.package
@@ -339,6 +342,9 @@ def _manifest(rb: RecipeBuild, report: dict, artifacts: dict) -> dict:
         "toolchain": report["toolchain"],
         "lineage": [{k: s[k] for k in ("name", "stage", "version", "key", "inputs", "outputs")} for s in rb.engine.lineage],
     }
+    manifest.update({name: f"{name}/" for name in rb.bundle_files})  # "tokenizer": "tokenizer/"
+    if "hf" in report["conversion"].get("record", {}):  # task, model type, pooling, class labels of an hf source
+        manifest["hf"] = report["conversion"]["record"]["hf"]
     return scrub_host_paths(manifest, pre_build.host_prefixes(rb.lr, rb.out_dir, rb.cache.root))
 
 

@@ -20,6 +20,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "openvino": ("openvino",),  # nncf too, for int8 (checked by that stage)
     "coreml": ("coremltools",),
     "tensorrt": (),  # without tensorrt on the build host, the engine is built on the device
+    "hf": ("torch", "onnxscript", "transformers", "tokenizers", "safetensors"),
 }
 
 
@@ -132,8 +133,18 @@ def check_loaders(lr: LoadedRecipe) -> None:
             raise BadInputError(f"{src.loader} imports '{missing}', and the '{top}' package is not installed", hint=hint, where=where) from e
 
 
+def check_hf_folder(lr: LoadedRecipe) -> None:
+    """A Hugging Face folder has config.json, safetensors weights and tokenizer files (ingest/hf.py)."""
+    m = lr.recipe.model
+    if m.format.value == "hf" and m.path:
+        from .ingest.hf import check_folder
+
+        check_folder(lr.resolve(m.path), lr.where("model", "path"))
+
+
 def preflight(lr: LoadedRecipe, targets) -> None:
     """Every cheap check on a loaded recipe and its selected targets, before any stage."""
+    check_hf_folder(lr)
     check_extras(lr, targets)
     check_pass_data(lr)
     check_onnx_inputs(lr)

@@ -18,6 +18,7 @@ from pydantic import (
 
 from .recipe_card import Card
 from .recipe_evaluate import CosineGate, Metric, MetricGate, MinCosine
+from .recipe_hf import HfTask, Pooling, TokenizerSettings, check_hf, hf_defaults
 from .recipe_targets import OnnxRuntimeSpec, TargetSpec
 from .recipe_targets import Target as Target  # re-exported: targets are built and imported from here too
 from .recipe_targets import TargetBase as TargetBase
@@ -35,6 +36,7 @@ class ModelFormat(str, enum.Enum):
     KERAS = "keras"
     SAVED_MODEL = "saved-model"
     TFLITE = "tflite"
+    HF = "hf"  # a local Hugging Face folder: config.json, safetensors weights, tokenizer files (edgepack/ingest/hf.py)
 
 
 class DType(str, enum.Enum):
@@ -137,15 +139,32 @@ class ModelSection(Strict):
     path: str | None = Field(None, description="Model file or directory (relative to the recipe).")
     entrypoint: str | None = Field(None, description="module:function building the torch.nn.Module.")
     weights: str | None = Field(None, description="State dict loaded with torch.load(weights_only=True).")
-    inputs: list[InputSpec] = Field(min_length=1, description="The model's inputs: name, shape, dtype (edgepack init reads them from a model file).")
+    inputs: list[InputSpec] = Field(default_factory=list, description="The model's inputs: name, shape, dtype (edgepack init reads them from a model file). "
+                                    "Required, except for format hf (default: input_ids and attention_mask).")
     outputs: list[str] | None = Field(None, description="Output names (default output_0, ...).")
     state: list[StateSpec] = Field(default_factory=list, description="States carried from an output to an input between steps (stream mode).")
     opset: int = Field(18, ge=13, le=23, description="ONNX opset to export to.")
     tolerance: float = Field(1e-3, gt=0, description="Max abs difference allowed between source and ONNX.")
     trust_code: bool = Field(False, description="Let code and file I/O inside the model file run (Keras lambdas, TF file/Python ops): docs/security.md.")
+    task: HfTask | None = Field(None, description="format hf: feature-extraction, text-classification or text-generation.")
+    tokenizer: TokenizerSettings | None = Field(None, description="format hf: how text data is tokenized (max_length, padding, truncation).")
+    pooling: Pooling | None = Field(None, description="format hf, feature-extraction: mean (over the attention mask, the default), cls, or none (the last hidden state).")
+    normalize: bool = Field(False, description="format hf, feature-extraction: L2-normalize the pooled embedding.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hf_defaults(cls, data):
+        return hf_defaults(data)
+
+    @model_validator(mode="after")
+    def _hf(self):
+        check_hf(self)
+        return self
 
     @model_validator(mode="after")
     def _source(self):
+        if not self.inputs and self.format is not ModelFormat.HF:
+            raise ValueError("inputs: Field required: list the model's inputs (name, shape, dtype)")
         if self.format is ModelFormat.PYTORCH:
             if not self.entrypoint:
                 raise ValueError("format 'pytorch' needs 'entrypoint' (module:function) and usually 'weights'")
@@ -195,6 +214,7 @@ class ModelSection(Strict):
 
 class DataSource(Strict):
     path: str | None = Field(None, description=".npy or .npz file (relative to the recipe).")
+    text: str | None = Field(None, description="format hf: a UTF-8 text file, one example per line, tokenized by the model's tokenizer (model.tokenizer).")
     loader: str | None = Field(None, description="module:function returning arrays, or (inputs, labels).")
     labels: str | dict[str, str] | None = Field(
         None, description=".npy file with one label per sample (the label set 'labels'), or {name: .npy} for several named label sets.")
@@ -206,7 +226,7 @@ class DataSource(Strict):
     def files(self) -> list[str]:
         """The files this source names (data path and label files), relative to the recipe."""
         labels = list(self.labels.values()) if isinstance(self.labels, dict) else [self.labels]
-        return [p for p in (self.path, *labels) if p]
+        return [p for p in (self.path, self.text, *labels) if p]
 
     @field_validator("labels")
     @classmethod
@@ -220,8 +240,10 @@ class DataSource(Strict):
 
     @model_validator(mode="after")
     def _one(self):
-        if bool(self.path) == bool(self.loader):
-            raise ValueError("give exactly one of 'path' or 'loader'")
+        if sum(bool(x) for x in (self.path, self.loader, self.text)) != 1:
+            raise ValueError("give exactly one of 'path', 'loader' or 'text'")
+        if self.text and self.mode == "stream":
+            raise ValueError("mode: text data is batch data (one example per line); stream mode needs arrays")
         if self.loader and ":" not in self.loader:
             raise ValueError("loader must look like 'module:function'")
         return self
@@ -425,6 +447,15 @@ class Recipe(Strict):
     package: Package = Field(Package(), description="Signing key, certificates and bundle folder.")
     publish: Publish = Field(Publish(), description="Where and whether the signed bundle is published.")
     card: Card | None = Field(None, description="Model card: intended use, limitations, training data, license (MODEL_CARD.md in the bundle).")
+
+    @model_validator(mode="after")
+    def _text_data(self):
+        for role in ("calibration", "validation", "training"):
+            src = getattr(self.data, role)
+            if src is not None and src.text and self.model.format is not ModelFormat.HF:
+                raise ValueError(f"data.{role}.text: text data is tokenized by a Hugging Face tokenizer; it needs model.format hf "
+                                 f"(this recipe's is {self.model.format.value}); give .npy/.npz arrays instead")
+        return self
 
     @model_validator(mode="after")
     def _unique_targets(self):

@@ -70,7 +70,11 @@ def _redirect(log_path) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
 
 
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # no worker ever downloads a model (edgepack/ingest/hf.py)
+
+
 def _child(conn, fn, args, kwargs, log_path, sys_path, parent_pid=None):
+    os.environ.update(OFFLINE_ENV)
     os.setpgrp()  # its own process group: a timeout kills the converter's own subprocesses too
     if parent_pid is not None:
         _die_with_parent(parent_pid)
@@ -262,6 +266,7 @@ def _foreign_main(job_fd: int, result_fd: int, log_path: str, parent_pid: int) -
     """The worker side in a toolchain interpreter: read the job, then run it as a spawned worker would."""
     from multiprocessing.connection import Connection
 
+    os.environ.update(OFFLINE_ENV)  # before the job (and whatever it imports) is unpickled
     if log_path:
         _redirect(log_path)
     conn = Connection(result_fd, readable=False)

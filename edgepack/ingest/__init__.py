@@ -28,11 +28,13 @@ CONVERTERS: dict[ModelFormat, tuple[str, str | None]] = {
     ModelFormat.KERAS: ("edgepack.ingest.tensorflow", "tensorflow"),
     ModelFormat.SAVED_MODEL: ("edgepack.ingest.tensorflow", "tensorflow"),
     ModelFormat.TFLITE: ("edgepack.ingest.tensorflow", "tensorflow"),
+    ModelFormat.HF: ("edgepack.ingest.hf", "hf"),
 }
 
 TOOLCHAIN = {
     "torch": ("torch", "onnxscript"),
     "tensorflow": ("tensorflow", "tf2onnx"),
+    "hf": ("torch", "onnxscript", "transformers", "tokenizers"),
     None: (),
 }
 
@@ -50,6 +52,7 @@ class ConvertContext:
     workdir: Path
     output_names: list[str]
     source: Artifact  # resolved source file (or weights) and its digest
+    torch_program: bool = False  # also save a torch.export program (program.pt2) for the ExecuTorch target (hf sources)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Converted:
     source_outputs: list[list[np.ndarray]] | None  # per sample, per output; None when the source is ONNX itself
     record: dict = field(default_factory=dict)
     checked: bool = False  # the converter ran verify_export itself (to fall back on a failed check)
+    outputs: dict[str, tuple[Path, str]] = field(default_factory=dict)  # more stage outputs: name -> (path, kind), e.g. the tokenizer
 
 
 class ExportCheckError(StageError):
@@ -183,8 +187,9 @@ class ConvertStage(Stage):
     isolated = True
     timeout = 1800.0
 
-    def __init__(self, model: ModelSection, recipe_dir: Path, source_where: str):
+    def __init__(self, model: ModelSection, recipe_dir: Path, source_where: str, torch_program: bool = False):
         self.model = model
+        self.torch_program = torch_program and model.format is ModelFormat.HF
         self.recipe_dir = Path(recipe_dir).resolve()
         self.source_where = source_where
         self.module, self.extra = CONVERTERS[model.format]
@@ -193,7 +198,13 @@ class ConvertStage(Stage):
         self.toolchain_env = SOURCE_TOOLCHAINS.get(self.extra or "")
 
     def config(self) -> dict:
-        return self.model.model_dump(mode="json", exclude={"path", "weights"})
+        from ..recipe_hf import HF_FIELDS
+
+        hf = self.model.format is ModelFormat.HF  # other formats' keys stay as they were before hf sources existed
+        cfg = self.model.model_dump(mode="json", exclude={"path", "weights"} | (set() if hf else set(HF_FIELDS)))
+        if self.torch_program:
+            cfg["torch_program"] = True
+        return cfg
 
     def toolchain(self) -> dict[str, str]:
         """Exporter versions (cache key) from the environment that will run the conversion."""
@@ -210,11 +221,11 @@ class ConvertStage(Stage):
         data = read_npz(inputs["samples"].path)[0] if "samples" in inputs else None
         samples = sample_inputs(self.model, data, recipe_dir=self.recipe_dir)
         names = self.model.outputs or []
-        ctx = ConvertContext(self.model, self.recipe_dir, self.source_where, samples, workdir, names, inputs["source"])
+        ctx = ConvertContext(self.model, self.recipe_dir, self.source_where, samples, workdir, names, inputs["source"], self.torch_program)
         if self.extra:
             from ..errors import require_backend
 
-            require_backend(self.extra, self.extra)
+            require_backend(TOOLCHAIN[self.extra][-2 if self.extra == "hf" else 0], self.extra)  # hf: transformers
         converted: Converted = importlib.import_module(self.module).convert(ctx)
         record = dict(converted.record)
         if converted.checked:
@@ -233,7 +244,8 @@ class ConvertStage(Stage):
         record["toolchain"] = {**package_versions("onnx", "onnxruntime", "numpy", *TOOLCHAIN[self.extra]), "python": platform.python_version()}
         ins, outs = onnx_specs(path, {i.name: i.layout for i in self.model.inputs})
         art = Artifact(path, "onnx", inputs=ins, outputs=outs, meta={"opset": record["exported_opset"]})
-        return StageResult({"model": art}, record)
+        more = {name: Artifact(p, kind) for name, (p, kind) in converted.outputs.items()}
+        return StageResult({"model": art, **more}, record)
 
     def _check_user_onnx(self, path: Path, samples) -> Path:
         """The ONNX source was checked by ingest.onnx; infer shapes and check it runs on the samples."""

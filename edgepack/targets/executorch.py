@@ -22,7 +22,7 @@ from ..recipe import ModelFormat
 from . import TargetStage
 from .common import compare
 
-FORMATS = (ModelFormat.PYTORCH, ModelFormat.EXPORTED_PROGRAM)
+FORMATS = (ModelFormat.PYTORCH, ModelFormat.EXPORTED_PROGRAM, ModelFormat.HF)  # hf: the convert's torch.export program
 TOOLCHAIN = "executorch"
 PACKAGES = ("executorch", "torch", "torchao", "numpy")
 
@@ -44,7 +44,7 @@ class ExecuTorchTarget(TargetStage):
         self.precision = target.precision or "fp32"
         self.opts = target.options.model_dump()  # recipe_targets.ExecuTorchOptions, validated at load
         if ctx.model.format not in FORMATS:
-            raise BadInputError(f"{ctx.where}.type: executorch needs a PyTorch source (model.format pytorch or exported-program), "
+            raise BadInputError(f"{ctx.where}.type: executorch needs a PyTorch source (model.format pytorch, exported-program or hf), "
                                 f"this recipe's is {ctx.model.format.value}", hint="export the model from PyTorch, or drop this target")
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
@@ -122,6 +122,10 @@ class ExecuTorchTarget(TargetStage):
         return StageResult({"artifact": Artifact(out, "pte", inputs=fp32.inputs, outputs=fp32.outputs, meta=meta)}, record)
 
     def _module(self, source: Artifact, workdir: Path):
+        if source.format == "pt2":  # an hf source's torch.export program (ingest/hf.py): torch alone loads it
+            import torch
+
+            return torch.export.load(str(source.path))
         from ..ingest import ConvertContext
         from ..ingest.torch import _load_module
 

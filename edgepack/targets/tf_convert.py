@@ -47,7 +47,7 @@ class SavedModelStage(Stage):
     """model (+ calibration) -> ``saved_model`` directory artifact, its meta says how it was made."""
 
     kind = "convert.onnx2tf-savedmodel"
-    version = "1"
+    version = "2"  # 2: Erf through onnx2tf's pseudo-Erf (builtin ops), not a Flex op
     isolated = True
     toolchain_env = "tflite"
     timeout = 900.0
@@ -107,6 +107,12 @@ def convert(inputs: dict[str, Artifact], model_section, recipe_dir: Path, keep_n
         disable_model_save=True,  # onnx2tf returns the Keras model: no .tflite variant is converted here
         verbosity="warn",
     )
+    from ..optimize import count_ops
+
+    if "Erf" in count_ops(src.path):  # exact GELU (transformers): TFLite has no builtin Erf, and a Flex op runs nowhere without the Flex delegate
+        kwargs["replace_to_pseudo_operators"] = ["erf"]
+        record["notes"].append("Erf converted with onnx2tf's pseudo-Erf (builtin Abs/Exp/Mul/Add/Div ops, an approximation of |error| < 1.5e-7): "
+                               "TFLite has no builtin Erf")
     record["onnx2tf_args"] = {k: v for k, v in kwargs.items() if k not in ("input_onnx_file_path", "output_folder_path", "custom_input_op_name_np_data_path")}
     report("onnx2tf", 0, 2, phase="ONNX -> Keras")  # the phases (its per-op lines only print at verbosity debug)
     model, log = _run_onnx2tf(kwargs, scratch, Path(src.path))

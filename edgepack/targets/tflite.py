@@ -94,6 +94,9 @@ class TFLiteTarget(TargetStage):
 
         specs_in, specs_out, mapping, meta, check = describe(out, src.path, ins, outs, sources, shapes, perms, first_feeds)
         record.update(check)
+        if check.get("select_tf_ops"):
+            record["notes"].append(f"the model keeps TensorFlow ops TFLite has no builtin for ({', '.join(check['select_tf_ops'])}): "
+                                   "it runs only where the Flex delegate (select TF ops) is linked; LiteRT's Python runtime is not")
         kinds = record["tensor_dtypes"]
         if self.precision == "int8-dynamic" and "int8" not in kinds:
             record["notes"].append("no int8 tensors: TFLite's dynamic-range quantization skips weights below its size threshold (1024 elements); the model stays float")

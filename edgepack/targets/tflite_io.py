@@ -142,7 +142,9 @@ def describe(path: Path, onnx_path: Path, ins, outs, sources, shapes, perms, fee
     for t in it.get_tensor_details():
         dt = np.dtype(t["dtype"]).name
         dtypes[dt] = dtypes.get(dt, 0) + 1
+    flex = sorted({o["op_name"] for o in it._get_ops_details() if str(o.get("op_name", "")).startswith("Flex")})
     record = {
+        **({"select_tf_ops": flex} if flex else {}),  # TF ops kept as Flex: a LiteRT runtime without the Flex delegate cannot run them
         "tensor_dtypes": dict(sorted(dtypes.items())),
         "io": {"inputs": [s.to_json() for s in specs_in], "outputs": [s.to_json() for s in specs_out]},
         "sample_check": {"vs": "ONNX Runtime, 1 sample", "outputs": compare([reference[k] for k in range(len(order))],

@@ -49,8 +49,10 @@ def check_extras(lr: LoadedRecipe, targets) -> None:
 
     m = lr.recipe.model
     extra = CONVERTERS.get(m.format, (None, None))[1]
-    if extra:  # its conversion runs in a toolchain: here, or in that toolchain's managed environment
+    if extra in SOURCE_TOOLCHAINS:  # its conversion runs in a toolchain: here, or in that toolchain's managed environment
         toolchains.check(SOURCE_TOOLCHAINS[extra], lr.where("model", "path" if m.path else "entrypoint"), f"a {m.format.value} source")
+    elif extra:  # hf: converts in the build's environment (transformers)
+        _require(lr.where("model", "format"), f"a {m.format.value} source", extra)
     for i, cfg in enumerate(lr.recipe.optimize):
         extra = pass_extra(cfg)
         if extra:

@@ -76,7 +76,7 @@ def _target_entry(rb, res, tid, over, failures, gate_failures, artifacts) -> dic
     art = out.outputs["artifact"]
     artifacts[tid] = art
     entry.update(compile=out.record, artifact=art.to_json(), size_bytes=art.size, precision=art.meta.get("precision"))
-    if rb.lr.recipe.data.validation is None:
+    if rb.lr.recipe.data.validation is None and getattr(rb.lr.recipe, "generation", None) is None:
         entry["validation"] = "skipped: the recipe has no data.validation"
         return entry
     statuses = {dev: _device_entry(rb, res, tid, art, dev, vids, over, failures, gate_failures, entry)

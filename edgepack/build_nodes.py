@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 
+from . import build_generation as gen
 from .errors import StageError
 from .plan import Node, NodeResult, Plan, Resources, Work
 from .recipe import TargetInput
@@ -29,7 +30,11 @@ def add_recipe_nodes(plan: Plan, rb) -> None:
         rb.ids.append(plan.add(Node(nid(name), kind, tuple(dict.fromkeys(nid(d) for d in deps)), prepare, rb.engine, recipe=rb.key, **kw)).id)
     node("data", "data", (), lambda res: _data(rb))
     node("convert", "convert", ("data",), lambda res: _convert_work(rb, res), finish=lambda out, res: _convert_done(rb, out, res))
-    if r.data.validation is not None:
+    decoder = gen.is_decoder(r)
+    if decoder:  # text-generation: the PyTorch model's tokens are the reference (edgepack/build_generation.py)
+        node("reference fp32", "reference", ("convert", "data"), lambda res: gen.reference_work(rb, res),
+             finish=lambda out, res: gen.reference_done(rb, out, res))
+    elif r.data.validation is not None:
         node("reference fp32", "reference", ("convert", "data"), lambda res: _reference_work(rb, res),
              finish=lambda out, res: _reference_done(rb, out, res))
     prev = "convert"
@@ -58,15 +63,16 @@ def add_recipe_nodes(plan: Plan, rb) -> None:
         node(cname, "compile", deps, lambda res, tid=tid, m=model_node, pres=pres: _compile_work(rb, res, tid, m, pres),
              target=tid, after_failure=True)
         after_gates.append(cname)
-        if r.data.validation is None:
+        if r.data.validation is None and not decoder:
             continue
         for dev in rb.devices:
             counts = dev.thread_counts()
             for n in counts:
                 vname = f"validate {tid} @ {dev.name}" + (f" threads={n}" if len(counts) > 1 else "")
                 rb.validations.setdefault(tid, {}).setdefault(dev.name, []).append(nid(vname))
-                node(vname, "validate", (cname, "convert", "reference fp32"),
-                     lambda res, tid=tid, dev=dev, n=n, vname=vname: _validate_work(rb, res, tid, dev, n, vname),
+                work = (lambda res, tid=tid, dev=dev, n=n, vname=vname: gen.validate_work(rb, res, tid, dev, n, vname)) if decoder else \
+                    (lambda res, tid=tid, dev=dev, n=n, vname=vname: _validate_work(rb, res, tid, dev, n, vname))
+                node(vname, "validate", (cname, "convert", "reference fp32"), work,
                      target=tid, device=dev.name,
                      resources=Resources(device=dev.name, exclusive=dev.transport.type.value in ("local", "browser")))
                 after_gates.append(vname)
@@ -88,6 +94,8 @@ def _data(rb) -> NodeResult:
         if src is not None:
             arrays, labels = load_source(lr, src, role, r.model.data_inputs())
             data[role] = freeze(arrays, labels, rb.cache.root / "data", role, src.mode)
+    if gen.is_decoder(r):
+        data["tokens"] = gen.tokens(rb)
     rb.data = data
     rb.label_sets = set((data["validation"].meta.get("label_sets") or []) if "validation" in data else [])
     check_evaluation(r, lr.where, label_sets=rb.label_sets, base_dir=lr.dir)

@@ -18,6 +18,7 @@ from pydantic import (
 
 from .recipe_card import Card
 from .recipe_evaluate import CosineGate, Metric, MetricGate, MinCosine
+from .recipe_generation import Generation
 from .recipe_hf import HfTask, Pooling, TokenizerSettings, check_hf, hf_defaults
 from .recipe_targets import OnnxRuntimeSpec, TargetSpec
 from .recipe_targets import Target as Target  # re-exported: targets are built and imported from here too
@@ -298,6 +299,9 @@ class QuantizePass(Strict):
     symmetric_weights: bool = Field(True, description="Symmetric weight ranges.")
     block_size: int = Field(32, ge=16, description="int4: weights per quantization block (power of 2).")
     accuracy_level: int | None = Field(None, ge=0, le=4, description="int4: MatMulNBits accuracy_level.")
+    algorithm: Literal["rtn", "gptq", "hqq"] = Field(
+        "rtn", description="int4: rtn (round to nearest), gptq (data-aware: data.calibration, or generation.calibration for decoders) or hqq.")
+    bits: Literal[4, 8] = Field(4, description="int4 mode: weight bits of MatMulNBits (8: int8 weight-only; rtn only).")
     accuracy_aware: AccuracyAware | None = Field(None, description="Keep the most sensitive nodes in float until a metric budget is met.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -308,6 +312,10 @@ class QuantizePass(Strict):
             raise ValueError("accuracy_aware works with mode 'static' or 'dynamic'")
         if self.block_size & (self.block_size - 1):
             raise ValueError("block_size must be a power of 2 (16, 32, 64, 128)")
+        if (self.algorithm != "rtn" or self.bits != 4) and self.mode is not QuantizeMode.INT4:
+            raise ValueError("algorithm and bits apply to mode: int4 (weight-only MatMulNBits)")
+        if self.bits == 8 and self.algorithm != "rtn":
+            raise ValueError("bits: 8 works with algorithm: rtn")
         return self
 
 
@@ -447,6 +455,7 @@ class Recipe(Strict):
     package: Package = Field(Package(), description="Signing key, certificates and bundle folder.")
     publish: Publish = Field(Publish(), description="Where and whether the signed bundle is published.")
     card: Card | None = Field(None, description="Model card: intended use, limitations, training data, license (MODEL_CARD.md in the bundle).")
+    generation: Generation | None = Field(None, description="text-generation models: prompts, prompt lengths and new tokens of the greedy device runs (docs/recipe.md).")
 
     @model_validator(mode="after")
     def _text_data(self):
@@ -464,6 +473,18 @@ class Recipe(Strict):
             if t.id in seen:
                 raise ValueError(f"two targets are named '{t.id}': give each a distinct 'name'")
             seen.add(t.id)
+        return self
+
+    @model_validator(mode="after")
+    def _generation(self):
+        decoder = str(getattr(getattr(self.model, "task", None), "value", getattr(self.model, "task", None))) == "text-generation"
+        if decoder and self.generation is None:
+            raise ValueError("model.task text-generation needs a generation: section (at least generation.prompts: a text file)")
+        if self.generation is not None and not decoder:
+            raise ValueError("generation: applies to text-generation models (model.format: hf, model.task: text-generation)")
+        for i, t in enumerate(self.targets if decoder else ()):
+            if t.type is not TargetType.ONNXRUNTIME:
+                raise ValueError(f"targets[{i}]: text-generation models build for type onnxruntime only so far, not '{t.type.value}'")
         return self
 
 

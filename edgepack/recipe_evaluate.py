@@ -163,6 +163,19 @@ class FidelityMetric(_Metric):
         return self.type in ("cosine", "top1_agreement")
 
 
+class TokenMetric(_Metric):
+    """text-generation only (model.task: text-generation), against the FP32 PyTorch model on generation.prompts:
+    token_agreement (teacher-forced greedy next tokens), greedy_match (whole greedy continuations),
+    perplexity (on generation.perplexity)."""
+
+    type: Literal["token_agreement", "greedy_match", "perplexity"] = Field(
+        description="token_agreement, greedy_match or perplexity (text-generation; vs the FP32 PyTorch model).")
+    needs_labels: ClassVar[bool] = False
+
+    def higher(self) -> bool:
+        return self.type != "perplexity"
+
+
 class FnMetric(_Metric):
     """A user metric: f(outputs: dict[name, ndarray], labels) -> float | dict[str, float]."""
 
@@ -196,6 +209,7 @@ BUILTINS: dict[str, type[_Metric]] = {
     "exact_match": TextMetric, "cer": TextMetric, "wer": TextMetric, "mse": Mse, "psnr": Psnr,
     "embedding_cosine": EmbeddingCosine, "recall_at_k": RecallAtK,
     "cosine": FidelityMetric, "max_abs_error": FidelityMetric, "mean_abs_error": FidelityMetric, "top1_agreement": FidelityMetric,
+    "token_agreement": TokenMetric, "greedy_match": TokenMetric, "perplexity": TokenMetric,
 }
 METRIC_TAGS = tuple(dict.fromkeys(c.__name__ for c in BUILTINS.values())) + ("FnMetric", "CtcGreedyDecode", "FnDecode", "MinCosine", "float")
 

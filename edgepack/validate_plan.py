@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import RecipeError
-from .recipe_evaluate import CtcGreedyDecode, FnMetric, TextMetric, Top1
+from .recipe_evaluate import CtcGreedyDecode, FnMetric, TextMetric, TokenMetric, Top1
 
 CLASSIFIER = ("top1", "topk", "top1_agreement")
 BINARY = ("binary_accuracy", "f1", "roc_auc")
@@ -66,7 +66,14 @@ def _shape_problem(m, shape) -> str | None:
     return None
 
 
-def _check_metric(i, m, where, outs, shapes, label_sets, base_dir):
+def _check_metric(i, m, where, outs, shapes, label_sets, base_dir, generation=None):
+    if isinstance(m, TokenMetric):  # computed from greedy runs (validate/generation.py), not from an output
+        if generation is None:
+            raise RecipeError(f"'{m.id}' is a text-generation metric; it needs model.task text-generation and a generation: section",
+                              where=where('evaluate', i))
+        if m.type == "perplexity" and not generation.perplexity:
+            raise RecipeError("perplexity needs generation.perplexity (the text file it scores)", hint="add generation.perplexity: FILE", where=where("evaluate", i))
+        return
     names = ", ".join(outs) if outs else ""
     wanted = (m.outputs or ([m.output] if m.output else [])) if isinstance(m, FnMetric) else ([m.output] if m.output else [])
     for k, o in enumerate(wanted):
@@ -136,7 +143,8 @@ def check_evaluation(recipe, where, outputs: dict | list | None = None, label_se
     outs = list(outputs) if outputs is not None else (list(recipe.model.outputs) if recipe.model.outputs else None)
     if label_sets is None:
         label_sets = declared_label_sets(recipe)
-    if recipe.evaluate and recipe.data.validation is None:
+    generation = getattr(recipe, "generation", None)
+    if recipe.evaluate and recipe.data.validation is None and generation is None:
         raise RecipeError("metrics are computed on data.validation, and the recipe has none",
                           hint="add data.validation (path or loader)", where=where('evaluate'))
     seen: set[str] = set()
@@ -144,7 +152,7 @@ def check_evaluation(recipe, where, outputs: dict | list | None = None, label_se
         if m.id in seen:
             raise RecipeError(f"two metrics are named '{m.id}'", hint="give each a distinct 'name'", where=where('evaluate', i))
         seen.add(m.id)
-        _check_metric(i, m, where, outs, shapes, label_sets, base_dir)
+        _check_metric(i, m, where, outs, shapes, label_sets, base_dir, generation)
     if sum(1 for m in recipe.evaluate if m.primary) > 1:
         raise RecipeError("more than one metric has primary: true", where=where('evaluate'))
     _check_gates(recipe, where, outs, shapes, label_sets)

@@ -12,6 +12,8 @@ Modes (job["mode"]):
   memory  peak resident memory of load + a few inferences, in its own process so it never
           disturbs timing
   probe   what this device has: architecture, Python, runtimes and versions, memory, storage
+  generate  greedy decoding of a KV-cache decoder: TTFT, tokens/s, teacher-forced tokens (genrunner.py,
+          shipped beside this file as the job's ``genrunner`` file)
 """
 
 from __future__ import annotations
@@ -911,6 +913,16 @@ def memory(job):
     }
 
 
+def generate(job):
+    """Greedy generation (edgepack/devices/genrunner.py, sent as the job's 'genrunner' file)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("edgepack_genrunner", job["genrunner"])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.generate(job)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -920,9 +932,9 @@ def main(argv=None):
         job = json.load(f)
     mode = job.get("mode", "bench")
     try:
-        if mode != "probe" and job.get("runtime") not in ADAPTERS:
+        if mode not in ("probe", "generate") and job.get("runtime") not in ADAPTERS:
             raise RuntimeError(f"this runner has no adapter for runtime '{job.get('runtime')}'")
-        result = {"probe": probe, "bench": bench, "memory": memory}[mode](job)
+        result = {"probe": probe, "bench": bench, "memory": memory, "generate": generate}[mode](job)
         result["ok"] = True
     except Exception as e:  # report, don't crash: the caller decides
         import traceback

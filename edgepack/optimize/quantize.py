@@ -34,7 +34,7 @@ class QuantizeStage(Stage):
     version = "2"
     isolated = False
     process_global = True  # contextlib.chdir below: in a worker when stages run in parallel threads
-    uses = ("model", "calibration", "validation")
+    uses = ("model", "calibration", "validation", "tokens")  # tokens: a text-generation build's (validate/generation.py)
 
     def __init__(self, cfg: QuantizePass, ctx: PassContext):
         self.cfg = cfg
@@ -82,12 +82,16 @@ class QuantizeStage(Stage):
         elif self.cfg.mode is QuantizeMode.FP16:
             self._fp16(src.path, out, record)
         elif self.cfg.mode is QuantizeMode.INT4:
-            self._int4(src.path, out, record)
+            self._int4(src.path, out, record, inputs)
         elif self.cfg.mode is QuantizeMode.DYNAMIC:
             self._dynamic(src.path, out, workdir, validation, reference, record)
         else:
             self._static(src.path, out, inputs["calibration"].path, workdir, validation, reference, record)
         after, _ = measure(out, validation, reference, specs=specs, base_dir=base, model=self.ctx.model)
+        if "tokens" in inputs:  # a KV-cache decoder: the token metrics of this pass's output vs its input
+            from .decoder_quant import token_effect
+
+            token_effect(src.path, out, inputs["tokens"].path, specs, before, after)
         record["before"], record["after"] = before, after
         record["size_before"], record["size_after"] = before["size_bytes"], after["size_bytes"]
         record["ops_after"] = count_ops(out)
@@ -186,15 +190,17 @@ class QuantizeStage(Stage):
             record["accuracy_aware"] = e.record  # sensitivities and steps, kept in the report
             raise
 
-    def _int4(self, src: Path, out: Path, record: dict) -> None:
+    def _int4(self, src: Path, out: Path, record: dict, inputs: dict) -> None:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        from .decoder_quant import algo_config
 
         c = self.cfg
         m = onnx.load(str(src))
         inits = {i.name for i in m.graph.initializer}
         matmuls = [n.name for n in m.graph.node if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in inits]
-        record.update(block_size=c.block_size, symmetric=c.symmetric_weights, accuracy_level=c.accuracy_level)
+        record.update(block_size=c.block_size, symmetric=c.symmetric_weights, accuracy_level=c.accuracy_level, algorithm=c.algorithm, bits=c.bits)
         if not matmuls:
             shutil.copyfile(src, out)
             record["skipped"] = "no MatMul with constant weights: weight-only INT4 (MatMulNBits) applies to MatMul only (Gemm/Conv stay float)"
@@ -202,6 +208,7 @@ class QuantizeStage(Stage):
         q = MatMulNBitsQuantizer(
             m, block_size=c.block_size, is_symmetric=c.symmetric_weights, accuracy_level=c.accuracy_level,
             nodes_to_exclude=list(c.exclude_nodes), nodes_to_include=c.nodes, op_types_to_quantize=("MatMul",),
+            algo_config=algo_config(c, src, inputs, self.ctx, record),
         )
         try:
             q.process()

@@ -18,6 +18,11 @@ class OnnxRuntimeTarget(TargetStage):
     version = "1"
     runtime = "onnxruntime"
 
+    def __init__(self, target, ctx):
+        super().__init__(target, ctx)
+        if getattr(getattr(ctx.model, "task", None), "value", None) == "text-generation":
+            self.uses = ("model", "source")  # the Hugging Face folder: config.json and tokenizer files of the genai layout
+
     def toolchain(self) -> dict[str, str]:
         return package_versions("onnxruntime")
 
@@ -25,6 +30,8 @@ class OnnxRuntimeTarget(TargetStage):
         import onnxruntime as ort
 
         src = inputs["model"]
+        if "source" in inputs:
+            return self._genai(src, inputs["source"], workdir)
         opts = self.target.options
         assert isinstance(opts, OnnxRuntimeOptions)  # the recipe's OnnxRuntimeSpec
         ort_format = opts.ort_format
@@ -43,6 +50,36 @@ class OnnxRuntimeTarget(TargetStage):
         record["ort_format"] = _to_ort(out, opts.ort_optimization)
         meta["runner"] = self.contract(out, options={"model_file": "model.ort"})  # devices validate the .ort file that ships to mobile
         return StageResult({"artifact": Artifact(folder, "onnx+ort", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
+
+
+    def _genai(self, src: Artifact, source: Artifact, workdir: Path) -> StageResult:
+        """A text-generation model: ONNX Runtime GenAI's folder (model.onnx, genai_config.json, tokenizer files)."""
+        import json
+
+        import onnxruntime as ort
+
+        from ..ingest.hf import tokenizer_files
+        from ..ingest.hf_decoder import dims, genai_config, write_json
+
+        if self.target.options.ort_format:
+            raise StageError("ort_format: text-generation models ship as ONNX (ONNX Runtime GenAI loads model.onnx)",
+                             hint="remove options.ort_format", where=self.ctx.where)
+        folder = workdir / "genai"
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(src.path, folder / "model.onnx")
+        cfg = json.loads((Path(source.path) / "config.json").read_text())
+        from types import SimpleNamespace
+
+        write_json(folder / "genai_config.json", genai_config(dims(SimpleNamespace(**cfg))))
+        for f in tokenizer_files(Path(source.path)):
+            shutil.copyfile(f, folder / f.name)
+        try:
+            sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise StageError(f"ONNX Runtime cannot load the model: {str(e).splitlines()[0][:300]}") from e
+        meta = {"runtime": self.runtime, "precision": self.target.precision or _precision(folder / "model.onnx"), "layout": "onnxruntime-genai"}
+        record = {"providers": sess.get_providers(), "layout": "onnxruntime-genai", "files": sorted(p.name for p in folder.iterdir())}
+        return StageResult({"artifact": Artifact(folder, "genai", inputs=src.inputs, outputs=src.outputs, meta=meta)}, record)
 
 
 _STDOUT_LOCK = threading.Lock()

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import BadInputError
 from ..recipe_evaluate import FnMetric
 from . import text
+from .tokens import TYPES as TOKEN_TYPES  # computed from generation runs, not from outputs
 from .fidelity import (  # noqa: F401  (re-exported: one import point for numbers)
     abs_errors,
     aggregate,
@@ -281,6 +282,8 @@ def compute_one(spec, outputs: dict, labels: dict, reference: dict, base_dir) ->
     """{name: result} for one metric spec (a user function returning a dict may give several names)."""
     if isinstance(spec, FnMetric):
         return _fn_metric(spec, outputs, labels, base_dir)
+    if spec.type in TOKEN_TYPES:
+        raise MetricError(f"evaluate '{spec.id}': {spec.type} is a text-generation metric (model.task: text-generation, generation.prompts)")
     name = pick_output(spec, outputs)
     o = np.asarray(outputs[name])
     extra = {"output": name, "type": spec.type}

@@ -1,0 +1,208 @@
+"""edgepack generation runner: greedy decoding of a KV-cache decoder on the device.
+
+Self-contained like runner.py (numpy and the runtime only): the transports ship it as a job file and
+runner.py's ``generate`` mode imports it from there. Also imported in-process by the build (the quantize
+pass's token budget). The artifact is a folder with ``genai_config.json`` and the ONNX decoder it names.
+
+Job fields: ``artifact`` (the folder), ``tokens`` (a JSON file: ``validation`` prompts, ``perplexity``
+chunks and ``bench`` prompts by length, all token ids), ``new_tokens``, ``runs``, ``protocol.threads``,
+``backend`` (``onnxruntime``: this module's loop over one InferenceSession; ``onnxruntime-genai``).
+Result: per prompt length TTFT p50/p90 and decode tokens/s; teacher-forced argmax per validation
+position, greedy continuations, perplexity NLL; peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+GENRUNNER_VERSION = "1"
+
+
+def _np():
+    import numpy as np
+
+    return np
+
+
+DEFAULT_NAMES = ({"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                  "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                 {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"})
+
+
+def read_config(folder: str) -> dict:
+    with open(os.path.join(folder, "genai_config.json")) as f:
+        return json.load(f)["model"]
+
+
+class OrtDecoder:
+    """One InferenceSession over the decoder; prefill and decode steps with the cache as numpy arrays."""
+
+    def __init__(self, path: str, threads=None, model_file=None):
+        """``path``: a genai folder (genai_config.json names the model and its inputs), or the ONNX file itself."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        if os.path.isdir(path):
+            dec = read_config(path)["decoder"]
+            self.names = dec["inputs"], dec["outputs"]
+            path = os.path.join(path, model_file or dec["filename"])
+        else:
+            self.names = DEFAULT_NAMES
+        self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        past = {i.name: i.shape for i in self.sess.get_inputs()}
+        self.layers = sum(1 for n in past if n.startswith("past_") and n.endswith(".key"))
+        _, self.kv_heads, _, self.head = past[self.names[0]["past_key_names"] % 0]
+        self.version = ort.__version__
+
+    def _feeds(self, ids, past, past_len):
+        np = _np()
+        ins = self.names[0]
+        n = ids.shape[1]
+        feeds = {ins["input_ids"]: ids, ins["attention_mask"]: np.ones((1, past_len + n), np.int64),
+                 ins["position_ids"]: np.arange(past_len, past_len + n, dtype=np.int64)[None]}
+        for i in range(self.layers):
+            feeds[ins["past_key_names"] % i], feeds[ins["past_value_names"] % i] = past[2 * i], past[2 * i + 1]
+        return feeds
+
+    def empty(self):
+        np = _np()
+        z = np.zeros((1, self.kv_heads, 0, self.head), np.float32)
+        return [z] * (2 * self.layers)
+
+    def forward(self, ids, past, past_len):
+        """(logits [1, n, vocab], the new cache) for token ids [1, n] after ``past_len`` cached tokens."""
+        out = self.sess.run(None, self._feeds(ids, past, past_len))
+        return out[0], out[1:]
+
+
+def greedy(dec, prompt, new_tokens: int):
+    """Greedy continuation of ``prompt`` (a list of ids): (tokens, ttft_ms, decode step times in ms)."""
+    np = _np()
+    t0 = time.perf_counter()
+    logits, past = dec.forward(np.asarray([prompt], np.int64), dec.empty(), 0)
+    tok = int(logits[0, -1].argmax())
+    ttft = (time.perf_counter() - t0) * 1e3
+    out, steps = [tok], []
+    for _ in range(new_tokens - 1):
+        t = time.perf_counter()
+        logits, past = dec.forward(np.asarray([[tok]], np.int64), past, len(prompt) + len(out) - 1)
+        tok = int(logits[0, -1].argmax())
+        steps.append((time.perf_counter() - t) * 1e3)
+        out.append(tok)
+    return out, ttft, steps
+
+
+def teacher_forced(dec, ids):
+    """Argmax at every position of one prefill over ``ids``, and the NLL of ids[1:] (sum, count)."""
+    np = _np()
+    logits = dec.forward(np.asarray([ids], np.int64), dec.empty(), 0)[0][0].astype(np.float64)
+    pred = logits.argmax(-1)
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    nll = -float(sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1)))
+    return [int(t) for t in pred], nll, len(ids) - 1
+
+
+class GenaiDecoder:
+    """ONNX Runtime GenAI over the same folder: its own generator loop (greedy search from genai_config.json)."""
+
+    def __init__(self, folder: str, threads=None, model_file=None):
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.model = og.Model(folder)
+        self.version = og.__version__ if hasattr(og, "__version__") else "unknown"
+
+    def generate(self, prompt, new_tokens: int):
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+        gen = og.Generator(self.model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(prompt)
+        gen.generate_next_token()
+        ttft = (time.perf_counter() - t0) * 1e3
+        out, steps = [int(gen.get_next_tokens()[0])], []
+        while len(out) < new_tokens and not gen.is_done():
+            t = time.perf_counter()
+            gen.generate_next_token()
+            steps.append((time.perf_counter() - t) * 1e3)
+            out.append(int(gen.get_next_tokens()[0]))
+        return out, ttft, steps
+
+
+def _pct(xs, q):
+    np = _np()
+    return float(np.percentile(np.asarray(xs, np.float64), q)) if xs else None
+
+
+def _peak_rss_mb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_lengths(dec, bench: dict, new_tokens: int, runs: int) -> dict:
+    """TTFT p50/p90 and decode tokens/s per prompt length (after one untimed warm-up run per length)."""
+    run = dec.generate if isinstance(dec, GenaiDecoder) else (lambda p, n: greedy(dec, p, n))
+    out = {}
+    for length, prompt in sorted(bench.items(), key=lambda kv: int(kv[0])):
+        run(prompt, min(new_tokens, 2))
+        ttfts, steps, made = [], [], 0
+        for _ in range(runs):
+            toks, ttft, st = run(prompt, new_tokens)
+            ttfts.append(ttft)
+            steps += st
+            made = len(toks)
+        step_s = sum(steps) / 1e3
+        out[str(length)] = {"prompt_tokens": len(prompt), "new_tokens": made, "runs": runs,
+                            "ttft_ms": {"p50": _pct(ttfts, 50), "p90": _pct(ttfts, 90), "samples": ttfts},
+                            "decode_ms_per_token": {"p50": _pct(steps, 50), "p90": _pct(steps, 90)},
+                            "decode_tokens_per_s": (len(steps) / step_s) if step_s > 0 else None}
+    return out
+
+
+def evaluate(dec, validation, perplexity, new_tokens: int, generator=None) -> dict:
+    """Teacher-forced argmax per validation prompt, greedy continuations (by ``generator`` when given: the
+    GenAI generator), and the perplexity NLL."""
+    tf, cont = [], []
+    for ids in validation:
+        tf.append(teacher_forced(dec, ids)[0])
+        cont.append(generator.generate(ids, new_tokens)[0] if generator is not None else greedy(dec, ids, new_tokens)[0])
+    nll, count = 0.0, 0
+    for ids in perplexity:
+        _, s, n = teacher_forced(dec, ids)
+        nll, count = nll + s, count + n
+    return {"teacher_forced": tf, "continuations": cont, "nll": nll, "nll_tokens": count}
+
+
+def generate(job: dict) -> dict:
+    """The runner's ``generate`` mode (see the module docstring)."""
+    with open(job["tokens"]) as f:
+        tokens = json.load(f)
+    threads = (job.get("protocol") or {}).get("threads")
+    t0 = time.perf_counter()
+    ort_dec = OrtDecoder(job["artifact"], threads, job.get("model_file"))
+    load_ms = (time.perf_counter() - t0) * 1e3
+    backend = job.get("backend", "onnxruntime")
+    timed = GenaiDecoder(job["artifact"], threads) if backend == "onnxruntime-genai" else ort_dec
+    new_tokens, runs = int(job.get("new_tokens", 16)), int(job.get("runs", 3))
+    result = {"backend": backend, "runtime_version": timed.version, "load_ms": load_ms, "genrunner": GENRUNNER_VERSION,
+              "host": os.uname().nodename if hasattr(os, "uname") else "", "threads": threads}
+    result["lengths"] = bench_lengths(timed, tokens.get("bench", {}), new_tokens, runs)
+    genai = timed if timed is not ort_dec else None
+    result["tokens"] = evaluate(ort_dec, tokens.get("validation", []), tokens.get("perplexity", []), new_tokens, genai)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result

@@ -4,7 +4,6 @@ Text files are read one example per line (blank lines skipped) and tokenized wit
 tokenizer; the device runs are greedy, so every runtime's tokens are comparable.
 """
 
-from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 

@@ -83,6 +83,36 @@ def test_kv_cache_export_matches_pytorch_step_by_step(llama, tmp_path):
     assert past[0].shape == (1, 2, 12, 16)
 
 
+def test_onnxruntime_genai_generates_the_same_tokens_in_its_toolchain(llama, tmp_path):
+    """The genai layout (genai_config.json + model.onnx + tokenizer) loads in ONNX Runtime GenAI, run by the local
+    device's runner in the genai toolchain environment; its greedy tokens equal edgepack's own loop's."""
+    import testenvs
+
+    if testenvs.ensure_toolchain("genai") is None:
+        pytest.skip("no Python the genai lock allows")
+    from edgepack.devices import LOCAL, transport_for
+    from edgepack.ingest.hf_decoder import export, genai_config, load_causal_lm, write_json
+    from edgepack.validate.generation import GENRUNNER, freeze_tokens
+
+    folder = tmp_path / "genai"
+    folder.mkdir()
+    model, config = load_causal_lm(llama, "test")
+    d = export(model, config, folder / "model.onnx", 18)
+    write_json(folder / "genai_config.json", genai_config(d))
+    rng = np.random.default_rng(3)
+    sets = {"validation": [list(map(int, rng.integers(3, 300, 9))) for _ in range(3)], "perplexity": [], "calibration": [],
+            "bench": {"16": list(map(int, rng.integers(3, 300, 16)))}, "new_tokens": 6}
+    tokens = freeze_tokens(sets, tmp_path / "data")
+    results = {}
+    for runtime in ("onnxruntime-genai", "onnxruntime"):
+        job = {"mode": "generate", "runtime": runtime, "backend": runtime, "new_tokens": 6, "runs": 1, "protocol": {}}
+        results[runtime] = transport_for(LOCAL).execute(job, {"artifact": folder, "tokens": tokens.path, "genrunner": GENRUNNER}, {})
+    g, o = results["onnxruntime-genai"], results["onnxruntime"]
+    assert g["backend"] == "onnxruntime-genai" and g["runtime_version"] != o["runtime_version"]
+    assert g["tokens"]["continuations"] == o["tokens"]["continuations"]
+    assert g["lengths"]["16"]["ttft_ms"]["p50"] > 0 and g["lengths"]["16"]["new_tokens"] == 6
+
+
 def test_rtn_int4_and_int8_weight_only_with_token_budget(llama, tmp_path):
     """RTN (ONNX Runtime's default block quantizer) at 4 and 8 bits; the pass's token metrics vs its input."""
     import onnx

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_CACHE = Path(os.environ.get("EDGEPACK_TEST_CACHE") or Path.home() / ".cache" / "edgepack-tests")
 TOOLCHAINS_DIR = Path(os.environ.get("EDGEPACK_TOOLCHAINS_DIR") or TEST_CACHE / "toolchains")
 NUMPY2_PYTHON = "3.12"
-TEST_TOOLCHAINS = ("tflite", "executorch")  # the toolchain environments the tests build through (test_toolchain_env.py, test_target_executorch.py)
+TEST_TOOLCHAINS = ("tflite", "executorch", "genai")  # the toolchain environments the tests build through (test_toolchain_env.py, test_target_executorch.py, test_decoder.py)
 
 
 def ensure_toolchain(name: str) -> Path | None:

@@ -54,6 +54,8 @@ TOOLCHAINS: dict[str, Toolchain] = {
                         "coremltools (+ onnx2tf for ONNX sources, torch for the PyTorch frontend) (Core ML target)", "coreml"),
     "executorch": Toolchain("executorch", ("executorch", "torch"), ("executorch", "torch", "torchao", "numpy"),
                             "ExecuTorch + XNNPACK (ExecuTorch .pte target)", "executorch"),
+    "genai": Toolchain("genai", ("onnxruntime_genai", "onnxruntime"), ("onnxruntime-genai", "onnxruntime", "numpy"),
+                       "ONNX Runtime GenAI (text-generation device runs: generation.runtime onnxruntime-genai)"),
     "tensorrt": Toolchain("tensorrt", ("tensorrt",), ("tensorrt-cu12", "tensorrt", "onnx", "numpy"),
                           "TensorRT (engine builds on an NVIDIA GPU host)", "tensorrt"),
 }
@@ -233,7 +235,7 @@ def versions(name: str, *packages: str) -> dict[str, str]:
 
 
 # runner adapter (edgepack/devices/runner.py) -> the toolchain whose environment has its runtime
-RUNTIME_TOOLCHAINS = {"tflite": "tflite", "openvino": "openvino", "executorch": "executorch"}
+RUNTIME_TOOLCHAINS = {"tflite": "tflite", "openvino": "openvino", "executorch": "executorch", "onnxruntime-genai": "genai"}
 
 
 def runtime_python(runtime: str | None) -> str | None:

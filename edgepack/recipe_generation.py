@@ -5,6 +5,8 @@ tokenizer; the device runs are greedy, so every runtime's tokens are comparable.
 """
 
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -21,9 +23,9 @@ class Generation(BaseModel):
     perplexity: str | None = Field(None, description="A text file whose perplexity is computed (the perplexity metric).")
     perplexity_window: int = Field(128, ge=8, description="Perplexity: tokens per chunk (each chunk is scored from an empty cache).")
     calibration: str | None = Field(None, description="Calibration text for data-aware weight quantization (algorithm: gptq); default: the prompts.")
-    runtime: str = Field("onnxruntime", pattern=r"^(onnxruntime|onnxruntime-genai)$",
-                         description="Who generates on the device: onnxruntime (edgepack's greedy loop over one session) or "
-                                     "onnxruntime-genai (its generator; needs the genai toolchain).")
+    runtime: Literal["onnxruntime", "onnxruntime-genai"] = Field(
+        "onnxruntime", description="Who generates on the device: onnxruntime (edgepack's greedy loop over one session) or "
+                                   "onnxruntime-genai (its generator; needs the genai toolchain).")
 
     @field_validator("prompt_lengths")
     @classmethod

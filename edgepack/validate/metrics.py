@@ -18,7 +18,6 @@ import numpy as np
 from ..errors import BadInputError
 from ..recipe_evaluate import FnMetric
 from . import text
-from .tokens import TYPES as TOKEN_TYPES  # computed from generation runs, not from outputs
 from .fidelity import (  # noqa: F401  (re-exported: one import point for numbers)
     abs_errors,
     aggregate,
@@ -31,6 +30,7 @@ from .fidelity import (  # noqa: F401  (re-exported: one import point for number
     is_classifier,
     max_abs_error,
 )
+from .tokens import TYPES as TOKEN_TYPES  # computed from generation runs, not from outputs
 
 PSNR_CAP = 200.0  # dB reported for identical arrays (no infinity in report.json)
 

@@ -133,7 +133,9 @@ class OpenVINOSpec(TargetBase):
     """OpenVINO IR (model.xml + model.bin); int8 by NNCF post-training quantization."""
 
     type: Literal[TargetType.OPENVINO] = Field(description="openvino")
-    precision: Literal["fp32", "fp16", "int8"] | None = Field(None, description="fp32 (default), fp16 (compressed weights), int8 (NNCF, needs data.calibration).")
+    precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(
+        None, description="fp32 (default), fp16 (compressed weights), int8 (NNCF, needs data.calibration; text-generation: weight-only), "
+                          "int4 (text-generation only: NNCF weight compression).")
     options: OpenVINOOptions = Field(default_factory=OpenVINOOptions, description="OpenVINO options.")
     stage: ClassVar[str] = "edgepack.targets.openvino:OpenVINOTarget"
     extra: ClassVar[str | None] = "openvino"

@@ -41,10 +41,10 @@ def make_folder(folder: Path, seed: int = 0, vocab: int = 300, layers: int = 2, 
     return folder
 
 
-def write_texts(d: Path, prompts: int = 6, seed: int = 1) -> dict[str, Path]:
+def write_texts(d: Path, prompts: int = 4, seed: int = 1) -> dict[str, Path]:
     d.mkdir(parents=True, exist_ok=True)
     paths = {"prompts": d / "prompts.txt", "perplexity": d / "wiki.txt", "calibration": d / "calib.txt"}
     paths["prompts"].write_text("\n".join(sentences(prompts, seed)) + "\n")
-    paths["perplexity"].write_text("\n".join(sentences(20, seed + 1, words=20)) + "\n")
+    paths["perplexity"].write_text("\n".join(sentences(8, seed + 1, words=20)) + "\n")
     paths["calibration"].write_text("\n".join(sentences(16, seed + 2)) + "\n")
     return paths

@@ -80,6 +80,33 @@ class OrtDecoder:
         return out[0], out[1:]
 
 
+class OvDecoder(OrtDecoder):
+    """The same decoder as OpenVINO IR (openvino_model.xml in the folder), on the CPU plugin at f32."""
+
+    def __init__(self, path: str, threads=None, model_file=None):
+        import openvino as ov
+
+        dec = read_config(path)["decoder"]
+        self.names = dec["inputs"], dec["outputs"]
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        core = ov.Core()
+        model = core.read_model(os.path.join(path, model_file or dec["filename"]))
+        past = {p.get_any_name(): p.get_partial_shape() for p in model.inputs}
+        self.layers = sum(1 for n in past if n.startswith("past_") and n.endswith(".key"))
+        shape = past[self.names[0]["past_key_names"] % 0]
+        self.kv_heads, self.head = shape[1].get_length(), shape[3].get_length()
+        self.req = core.compile_model(model, "CPU", config).create_infer_request()
+        self.out_names = [o.get_any_name() for o in model.outputs]
+        self.version = ov.get_version()
+
+    def forward(self, ids, past, past_len):
+        self.req.infer(self._feeds(ids, past, past_len))
+        out = [self.req.get_output_tensor(k).data.copy() for k in range(len(self.out_names))]
+        return out[0], out[1:]
+
+
 def greedy(dec, prompt, new_tokens: int):
     """Greedy continuation of ``prompt`` (a list of ids): (tokens, ttft_ms, decode step times in ms)."""
     np = _np()
@@ -194,9 +221,9 @@ def generate(job: dict) -> dict:
         tokens = json.load(f)
     threads = (job.get("protocol") or {}).get("threads")
     t0 = time.perf_counter()
-    ort_dec = OrtDecoder(job["artifact"], threads, job.get("model_file"))
-    load_ms = (time.perf_counter() - t0) * 1e3
     backend = job.get("backend", "onnxruntime")
+    ort_dec = (OvDecoder if backend == "openvino" else OrtDecoder)(job["artifact"], threads, job.get("model_file"))
+    load_ms = (time.perf_counter() - t0) * 1e3
     timed = GenaiDecoder(job["artifact"], threads) if backend == "onnxruntime-genai" else ort_dec
     new_tokens, runs = int(job.get("new_tokens", 16)), int(job.get("runs", 3))
     result = {"backend": backend, "runtime_version": timed.version, "load_ms": load_ms, "genrunner": GENRUNNER_VERSION,

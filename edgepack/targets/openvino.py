@@ -76,7 +76,13 @@ class OpenVINOTarget(TargetStage):
 
     def __init__(self, target, ctx):
         super().__init__(target, ctx)
-        self.precision = check_precision(ctx.where, target.precision, PRECISIONS, "fp32")
+        self.decoder = getattr(getattr(ctx.model, "task", None), "value", None) == "text-generation"
+        if self.decoder:  # weight compression of the KV-cache decoder (targets/openvino_decoder.py)
+            from .openvino_decoder import DECODER_PRECISIONS
+
+            self.uses = ("model", "source")
+        self.precision = check_precision(ctx.where, target.precision, DECODER_PRECISIONS if self.decoder else PRECISIONS, "fp32",
+                                         "a precision of this target" if self.decoder else "a precision of this target (int4: text-generation models only)")
         self.opts = target.options.model_dump()  # recipe_targets.OpenVINOOptions, validated at load
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
@@ -87,13 +93,17 @@ class OpenVINOTarget(TargetStage):
         return toolchains.versions("openvino", "openvino", "onnx", *(("nncf",) if self.precision == "int8" else ()))
 
     def check_inputs(self, inputs):
-        if self.precision == "int8":
+        if self.precision == "int8" and not self.decoder:
             check_self_quantizing(self.ctx.where, inputs, "NNCF post-training quantization")
 
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         require_backend("openvino", "openvino")
         import openvino as ov
 
+        if self.decoder:
+            from .openvino_decoder import compile_decoder
+
+            return compile_decoder(self, inputs["model"], inputs["source"], workdir)
         src, ins, outs, arrays, sources = model_io_and_calibration(inputs, self.ctx.model.inputs)
         record: dict = {"precision": self.precision, "converter": "openvino.convert_model", "notes": []}
         if quantized_ops(src.path):

@@ -154,7 +154,8 @@ class GenerateStage(Stage):
         from . import tokens as tm
 
         art: Artifact = inputs["artifact"]
-        job = {"mode": "generate", "runtime": self.gen.runtime, "backend": self.gen.runtime, "new_tokens": self.gen.new_tokens,
+        backend = "openvino" if art.meta.get("runtime") == "openvino" else self.gen.runtime
+        job = {"mode": "generate", "runtime": backend, "backend": backend, "new_tokens": self.gen.new_tokens,
                "runs": self.gen.runs, "protocol": {"threads": self.threads}}
         report("runs", 0, 1, phase="generate")
         files = {"artifact": art.path, "tokens": inputs["tokens"].path, "genrunner": GENRUNNER}

@@ -88,7 +88,7 @@ class OvDecoder(OrtDecoder):
 
         dec = read_config(path)["decoder"]
         self.names = dec["inputs"], dec["outputs"]
-        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        config: dict = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()

@@ -61,7 +61,9 @@ class OnnxRuntimeTarget(TargetStage):
         from ..ingest.hf import tokenizer_files
         from ..ingest.hf_decoder import dims, genai_config, write_json
 
-        if self.target.options.ort_format:
+        opts = self.target.options
+        assert isinstance(opts, OnnxRuntimeOptions)  # the recipe's OnnxRuntimeSpec
+        if opts.ort_format:
             raise StageError("ort_format: text-generation models ship as ONNX (ONNX Runtime GenAI loads model.onnx)",
                              hint="remove options.ort_format", where=self.ctx.where)
         folder = workdir / "genai"

@@ -1,6 +1,7 @@
 """Recipe surface of `generation:` (text-generation models: model.format hf, model.task text-generation).
 
-Text files are read one example per line (blank lines skipped) and tokenized with the model folder's
+Prompts and calibration text: one example per line (an empty line is an error); the perplexity file is read
+whole. All are tokenized with the model folder's
 tokenizer; the device runs are greedy, so every runtime's tokens are comparable.
 """
 

@@ -38,6 +38,7 @@ TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_t
 TASK_EXPORTERS: dict[str, str] = {
     "feature-extraction": "edgepack.ingest.hf:convert_encoder",
     "text-classification": "edgepack.ingest.hf:convert_encoder",
+    "text-generation": "edgepack.ingest.hf_decoder:convert",
 }
 
 

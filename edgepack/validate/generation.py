@@ -20,22 +20,10 @@ from ..artifact import Artifact
 from ..devices import DeviceProfile, transport_for
 from ..engine import Stage, StageResult, package_versions
 from ..errors import BadInputError
+from ..ingest.hf_text import read_lines
 from ..progress_hooks import report
 
 GENRUNNER = Path(__file__).resolve().parent.parent / "devices" / "genrunner.py"
-
-
-def read_lines(path: Path, where: str) -> list[str]:
-    if not path.is_file():
-        raise BadInputError(f"{path}: text file not found", hint="the path is relative to the recipe", where=where)
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})", where=where) from e
-    lines = [ln for ln in lines if ln]
-    if not lines:
-        raise BadInputError(f"{path}: has no non-empty line", where=where)
-    return lines
 
 
 def _tokenizer(folder: Path, where: str):
@@ -53,7 +41,7 @@ def token_sets(lr, gen, folder: Path, context: int) -> dict:
     where = lambda *f: lr.where("generation", *f)  # noqa: E731
     tok = _tokenizer(folder, lr.where("model", "path"))
     enc = lambda lines: [e.ids for e in tok.encode_batch(lines)]  # noqa: E731
-    prompts = read_lines(lr.resolve(gen.prompts), where("prompts"))[: gen.max_prompts]
+    prompts = read_lines(lr.resolve(gen.prompts), where("prompts"))[: gen.max_prompts]  # (an empty line is an error)
     validation = [ids for ids in enc(prompts) if len(ids) >= 2]
     if not validation:
         raise BadInputError("every prompt is shorter than 2 tokens", where=where("prompts"))
@@ -64,9 +52,14 @@ def token_sets(lr, gen, folder: Path, context: int) -> dict:
     stream = [t for ids in validation for t in ids]
     bench = {str(n): [stream[i % len(stream)] for i in range(n)] for n in gen.prompt_lengths}
     sets = {"validation": validation, "bench": bench, "perplexity": [], "calibration": validation, "new_tokens": gen.new_tokens}
-    if gen.perplexity:
-        text = enc(read_lines(lr.resolve(gen.perplexity), where("perplexity")))
-        flat = [t for ids in text for t in ids]
+    if gen.perplexity:  # the whole file as one text (blank lines allowed), scored in windows
+        path = lr.resolve(gen.perplexity)
+        if not path.is_file():
+            raise BadInputError("text file not found", hint="check the path; it is relative to the recipe", where=where("perplexity"))
+        try:
+            flat = tok.encode(path.read_text(encoding="utf-8")).ids
+        except UnicodeDecodeError as e:
+            raise BadInputError(f"{path}: not UTF-8 (byte {e.start})", hint="save the file as UTF-8", where=where("perplexity")) from e
         w = min(gen.perplexity_window, context)
         sets["perplexity"] = [flat[i:i + w] for i in range(0, len(flat), w) if len(flat[i:i + w]) >= 2]
     if gen.calibration:

@@ -29,7 +29,7 @@ def _error(target: dict) -> str:
     ({"type": "onnxruntime", "options": {"ort_format": "yes"}}, "targets[1].options.ort_format: must be a valid boolean"),
     ({"type": "onnxruntime", "options": {"ort_optimization": "runtime"}}, "targets[1].options.ort_optimization: only applies with ort_format: true"),
     ({"type": "onnxruntime", "options": {"ort_fromat": True}}, "targets[1].options.ort_fromat: unknown key (did you mean 'ort_format'?)"),
-    ({"type": "openvino", "precision": "int8-dynamic"}, "targets[1].precision: must be 'fp32', 'fp16' or 'int8'"),
+    ({"type": "openvino", "precision": "int8-dynamic"}, "targets[1].precision: must be 'fp32', 'fp16', 'int8' or 'int4'"),
     ({"type": "openvino", "options": {"inference_precision": "fp32"}}, "targets[1].options.inference_precision: must be 'f32', 'bf16' or 'f16'"),
     ({"type": "openvino", "options": {"subset_size": 0}}, "targets[1].options.subset_size: must be greater than 0"),
     ({"type": "tensorrt", "precision": "int4"}, "targets[1].precision: must be 'fp32', 'fp16' or 'int8'"),

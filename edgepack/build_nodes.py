@@ -32,7 +32,7 @@ def add_recipe_nodes(plan: Plan, rb) -> None:
     node("convert", "convert", ("data",), lambda res: _convert_work(rb, res), finish=lambda out, res: _convert_done(rb, out, res))
     decoder = gen.is_decoder(r)
     if decoder:  # text-generation: the PyTorch model's tokens are the reference (edgepack/build_generation.py)
-        node("reference fp32", "reference", ("convert", "data"), lambda res: gen.reference_work(rb, res),
+        node("reference fp32", "reference", ("data",), lambda res: gen.reference_work(rb, res),  # beside convert: it reads the folder
              finish=lambda out, res: gen.reference_done(rb, out, res))
     elif r.data.validation is not None:
         node("reference fp32", "reference", ("convert", "data"), lambda res: _reference_work(rb, res),

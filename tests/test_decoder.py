@@ -146,6 +146,17 @@ def test_rtn_int4_and_int8_weight_only_with_token_budget(llama, tmp_path):
         assert before["metrics"]["token_agreement"]["value"] == 1.0
         agree[bits] = after["metrics"]["token_agreement"]["value"]
     assert agree[8] >= 0.9 and agree[8] >= agree[4], agree  # 8-bit weights stay closer to FP32 than 4-bit
+    # the quantization budget: gates.metrics.token_agreement.max_drop is checked on the pass's before/after records
+    from edgepack.errors import StageError
+    from edgepack.optimize.effect import budget_check
+    from edgepack.recipe import Gates
+
+    tight = Gates.model_validate({"metrics": {"token_agreement": {"max_drop": (1 - agree[4]) / 2}}})
+    assert agree[4] < 1  # random weights: 4-bit noise flips some argmax
+    with pytest.raises(StageError, match="token_agreement went from 1.0000"):
+        budget_check(before, {"metrics": {"token_agreement": {**after["metrics"]["token_agreement"], "value": agree[4]}}}, tight, "optimize[0]")
+    loose = Gates.model_validate({"metrics": {"token_agreement": {"max_drop": 1.0}}})
+    assert budget_check(before, after, loose, "optimize[0]")["metrics"]["token_agreement"]["met"]
 
 
 @pytest.fixture

@@ -96,7 +96,13 @@ class QuantizeStage(Stage):
         record["size_before"], record["size_after"] = before["size_bytes"], after["size_bytes"]
         record["ops_after"] = count_ops(out)
         record["quantized"] = quantized_share(src.path, out).to_json()  # typed: share.QuantizedShare
-        record["accuracy_budget"] = budget_check(before, after, self.ctx.gates, self.ctx.where)
+        try:
+            record["accuracy_budget"] = budget_check(before, after, self.ctx.gates, self.ctx.where)
+        except StageError as e:
+            if self.cfg.mode is not QuantizeMode.INT4:
+                raise
+            raise e.recast(StageError, hint="int4 is weight-only and has no accuracy_aware search: try bits: 8, algorithm: gptq, "
+                                            "a smaller block_size, or waive the gate") from e
         for p in workdir.glob("*.onnx"):
             if p != out:
                 p.unlink()

@@ -257,3 +257,28 @@ def test_text_file_errors_name_the_line(hf_folder, tmp_path):
     out = tokenize(tok, ["the red", "a b"], ["input_ids", "attention_mask", "token_type_ids"],
                    TokenizerSettings(max_length=8, padding="longest"), p, "w")
     assert all(a.dtype == np.int64 and a.shape[0] == 2 and a.shape[1] <= 8 for a in out.values())
+
+
+def test_executorch_program_has_the_same_outputs(hf_folder, tmp_path):
+    """The torch.export program the ExecuTorch target compiles (ingest/hf.py): the additive 4-D mask gives the
+    model's own outputs, and the saved program loads with torch alone and gives them too. (The ExecuTorch
+    build itself, fp32 and int8, is measured in docs/results.md: ~5 min here, over this test's budget.)"""
+    import torch
+
+    from edgepack.ingest import hf
+
+    model = hf.load_model(hf_folder, "feature-extraction", "w")
+    feeds = _feeds(hf_folder, VALID[:3], MAX_LEN)
+    names = ["input_ids", "attention_mask"]
+    plain = hf.wrap(model, names, "feature-extraction", "mean", False)
+    m4 = hf.wrap(model, names, "feature-extraction", "mean", False, mask4d=True)
+    from edgepack.ingest.torch import _run_source
+
+    want = _run_source(plain, feeds, names)
+    assert hf._same_outputs(m4, want, feeds, names, 1e-5)
+    assert not hf._same_outputs(m4, [[w[0] + 1] for w in want], feeds, names, 1e-5)
+    path = hf._save_program(m4, feeds[0], names, tmp_path / "program.pt2")
+    ep = torch.export.load(str(path))
+    assert not [n for n in ep.graph.nodes if n.op == "call_function" and "index.Tensor" in str(n.target)]
+    got = ep.module()(*(torch.from_numpy(feeds[0][n]) for n in names)).detach().numpy()
+    assert np.abs(got - want[0][0]).max() < 1e-5

@@ -132,8 +132,10 @@ def _line(e: Exception) -> str:
     return f"{e.__class__.__name__}: {text.splitlines()[0][:200] if text else ''}"
 
 
-def wrap(model, names: list[str], task: str, pooling: str | None, normalize: bool):
-    """A torch module taking the recipe's inputs positionally (in ``names`` order) and returning one tensor."""
+def wrap(model, names: list[str], task: str, pooling: str | None, normalize: bool, mask4d: bool = False):
+    """A torch module taking the recipe's inputs positionally (in ``names`` order) and returning one tensor.
+    ``mask4d``: hand the model the attention mask as the additive [batch, 1, 1, sequence] float mask it builds
+    itself (the same numbers; transformers' own mask code indexes tensors in a way PT2E quantization cannot trace)."""
     import inspect
 
     import torch
@@ -153,7 +155,11 @@ def wrap(model, names: list[str], task: str, pooling: str | None, normalize: boo
 
         def forward(self, x0, x1=None, x2=None, x3=None):
             feeds = dict(zip(names, (x0, x1, x2, x3)))
-            out = self.model(**feeds, return_dict=True)
+            args = dict(feeds)
+            if mask4d and "attention_mask" in feeds:
+                m4 = feeds["attention_mask"][:, None, None, :].to(torch.float32)
+                args["attention_mask"] = (1.0 - m4) * torch.finfo(torch.float32).min
+            out = self.model(**args, return_dict=True)
             if task == "text-classification":
                 return out.logits
             h = out.last_hidden_state
@@ -212,8 +218,11 @@ def convert_encoder(ctx):
     record["hf"] = hf_record(folder, m)
     outputs = {"tokenizer": (_copy_tokenizer(folder, ctx.workdir / "tokenizer"), "tokenizer")}
     if getattr(ctx, "torch_program", False):
-        outputs["program"] = (_save_program(module, ctx.samples[0], names, ctx.workdir / "program.pt2"), "pt2")
-        record["torch_program"] = "program.pt2: torch.export at the data's shape (batch 1), for the ExecuTorch target"
+        program = wrap(model, names, m.task.value, m.pooling.value if m.pooling else None, m.normalize, mask4d=True)
+        same = "attention_mask" in names and _same_outputs(program, source_outputs, ctx.samples, names, m.tolerance)
+        outputs["program"] = (_save_program(program if same else module, ctx.samples[0], names, ctx.workdir / "program.pt2"), "pt2")
+        record["torch_program"] = {"file": "program.pt2", "shape": "the data's (batch 1)", "for": "the ExecuTorch target",
+                                   "attention_mask": "additive 4-D float mask" if same else "as the model takes it"}
     return Converted(path, source_outputs, record, checked=True, outputs=outputs)
 
 
@@ -251,6 +260,17 @@ def _copy_tokenizer(folder: Path, out: Path) -> Path:
     for f in tokenizer_files(folder):
         shutil.copyfile(f, out / f.name)
     return out
+
+
+def _same_outputs(module, source_outputs, samples, names, tolerance: float) -> bool:
+    """Whether ``module`` gives the source outputs on the samples (a model that does not take a 4-D mask differs or raises)."""
+    from . import compare_outputs
+    from .torch import _run_source
+
+    try:
+        return max(compare_outputs(source_outputs, _run_source(module, samples, names), ["output"]).values()) <= tolerance
+    except Exception:  # noqa: BLE001 - the plain module is used then
+        return False
 
 
 def _save_program(module, sample: dict, names: list[str], out: Path) -> Path:

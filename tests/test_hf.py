@@ -282,3 +282,19 @@ def test_executorch_program_has_the_same_outputs(hf_folder, tmp_path):
     assert not [n for n in ep.graph.nodes if n.op == "call_function" and "index.Tensor" in str(n.target)]
     got = ep.module()(*(torch.from_numpy(feeds[0][n]) for n in names)).detach().numpy()
     assert np.abs(got - want[0][0]).max() < 1e-5
+
+
+def test_classification_folder_without_its_head_is_refused(hf_folder, tmp_path):
+    """transformers would give a missing classification head random weights; the loader refuses the folder."""
+    from transformers import AutoModel
+
+    from edgepack.errors import BadInputError
+    from edgepack.ingest import hf
+
+    base = tmp_path / "base"
+    AutoModel.from_pretrained(str(hf_folder), local_files_only=True).save_pretrained(base)
+    for f in hf.tokenizer_files(hf_folder):
+        shutil.copyfile(f, base / f.name)
+    hf.load_model(base, "feature-extraction", "w")  # the encoder itself is complete
+    with pytest.raises(BadInputError, match=r"the weights lack 2 tensor\(s\) a text-classification model needs \(classifier\."):
+        hf.load_model(base, "text-classification", "w")

@@ -476,12 +476,13 @@ class ExecuTorchAdapter:
     def version(self):
         from importlib.metadata import version
 
-        import executorch.runtime  # noqa: F401 - torch + the pybindings: part of the memory baseline, not of the model
-
+        _import_et_runtime()  # torch + the pybindings: part of the memory baseline, not of the model
         return version("executorch")
 
     def load(self, path, threads, options):
         import torch
+
+        _import_et_runtime()
         from executorch.runtime import Runtime
 
         if os.path.isdir(path):
@@ -510,6 +511,39 @@ class ExecuTorchAdapter:
         t = self._torch
         outs = self.method.execute([t.from_numpy(feeds[n]) for n in self.names])
         return [o.numpy() if hasattr(o, "numpy") else o for o in outs]
+
+
+def _import_et_runtime():
+    """Import executorch.runtime without the ExecuTorch compiler. Its pybindings module imports
+    ``executorch.exir._warnings`` for one warning class, and importing that runs ``executorch/exir/__init__``:
+    the whole compiler stack (torch._dynamo, inductor), ~10 s of CPU and hundreds of MB a device does not need.
+    That one small module is loaded from its file while the package is a stub, then the stub is removed (a later
+    ``import executorch.exir`` gets the real package). Any surprise: the plain import."""
+    import importlib.util
+    import types
+
+    if "executorch.extension.pybindings.portable_lib" in sys.modules or "executorch.exir" in sys.modules:
+        return
+    stubbed = False
+    try:
+        spec = importlib.util.find_spec("executorch")
+        path = os.path.join(list(spec.submodule_search_locations)[0], "exir", "_warnings.py")
+        if os.path.isfile(path):
+            wspec = importlib.util.spec_from_file_location("executorch.exir._warnings", path)
+            warnings_mod = importlib.util.module_from_spec(wspec)
+            stub = types.ModuleType("executorch.exir")
+            stub.__path__ = []
+            sys.modules["executorch.exir"], sys.modules["executorch.exir._warnings"] = stub, warnings_mod
+            stubbed = True
+            wspec.loader.exec_module(warnings_mod)
+            import executorch.extension.pybindings.portable_lib  # noqa: F401
+    except Exception:  # noqa: BLE001 - the plain import below says what is wrong, if anything
+        sys.modules.pop("executorch.extension.pybindings.portable_lib", None)
+    finally:
+        if stubbed:
+            sys.modules.pop("executorch.exir", None)
+            sys.modules.pop("executorch.exir._warnings", None)
+    import executorch.runtime  # noqa: F401
 
 
 # runtime name -> adapter class. Targets add their adapter here (tflite, openvino, coreml, tensorrt).

@@ -70,7 +70,8 @@ class ExecuTorchTarget(TargetStage):
         source = inputs.get("source")
         if source is None:
             return {"checked": False, "reason": "no PyTorch source", "unsupported": []}
-        memo = source.digest + json.dumps(model_config(self.ctx.model), sort_keys=True)
+        # the whole model section: two recipes of one build can share a source file and differ in entrypoint
+        memo = source.digest + json.dumps(model_config(self.ctx.model), sort_keys=True) + self.ctx.model.model_dump_json()
         if memo not in _COVERAGE:
             try:
                 _COVERAGE[memo] = {"checked": True, **in_toolchain(_coverage_job, self, source, timeout=600, what="executorch op pre-flight")}

@@ -90,6 +90,25 @@ def build(d: Path, recipe: str, home: Path, *extra: str, timeout: int = 900) -> 
     return Build(r.returncode, r.stdout, r.stderr, report, d / "out", home)
 
 
+def build_many(recipes: dict[Path, str], home: Path, *extra: str, env: dict | None = None, timeout: int = 900) -> list[Build]:
+    """Several recipes (folder -> recipe text) in ONE `edgepack build` (one plan, one process): each bundle goes to
+    its folder's out/ (package.output), each Build gets that recipe's own exit code (the command's last lines)."""
+    for d, text in recipes.items():
+        (d / "recipe.yaml").write_text(text + "package: {output: out}\n")
+    paths = [str(d / "recipe.yaml") for d in recipes]
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), EDGEPACK_HOME=str(home), **(env or {}))
+    r = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", *paths, "--no-publish", *extra],
+                       env=full_env, capture_output=True, text=True, timeout=timeout)
+    codes = {ln.rpartition(": ")[0]: int(ln.rpartition("(exit ")[2].rstrip(")")) for ln in r.stdout.splitlines()
+             if ln.endswith(")") and "(exit " in ln and ln.rpartition(": ")[0] in paths}
+    builds = []
+    for d, path in zip(recipes, paths):
+        report_path = next((p for p in (d / "out" / "report.json", d / "out.report.json") if p.is_file()), None)
+        report = json.loads(report_path.read_text()) if report_path else {}
+        builds.append(Build(codes.get(path, r.returncode if r.returncode else -1), r.stdout, r.stderr, report, d / "out", home))
+    return builds
+
+
 def error_line(b: Build) -> str:
     """The one error line the CLI printed (house rule: one line naming the field/node and what to do)."""
     lines = [ln for ln in b.stderr.splitlines() if ln.startswith("error")]

@@ -19,7 +19,7 @@ from pydantic import (
 from .recipe_card import Card
 from .recipe_evaluate import CosineGate, Metric, MetricGate, MinCosine
 from .recipe_generation import Generation
-from .recipe_hf import HfTask, Pooling, TokenizerSettings, check_hf, hf_defaults
+from .recipe_hf import HfTask, Pooling, TokenizerSettings, check_hf, check_hf_recipe, hf_defaults
 from .recipe_targets import OnnxRuntimeSpec, TargetSpec
 from .recipe_targets import Target as Target  # re-exported: targets are built and imported from here too
 from .recipe_targets import TargetBase as TargetBase
@@ -459,11 +459,7 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _text_data(self):
-        for role in ("calibration", "validation", "training"):
-            src = getattr(self.data, role)
-            if src is not None and src.text and self.model.format is not ModelFormat.HF:
-                raise ValueError(f"data.{role}.text: text data is tokenized by a Hugging Face tokenizer; it needs model.format hf "
-                                 f"(this recipe's is {self.model.format.value}); give .npy/.npz arrays instead")
+        check_hf_recipe(self)
         return self
 
     @model_validator(mode="after")

@@ -98,8 +98,21 @@ def check_hf(model) -> None:
             raise ValueError(f"inputs: '{spec.name}' has dtype {spec.dtype.value}; a Hugging Face model takes int64 token ids and masks (dtype: int64)")
 
 
+def check_hf_recipe(recipe) -> None:
+    """Recipe, after validation: text data needs an hf source; ExecuTorch's program has one fixed sequence length."""
+    for role in ("calibration", "validation", "training"):
+        src = getattr(recipe.data, role)
+        if src is not None and src.text and recipe.model.format.value != "hf":
+            raise ValueError(f"data.{role}.text: text data is tokenized by a Hugging Face tokenizer; it needs model.format hf "
+                             f"(this recipe's is {recipe.model.format.value}); give .npy/.npz arrays instead")
+    tok = recipe.model.tokenizer
+    if tok is not None and tok.padding == "longest" and any(t.type.value == "executorch" for t in recipe.targets):
+        raise ValueError("model.tokenizer.padding: 'longest' gives each text file its own length, and the ExecuTorch program "
+                         "has one fixed shape; use padding: max_length with an executorch target")
+
+
 def tokenizer_settings(model) -> TokenizerSettings:
     return model.tokenizer or TokenizerSettings()
 
 
-__all__ = ["HfTask", "Pooling", "TokenizerSettings", "check_hf", "default_inputs", "hf_defaults", "tokenizer_settings"]
+__all__ = ["HfTask", "Pooling", "TokenizerSettings", "check_hf", "check_hf_recipe", "default_inputs", "hf_defaults", "tokenizer_settings"]

@@ -224,6 +224,8 @@ def test_recipe_errors_name_the_field(tmp_path):
         "model: {format: hf, path: m, task: text-classification, pooling: mean}\n": "model.pooling",
         "model: {format: hf, path: m, task: feature-extraction, tokenizer: {max_length: 1}}\n": "model.tokenizer.max_length",
         "model: {format: hf, path: m, task: feature-extraction}\ndata: {validation: {text: v.txt, path: v.npz}}\n": "data.validation",
+        "model: {format: hf, path: m, task: feature-extraction, tokenizer: {padding: longest}}\ntargets: [{type: executorch}]\n":
+            "model.tokenizer.padding",
     }
     for body, where in cases.items():
         p = tmp_path / "r.yaml"

@@ -11,11 +11,9 @@ from __future__ import annotations
 import enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+from .recipe_base import Strict
 
 
 class HfTask(str, enum.Enum):
@@ -30,7 +28,7 @@ class Pooling(str, enum.Enum):
     NONE = "none"  # the last hidden state itself, [batch, sequence, hidden]
 
 
-class TokenizerSettings(_Strict):
+class TokenizerSettings(Strict):
     """How text data (``data.<role>.text``) becomes the model's token ids."""
 
     max_length: int = Field(128, ge=2, le=65536, description="Tokens per example, special tokens included.")

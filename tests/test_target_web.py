@@ -111,3 +111,27 @@ def test_missing_chromium_or_ort_web_is_one_line(tiny_recipe, tmp_path, ort_web)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert re.search(r"device chromium: no Chromium binary found .*no-such-chromium", res.stderr), res.stderr
     assert "convert" not in res.stdout  # refused before any stage
+
+
+def test_real_pretrained_rnet_in_headless_chromium(ort_web, tmp_path, edgepack_home, monkeypatch):
+    """MTCNN RNet (facenet-pytorch 2.6.0's weights, a two-output detector) as a web target: the page's face accuracy
+    is onnxruntime's on the same model.onnx, its outputs within 1e-4 of the FP32 reference."""
+    from realmodels import data, harness, recipes, wheels
+
+    weights = wheels.wheel_files("facenet-pytorch", "2.6.0") / "rnet.pt"
+    d = harness.recipe_dir(tmp_path, "nets.py")
+    x, y = data.face_crops()
+    np.savez(d / "crops.npz", input=x)
+    np.save(d / "face.npy", y)
+    text = recipes.rnet_head("mtcnn-rnet-web", weights) + "targets:\n  - {type: web, name: web-fp32}\ndevices: [chromium]\n"
+    monkeypatch.setenv("EDGEPACK_ORT_WEB", str(ort_web))
+    b = harness.build(d, text + BENCH.replace("runs: 30", "runs: 10"), edgepack_home)
+    assert b.rc == 0, b.why()
+    dev = _device(b.report, "web-fp32")
+    assert dev["runtime"] == "onnxruntime-web" and dev["accuracy"]["metrics"]["face_accuracy"]["per_sample"]["n"] == len(y), dev["accuracy"]
+    fid = dev["accuracy"]["fidelity"]
+    assert fid["max_abs_error"] < 1e-4, fid
+    model = next(p for p in (b.bundle / "targets" / "web-fp32").rglob("model.onnx"))
+    _, prob = harness.run_artifact({"path": str(model)}, harness.samples({"input": x}))
+    acc = float(np.mean((prob[:, 1] > 0.5) == (y == 1)))
+    assert acc >= 0.95 and dev["accuracy"]["metrics"]["face_accuracy"]["value"] == pytest.approx(acc)

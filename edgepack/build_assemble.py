@@ -161,7 +161,7 @@ def package_node(rb, res, plan) -> NodeResult:
             err.report = report  # type: ignore[attr-defined]  # the CLI prints the summary table before the error line
             raise err
         raise StageError("no target was built: " + "; ".join(g["failures"]), hint=f"report written to {report_path}")
-    from .pipeline import write_signed_bundle
+    from .build_package import write_signed_bundle
 
     with rb.progress.running("package + sign"):  # done "failed" if it raises (console.Progress)
         bundle = write_signed_bundle(rb, report, {tid: g["artifacts"][tid] for tid in built_ok})

@@ -137,22 +137,6 @@ model:
   entrypoint: nets:{fn}
   inputs: [{{name: input, shape: [batch, 1, 8, 8]}}]
   outputs: [y]
-data:
-  validation: {{path: val.npz}}
-targets:
-  - {{type: executorch, name: et}}
-gates:
-  min_cosine: 0.999
-"""
-
-
-SMALL = """name: et-{fn}
-version: 0.1.0
-model:
-  format: pytorch
-  entrypoint: nets:{fn}
-  inputs: [{{name: input, shape: [batch, 1, 8, 8]}}]
-  outputs: [y]
 {data}targets:
   - {{type: executorch, name: et}}
 {gates}"""

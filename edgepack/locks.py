@@ -81,13 +81,13 @@ def remove_dead(folder: Path, prefix: str = "", suffixes: tuple[str, ...] = ()) 
     """Remove entries of ``folder`` named ``prefix...<token>...`` whose owner is dead; return them.
     Entries without a token, or whose owner lives (a concurrent run), are never touched."""
     removed: list[Path] = []
-    try:
-        entries = list(Path(folder).iterdir())
+    try:  # names filtered before any Path is made: a blob store's folder holds thousands of entries
+        with os.scandir(folder) as it:
+            names = [e.name for e in it if e.name.startswith(prefix) and (not suffixes or e.name.endswith(suffixes))]
     except OSError:
         return removed
-    for p in entries:
-        if not p.name.startswith(prefix) or (suffixes and not p.name.endswith(suffixes)):
-            continue
+    for name in names:
+        p = Path(folder) / name
         if owner_alive(p.name, p) is False:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)

@@ -108,6 +108,8 @@ def scrub_host_paths(doc, prefixes: dict[str, str]):
 
     def fix(x):
         if isinstance(x, str):
+            if os.sep not in x:  # most strings (keys, digests, numbers as text) name no directory at all
+                return x
             for pat, v in subs:
                 x = pat.sub(lambda m, v=v: (v + m.group(1) if v else "") if m.group(1) else (v or "."), x)
             return x

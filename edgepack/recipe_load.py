@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from . import safe_yaml
 from .errors import RecipeError
 from .recipe_evaluate import METRIC_TAGS, metric_model_for
 from .recipe_targets import TARGET_SPECS, TargetType, spec_for
@@ -50,7 +51,7 @@ def _positions(text: str) -> dict[tuple, tuple[int, int]]:
     """Map each YAML path (keys and indexes) to its 1-based (line, column)."""
     out: dict[tuple, tuple[int, int]] = {}
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=safe_yaml.LOADER)
     except yaml.YAMLError:
         return out
 
@@ -194,8 +195,6 @@ def _tag_error(err: Mapping[str, Any], loc: tuple) -> tuple[tuple, str, str | No
 
 
 def parse_recipe(text: str, path: Path) -> Recipe:
-    from . import safe_yaml
-
     data = safe_yaml.load(text, path)  # size and alias-expansion limits, duplicate keys refused
     if not isinstance(data, dict):
         raise RecipeError(f"{path}:1:1: a recipe is a YAML mapping with at least 'name', 'version' and 'model'")
@@ -240,8 +239,6 @@ def load_recipe(path: str | os.PathLike) -> LoadedRecipe:
     path = Path(path)
     if path.is_dir():  # a recipe folder: its recipe.yaml
         path = path / "recipe.yaml"
-    from . import safe_yaml
-
     try:
         text = safe_yaml.read(path)
     except FileNotFoundError as e:

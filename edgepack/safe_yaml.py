@@ -17,6 +17,8 @@ from .errors import RecipeError
 
 MAX_BYTES = 1 << 20  # 1 MiB: recipes and profiles are hand-written; data lives in .npy/.npz files
 MAX_NODES = 100_000  # nodes after alias expansion
+# libyaml's parser when PyYAML was built with it (the wheels are): the same nodes and marks, ~10x faster to compose
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _at(path: Path, node) -> str:
@@ -64,7 +66,7 @@ def load(text: str, path: Path):
     if len(text.encode()) > MAX_BYTES:
         raise RecipeError(f"{len(text.encode())} bytes, more than the {MAX_BYTES}-byte limit for a YAML file",
                           hint="keep data in .npy/.npz files referenced by path", where=path)
-    loader = yaml.SafeLoader(text)
+    loader = LOADER(text)
     try:
         root = loader.get_single_node()
         if root is None:

@@ -3,7 +3,7 @@
     python benchmarks/llm_decode.py [--hidden 256] [--layers 4] [--lengths 16,128] [--new-tokens 32] [--runs 5]
                                     [--runtimes onnxruntime,onnxruntime-genai] [--threads 1]
 
-Writes a random Llama-style Hugging Face folder (tests/tiny_llama.py, nothing downloaded), then runs the real
+Writes a random Llama-style Hugging Face folder (tests/hfmodels.py, nothing downloaded), then runs the real
 `edgepack build` once per runtime (targets ort-fp32 and ort-int4: MatMulNBits RTN, block 32) with greedy
 generation on the local device, and prints per runtime and length: TTFT p50/p90, decode tokens/s, the
 int4/fp32 ratios, token agreement of int4 with PyTorch and peak RSS (all from report.json).
@@ -54,9 +54,9 @@ benchmark: {{threads: {threads}}}
 
 def build(d: Path, folder: Path, runtime: str, a) -> dict | str:
     d.mkdir(parents=True)
-    import tiny_llama
+    import hfmodels
 
-    tiny_llama.write_texts(d, prompts=4)
+    hfmodels.write_texts(d, prompts=4)
     (d / "device.yaml").write_text(DEVICE.format(threads=a.threads))
     (d / "recipe.yaml").write_text(RECIPE.format(folder=folder, lengths=a.lengths, new_tokens=a.new_tokens, runs=a.runs,
                                                  runtime=runtime, device="device.yaml"))
@@ -78,11 +78,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runtimes", default="onnxruntime,onnxruntime-genai")
     a = p.parse_args()
-    import tiny_llama
+    import hfmodels
 
     with tempfile.TemporaryDirectory(prefix="llm-decode-") as tmp:
         tmp = Path(tmp)
-        folder = tiny_llama.make_folder(tmp / "model", vocab=1000, layers=a.layers, hidden=a.hidden)
+        folder = hfmodels.make_llama(tmp / "model", vocab=1000, layers=a.layers, hidden=a.hidden)
         print(f"model: random Llama, hidden {a.hidden}, {a.layers} layers; new tokens {a.new_tokens}, {a.runs} runs, {a.threads} thread(s)")
         print(f"{'runtime':<18} {'target':<9} {'len':>4} {'ttft p50':>9} {'ttft p90':>9} {'tok/s':>8} {'agree':>6} {'rss MB':>7}")
         for runtime in a.runtimes.split(","):

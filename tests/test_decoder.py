@@ -5,14 +5,11 @@ generation on the device (local and over SSH), token metrics against the FP32 Py
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+import hfmodels
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_llama
 
 RECIPE = """\
 name: tiny-llama
@@ -50,12 +47,12 @@ BOTH = ("  - {type: onnxruntime, name: ort-fp32, input: fp32}\n  - {type: onnxru
 
 
 @pytest.fixture(scope="session")
-def llama(tmp_path_factory) -> Path:
-    return tiny_llama.make_folder(tmp_path_factory.mktemp("hf") / "tiny-llama")
+def llama() -> Path:
+    return hfmodels.llama_folder()
 
 
 def _recipe(d: Path, folder: Path, algorithm="rtn", targets=BOTH, min_agreement=0.2, device="local") -> Path:
-    tiny_llama.write_texts(d)
+    hfmodels.write_texts(d)
     p = d / "recipe.yaml"
     p.write_text(RECIPE.format(folder=folder, algorithm=algorithm, targets=targets, min_agreement=min_agreement, device=device))
     return p

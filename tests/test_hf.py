@@ -1,6 +1,6 @@
 """Hugging Face folders as a source (model.format: hf, edgepack/ingest/hf.py): a tiny random 2-layer
 BERT-style encoder (hidden 64) built here from a transformers config, with a WordPiece tokenizer
-trained here with `tokenizers` on a text this test writes, saved as an HF folder (once per session).
+trained here with `tokenizers`, saved as an HF folder (tests/hfmodels.py, cached on disk).
 
 Text data files (one example per line) are tokenized by edgepack with the folder's tokenizer. The
 feature-extraction build is checked against the PyTorch model through edgepack's own metrics
@@ -16,51 +16,21 @@ import json
 import shutil
 from pathlib import Path
 
+import hfmodels
 import numpy as np
 import pytest
 from realmodels import harness
 
 pytest.importorskip("transformers")
 
-WORDS = ("the a small large red blue green quick slow model device phone camera sensor runs reads writes "
-         "fast quiet bright dark river mountain city road cloud signal packet battery screen button light "
-         "sound music voice image text number table window door garden").split()
 MAX_LEN = 16
-
-
-def _sentences(n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 14)))) for _ in range(n)]
+_sentences = hfmodels.bert_sentences
 
 
 @pytest.fixture(scope="session")
-def hf_folder(tmp_path_factory) -> Path:
+def hf_folder() -> Path:
     """config.json + model.safetensors + tokenizer files of a random BertForSequenceClassification (3 labels)."""
-    import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("hf")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n".join(_sentences(400, 1)) + "\n")
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train([str(corpus)], trainers.WordPieceTrainer(vocab_size=120, special_tokens=special))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    folder = root / "tiny-bert"
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
-    fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=64, num_labels=3,
-                     id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
-    BertForSequenceClassification(cfg).eval().save_pretrained(folder, safe_serialization=True)
-    return folder
+    return hfmodels.bert_folder()
 
 
 def _torch_outputs(folder: Path, lines: list[str], task: str) -> np.ndarray:
@@ -253,7 +223,7 @@ def test_text_file_errors_name_the_line(hf_folder, tmp_path):
     with pytest.raises(BadInputError, match=rf"{p}:2: not UTF-8"):
         read_lines(p, "w")
     tok = load_tokenizer(hf_folder, "w")
-    long = " ".join(WORDS)
+    long = " ".join(hfmodels.BERT_WORDS)
     with pytest.raises(BadInputError, match=rf"{p}:2: \d+ tokens, more than model.tokenizer.max_length \(8\)"):
         tokenize(tok, ["the red", long], ["input_ids"], TokenizerSettings(max_length=8, truncation=False), p, "w")
     out = tokenize(tok, ["the red", "a b"], ["input_ids", "attention_mask", "token_type_ids"],

@@ -31,7 +31,7 @@ def is_stream_data(model, arrays: dict[str, np.ndarray]) -> bool:
 
 
 def session(path: Path, threads: int | None = 2):
-    from .devices.runner import OnnxRuntimeAdapter
+    from .devices.runtimes import OnnxRuntimeAdapter
 
     adapter = OnnxRuntimeAdapter()
     adapter.load(str(path), threads, {})

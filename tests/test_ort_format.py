@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_onnx
 
 from edgepack.artifact import Artifact
-from edgepack.devices.runner import OnnxRuntimeAdapter
+from edgepack.devices.runtimes import OnnxRuntimeAdapter
 from edgepack.ingest import onnx_specs
 from edgepack.recipe import ModelFormat, ModelSection, Target, TargetType
 from edgepack.targets import TargetContext, make_target

@@ -154,7 +154,7 @@ def test_prediction_matches_torch_on_macos(tmp_path):
 
     import torch
 
-    from edgepack.devices.runner import CoreMLAdapter
+    from edgepack.devices.runtimes import CoreMLAdapter
 
     recipe = _recipe(tmp_path)
     r = _run(tmp_path, recipe, 0, _fp32(tmp_path), "mac")

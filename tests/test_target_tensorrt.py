@@ -14,7 +14,7 @@ from conftest import REPO, tiny_onnx, write_recipe
 from onnx import helper, numpy_helper
 
 from edgepack.artifact import Artifact
-from edgepack.devices.runner import jetpack_release, trt_cache_key
+from edgepack.devices.runtime_tensorrt import jetpack_release, trt_cache_key
 from edgepack.errors import BadInputError
 from edgepack.ingest import onnx_specs
 from edgepack.recipe import ModelFormat, ModelSection, Target, TargetType
@@ -192,7 +192,7 @@ def test_engine_built_and_validated_on_a_gpu(tmp_path):
     runner's adapter runs it (on this GPU) close to ONNX Runtime's FP32 outputs."""
     import onnxruntime as ort
 
-    from edgepack.devices import runner
+    from edgepack.devices import runtime_tensorrt as runner
 
     src = _art(tiny_onnx(tmp_path / "m.onnx"))
     work = tmp_path / "work"

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import BadInputError, StageError
 
 RUNNER = Path(__file__).with_name("runner.py")
+# what a transport places on the device: the runner and the runtime adapters it loads from its own folder
+RUNNER_FILES = tuple(RUNNER.with_name(n) for n in ("runner.py", "runtimes.py", "runtime_tensorrt.py"))
 REPO_DEVICES = Path(__file__).resolve().parents[2] / "devices"
 
 

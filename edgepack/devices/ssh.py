@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..artifact import iter_files
 from ..errors import BadInputError, StageError
-from . import RUNNER, Transport, remaining_timeout
+from . import RUNNER_FILES, Transport, remaining_timeout
 
 AGENT = Path(__file__).with_name("agent.py")
 MAGIC = b"EDGEPACK-AGENT-1 "
@@ -117,7 +117,7 @@ class SSHTransport(Transport):
     # ------------------------------------------------------------ one job
 
     def _plan_files(self, files: dict[str, Path]) -> list[dict]:
-        out: list[dict] = [{"name": "runner.py", "path": RUNNER}]
+        out: list[dict] = [{"name": p.name, "path": p} for p in RUNNER_FILES]
         for key, path in files.items():
             path = Path(path)
             if path.is_dir():

@@ -133,7 +133,7 @@ def _gpu_here() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "the tensorrt package is not installed on the build host"
     try:
-        from ..devices.runner import _Cuda
+        from ..devices.runtime_tensorrt import _Cuda
 
         _Cuda().compute_capability()
     except Exception as e:
@@ -148,7 +148,7 @@ def _try_build(out: Path, spec: dict, record: dict) -> dict | None:
         return None
     import tensorrt as trt
 
-    from ..devices.runner import _Cuda, jetpack_release, trt_build, trt_cache_key
+    from ..devices.runtime_tensorrt import _Cuda, jetpack_release, trt_build, trt_cache_key
 
     (out / "build_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
     try:
@@ -163,7 +163,7 @@ def _try_build(out: Path, spec: dict, record: dict) -> dict | None:
 
 def _engine_check(folder: Path, feeds: dict, reference: list) -> dict:
     """Run the engine just built (the device runner's own adapter, on this GPU) on the check sample."""
-    from ..devices.runner import TensorRTAdapter
+    from ..devices.runtime_tensorrt import TensorRTAdapter
     from .tensorrt_graph import max_abs_diffs
 
     adapter = TensorRTAdapter()

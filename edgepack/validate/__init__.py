@@ -49,7 +49,8 @@ class ReferenceStage(Stage):
 
     def run(self, inputs, workdir):
         from ..contract import for_onnx
-        from ..devices.runner import OnnxRuntimeAdapter, run_all
+        from ..devices.runner import run_all
+        from ..devices.runtimes import OnnxRuntimeAdapter
 
         contract = for_onnx(self.model, self.recipe_dir, inputs["model"].path).to_json()
         arrays, _ = read_npz(inputs["validation"].path)

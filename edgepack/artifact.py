@@ -23,13 +23,14 @@ def iter_files(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def digest_path(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of a directory's sorted (relative path, file digest) list."""
+def digest_path(path: str | os.PathLike, files: list[str] | None = None) -> str:
+    """sha256 of a file, or of a directory's sorted (relative path, file digest) list: of every file below it
+    (symlinks skipped), or of ``files`` only (names relative to it; symlinks followed)."""
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
     h = hashlib.sha256()
-    for rel in iter_files(path):
+    for rel in iter_files(path) if files is None else sorted(Path(f) for f in files):
         h.update(f"{rel.as_posix()}\0{sha256_file(path / rel)}\n".encode())
     return h.hexdigest()
 

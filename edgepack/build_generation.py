@@ -31,12 +31,11 @@ def tokens(rb):
 
 
 def reference_work(rb, res) -> Work:
-    from .ingest import source_artifact
+    from .build_nodes import source
     from .validate.generation import GenerationReferenceStage
 
     lr = rb.lr
-    source = rb.source or source_artifact(lr.recipe.model, lr)
-    inputs = {"source": source, "tokens": res[rb.node_id("data")].outputs["tokens"]}
+    inputs = {"source": source(rb), "tokens": res[rb.node_id("data")].outputs["tokens"]}
     return Work("reference fp32", GenerationReferenceStage(lr.recipe.generation.new_tokens, lr.where("model")), inputs)
 
 

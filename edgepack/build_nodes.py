@@ -102,13 +102,25 @@ def _data(rb) -> NodeResult:
     return NodeResult("ok", data)
 
 
+_SOURCE_LOCK = threading.Lock()
+
+
+def source(rb):
+    """The recipe's source artifact, made once per build (a text-generation reference asks beside the convert)."""
+    from .ingest import source_artifact
+
+    with _SOURCE_LOCK:
+        if rb.source is None:
+            rb.source = source_artifact(rb.lr.recipe.model, rb.lr, rb.cache)
+        return rb.source
+
+
 def _convert_work(rb, res) -> Work:
-    from .ingest import ConvertStage, source_artifact
+    from .ingest import ConvertStage
 
     lr, r = rb.lr, rb.lr.recipe
     data = res[rb.node_id("data")].outputs
-    rb.source = source_artifact(r.model, lr)
-    inputs = {"source": rb.source}
+    inputs = {"source": source(rb)}
     samples = data.get("validation") or data.get("calibration")
     if samples is not None:
         inputs["samples"] = samples

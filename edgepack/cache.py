@@ -141,8 +141,9 @@ class StageCache:
             self._cleaned = True
             remove_dead(self.root / "tmp")
 
-    def commit(self, key: str, workdir: Path, outputs: dict[str, Artifact], record: dict) -> dict[str, Artifact]:
-        """Move a finished workdir into place; return outputs re-rooted at the entry."""
+    def commit(self, key: str, workdir: Path, outputs: dict[str, Artifact], record: dict, push: bool = True) -> dict[str, Artifact]:
+        """Move a finished workdir into place (and push it to the store unless ``push`` is False); return outputs
+        re-rooted at the entry."""
         final = self.entry_dir(key)
         for a in outputs.values():
             if not a.path.resolve().is_relative_to(workdir.resolve()):
@@ -155,7 +156,7 @@ class StageCache:
         if final.exists():
             shutil.rmtree(final)
         os.rename(workdir, final)
-        if self.store is not None:
+        if self.store is not None and push:
             self.push(key, replace=key in self._refused)
         return {k: Artifact.from_json(v, base=final) for k, v in meta["outputs"].items()}
 
@@ -182,6 +183,49 @@ class StageCache:
 
     def discard(self, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def input_key(a: Artifact) -> str:
+    """The entry key of an input artifact (a build's source, a Ray task's input): its identity, name and format."""
+    from .engine import _identity
+
+    return hashlib.sha256(f"edgepack-input\0{_identity(a)}\0{a.path.name}\0{a.format}".encode()).hexdigest()
+
+
+def put_input(cache: StageCache, a: Artifact, files: list[str] | None = None, push: bool = True) -> tuple[str, Artifact]:
+    """``a``'s files as an *input entry* of ``cache``: (its key, the artifact inside the entry). ``files``: only these
+    names below a folder (symlinks followed: a hub snapshot's links become the files). Hard links where the file
+    system allows, else copies. ``push``: the entry (new, or found here) also goes to the store."""
+    key = input_key(a)
+    with cache.locked(key):
+        hit, _, source = cache.lookup_from(key)
+        if hit is None:
+            workdir = cache.new_workdir(key)
+            dest = workdir / a.path.name
+            _link_tree(a.path, dest, files)
+            art = Artifact(dest, a.format, digest=a.digest, inputs=a.inputs, outputs=a.outputs, meta=a.meta)
+            return key, cache.commit(key, workdir, {"artifact": art}, {"input": a.path.name}, push=push)["artifact"]
+        if source == "local" and push and cache.store is not None:
+            cache.push(key)  # made before the store was configured, or by a local build: a few HEAD requests
+        return key, hit[0]["artifact"]
+
+
+def _link_tree(src: Path, dest: Path, files: list[str] | None) -> None:
+    def link(s, d):
+        s = os.path.realpath(s)  # a symlink's target: the entry holds the file itself (os.link would link the link)
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    if not src.is_dir():
+        link(src, dest)
+    elif files is None:
+        shutil.copytree(src, dest, copy_function=link)
+    else:
+        for rel in files:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            link(src / rel, dest / rel)
 
 
 def file_digests(folder: Path) -> dict[str, dict]:

@@ -281,8 +281,10 @@ def _infer_shapes(path: Path) -> Path:
     return out
 
 
-def source_artifact(model: ModelSection, lr) -> Artifact:
-    """The source model as an artifact (its digest keys the convert stage)."""
+def source_artifact(model: ModelSection, lr, cache=None) -> Artifact:
+    """The source model as an artifact (its digest keys the convert stage). A Hugging Face folder becomes the
+    files loading it reads (ingest/hf.py ``folder_files``), digested and, with ``cache``, put into the cache
+    as an input entry (hard links): every stage reads that entry, and a Ray task fetches it from the store."""
     from ..entrypoints import module_file
 
     if model.format is ModelFormat.PYTORCH:
@@ -307,4 +309,11 @@ def source_artifact(model: ModelSection, lr) -> Artifact:
     path = lr.resolve(model.path)
     if not path.exists():
         raise BadInputError(f"{path} (model.path): model file not found", hint="check the path; it is relative to the recipe")
+    if model.format is ModelFormat.HF and path.is_dir():
+        from ..cache import put_input
+        from .hf import folder_files
+
+        files = folder_files(path)
+        art = Artifact(path, "hf", digest=digest_path(path, files))
+        return art if cache is None else put_input(cache, art, files, push=False)[1]
     return Artifact(path, model.format.value)

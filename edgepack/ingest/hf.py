@@ -95,6 +95,20 @@ def tokenizer_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name in names and p.is_file())
 
 
+def folder_files(folder: Path) -> list[str]:
+    """The folder's files that loading it reads: config.json, generation_config.json, the safetensors weights (an
+    index and the shards it names) and the tokenizer's files. The build's source artifact is exactly these (its
+    digest keys the stages; they travel to Ray workers through the cache store): another framework's weights, a
+    README or a .git in the folder neither key nor move anything."""
+    names = {"config.json", "generation_config.json", *WEIGHT_FILES, *(p.name for p in tokenizer_files(folder))}
+    try:
+        names |= set(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values())
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        pass  # no index (or a broken one: check_folder names it)
+    return sorted(n for n in names if isinstance(n, str) and ".." not in Path(n).parts and not Path(n).is_absolute()
+                  and (folder / n).is_file())
+
+
 def load_tokenizer(folder: Path, where: str):
     check_folder(folder, where)
     from transformers import AutoTokenizer

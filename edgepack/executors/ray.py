@@ -18,25 +18,30 @@ skips, honest-timing rules); only where a node's work runs differs:
 
 A task whose worker or node dies is re-run by Ray elsewhere (``max_retries``); a stage's own error comes
 back as that stage's one-line error. Entries are committed atomically on each node and verified on
-every read, so a lost node never leaves a corrupted entry anywhere.
+every read, so a lost node never leaves a corrupted entry anywhere. A Hugging Face source is an input
+entry like any other (``cache.put_input``), re-hashed on the node after the fetch (``CONTENT_ADDRESSED``).
+
+Progress: the task's stage reports (``progress_hooks.report``) and engine notes are kept by a
+``Recorder`` and returned with the result (or on the stage's error); the coordinator replays them into
+the node's running stage before its ``done`` (not live: docs/design.md says why).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from ..artifact import Artifact
+from ..artifact import Artifact, digest_path
+from ..cache import put_input
 from ..engine import Engine, Progress, StageResult, _identity
 from ..errors import BadInputError, EdgepackError, StageError
 from ..plan import Node, Results, Work, record_lineage, run_work
 from .local import LocalExecutor, run_node
 
 REMOTE_KINDS = ("reference", "optimize", "tf-convert", "compile")
+CONTENT_ADDRESSED = ("hf",)  # inputs whose digest is their files' (digest_path): re-hashed on the worker after the fetch
 RETRIES = 3  # re-runs of a task whose worker process or node died
 _HINT = "pip install 'edgepack[ray]'; see docs/scale-out.md"
 
@@ -100,8 +105,9 @@ class RayExecutor(LocalExecutor):
                 out: dict = ray.get(self._task.options(**opts).remote(Work(work.name, stage, {}, work.deadline_s), refs,
                                                                  cache.store.url, engine.cache.enabled))
             except ray.exceptions.RayTaskError as e:  # the stage's own error, raised on the worker
-                engine.progress.done(work.name, "failed", time.perf_counter() - t0)
                 cause = getattr(e, "cause", None)
+                replay(engine.progress, work.name, getattr(cause, "__dict__", {}).pop("events", None))
+                engine.progress.done(work.name, "failed", time.perf_counter() - t0)
                 if isinstance(cause, EdgepackError):
                     raise cause from None
                 raise StageError(f"{type(cause or e).__name__}: {cause or e}", hint="rerun with --verbose", where=work.name) from e
@@ -109,6 +115,7 @@ class RayExecutor(LocalExecutor):
                 engine.progress.done(work.name, "failed", time.perf_counter() - t0)
                 raise StageError(f"the Ray task was lost ({type(e).__name__}) after {RETRIES} re-runs",
                                  hint="check the cluster (ray status); nothing partial was cached, rerun the build", where=work.name) from e
+            replay(engine.progress, work.name, out.get("events"))
             if out["key"] != key:
                 raise StageError(f"the Ray worker computed cache key {out['key'][:12]}, this host {key[:12]}",
                                  hint="the worker's edgepack or toolchain versions differ from this host's; use one image", where=work.name)
@@ -146,41 +153,8 @@ class RayExecutor(LocalExecutor):
             return a
         memo = (_identity(a), str(a.path), a.format)
         if memo not in self._published:
-            self._published[memo] = publish_input(cache, a)
+            self._published[memo] = put_input(cache, a)[0]
         return self._published[memo]
-
-
-def input_key(a: Artifact) -> str:
-    return hashlib.sha256(f"edgepack-input\0{_identity(a)}\0{a.path.name}\0{a.format}".encode()).hexdigest()
-
-
-def publish_input(cache, a: Artifact) -> str:
-    """Put ``a`` into ``cache`` (and so into its store) as an input entry; return its key."""
-    key = input_key(a)
-    with cache.locked(key):
-        hit, _, source = cache.lookup_from(key)
-        if hit is None:
-            workdir = cache.new_workdir(key)
-            dest = workdir / a.path.name
-            _link(a.path, dest)
-            art = Artifact(dest, a.format, digest=a.digest, inputs=a.inputs, outputs=a.outputs, meta=a.meta)
-            cache.commit(key, workdir, {"artifact": art}, {"input": a.path.name})  # pushes it to the store
-        elif source == "local":
-            cache.push(key)  # made before the store was configured, perhaps: a few HEAD requests
-    return key
-
-
-def _link(src: Path, dest: Path) -> None:
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    if src.is_dir():
-        shutil.copytree(src, dest, copy_function=link)
-    else:
-        link(src, dest)
 
 
 def run_ray_work(work: Work, refs: dict, store_url: str, use_cache: bool) -> dict:
@@ -201,12 +175,45 @@ def run_ray_work(work: Work, refs: dict, store_url: str, use_cache: bool) -> dic
         if hit is None:
             raise StageError(f"input '{name}' is not in {store_url} ({problem or 'missing'})",
                              hint="the store lost the entry, or this node cannot reach it", where=work.name)
-        inputs[name] = hit[0]["artifact"]
+        art = inputs[name] = hit[0]["artifact"]
+        if art.format in CONTENT_ADDRESSED and digest_path(art.path) != art.digest:
+            raise StageError(f"input '{name}' fetched from {store_url} does not hash to its digest {art.digest[:12]}",
+                             hint="the store's entry was changed; delete it there and rerun the build", where=work.name)
     cache = StageCache(None, enabled=use_cache, store=store)
-    res = _run(Engine(cache, Progress(quiet=True)), Work(work.name, work.stage, inputs, work.deadline_s))
+    progress = Recorder()
+    try:
+        res = _run(Engine(cache, progress), Work(work.name, work.stage, inputs, work.deadline_s))
+    except EdgepackError as e:
+        e.events = progress.events  # type: ignore[attr-defined]  # pickled with the error: replayed before its line
+        raise
     if res.cached:
         cache.push(res.key)  # a hit from this node's own directory may predate the store
-    return {"key": res.key, "cached": res.cached, "seconds": res.seconds}
+    return {"key": res.key, "cached": res.cached, "seconds": res.seconds, "events": progress.events}
+
+
+class Recorder(Progress):
+    """The task's progress: shows nothing, keeps the stage's events (progress_hooks.report updates, the
+    engine's notes) for the coordinator, which replays them in order between the node's start and done."""
+
+    def __init__(self):
+        super().__init__(quiet=True)
+        self.events: list[tuple[str, object]] = []
+
+    def update(self, name: str, event: dict) -> None:
+        super().update(name, event)
+        self.events.append(("update", dict(event)))
+
+    def note(self, line: str) -> None:
+        self.events.append(("note", line))
+
+
+def replay(progress, name: str, events) -> None:
+    """A finished task's events into the coordinator's progress (display, ``edgepack`` logger, callback)."""
+    for kind, event in events or ():
+        if kind == "update" and isinstance(event, dict):
+            progress.update(name, event)
+        elif kind == "note":
+            progress.note(str(event))
 
 
 def _connect(address: str | None):

@@ -102,8 +102,11 @@ class GenerationReferenceStage(Stage):
         from ..ingest.hf_decoder import load_causal_lm, torch_tokens
 
         sets = json.loads(Path(inputs["tokens"].path).read_text())
+        report("reference", 0, 2, phase="load the PyTorch model")
         model, _ = load_causal_lm(Path(inputs["source"].path), self.where)
+        report("reference", 1, 2, phase="teacher-forced and greedy tokens")
         ref = torch_tokens(model, sets["validation"], sets["perplexity"], self.new_tokens)
+        report("reference", 2, 2, phase="done")
         out = Path(workdir) / "reference.json"
         out.write_text(json.dumps(ref))
         return StageResult({"tokens": Artifact(out, "tokens")}, {"prompts": len(ref["teacher_forced"]), "nll_tokens": ref["nll_tokens"]})

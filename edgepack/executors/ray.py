@@ -116,17 +116,23 @@ class RayExecutor(LocalExecutor):
                 raise StageError(f"the Ray task was lost ({type(e).__name__}) after {RETRIES} re-runs",
                                  hint="check the cluster (ray status); nothing partial was cached, rerun the build", where=work.name) from e
             replay(engine.progress, work.name, out.get("events"))
+            problem = None
             if out["key"] != key:
-                raise StageError(f"the Ray worker computed cache key {out['key'][:12]}, this host {key[:12]}",
-                                 hint="the worker's edgepack or toolchain versions differ from this host's; use one image", where=work.name)
-            with cache.locked(key):
-                hit, problem, source = cache.lookup_from(key)  # fetched from the store, verified by digest
-            if hit is None:
-                raise StageError(f"no verified entry {key[:12]} in {cache.store.url} after its Ray task ({problem or 'missing'})",
-                                 hint="the store lost or changed the entry; rerun the build", where=work.name)
+                problem = StageError(f"the Ray worker computed cache key {out['key'][:12]}, this host {key[:12]}",
+                                     hint="the worker's edgepack or toolchain versions differ from this host's; use one image", where=work.name)
+            else:
+                with cache.locked(key):
+                    hit, why, source = cache.lookup_from(key)  # fetched from the store, verified by digest
+                if hit is None:
+                    problem = StageError(f"no verified entry {key[:12]} in {cache.store.url} after its Ray task ({why or 'missing'})",
+                                         hint="the store lost or changed the entry; rerun the build", where=work.name)
+            if problem is not None:
+                engine.progress.done(work.name, "failed", time.perf_counter() - t0)
+                raise problem
             cached, where = out["cached"], "on Ray"
         else:
             cached, where = True, "from the shared store" if source == "store" else ""
+        assert hit is not None  # a miss after the task raised above
         res = StageResult(hit[0], hit[1], cached=cached, seconds=time.perf_counter() - t0, key=key)
         engine.progress.done(work.name, "cached" if cached else "ok", res.seconds, note=where)
         record_lineage(engine, work, res)

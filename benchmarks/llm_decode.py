@@ -1,11 +1,12 @@
 """Decoder generation speed: TTFT and decode tokens/s per runtime and prompt length, fp32 vs int4.
 
     python benchmarks/llm_decode.py [--hidden 256] [--layers 4] [--lengths 16,128] [--new-tokens 32] [--runs 5]
-                                    [--runtimes onnxruntime,onnxruntime-genai] [--threads 1]
+                                    [--runtimes onnxruntime,onnxruntime-genai,openvino-genai] [--threads 1]
 
 Writes a random Llama-style Hugging Face folder (tests/hfmodels.py, nothing downloaded), then runs the real
-`edgepack build` once per runtime (targets ort-fp32 and ort-int4: MatMulNBits RTN, block 32) with greedy
-generation on the local device, and prints per runtime and length: TTFT p50/p90, decode tokens/s, the
+`edgepack build` once per runtime (targets fp32 and int4: for ONNX Runtime MatMulNBits RTN, block 32; for
+openvino-genai the openvino target, NNCF INT4_SYM group 32, run by its LLMPipeline) with greedy generation on the
+local device, and prints per runtime and length: TTFT p50/p90, decode tokens/s, the
 int4/fp32 ratios, token agreement of int4 with PyTorch and peak RSS (all from report.json).
 onnxruntime-genai needs its toolchain (`edgepack toolchains install genai`); a runtime whose environment is
 missing is reported as such.
@@ -34,11 +35,9 @@ generation:
   new_tokens: {new_tokens}
   runs: {runs}
   runtime: {runtime}
-optimize:
-  - {{pass: quantize, mode: int4, algorithm: rtn, block_size: 32}}
+optimize: [{optimize}]
 targets:
-  - {{type: onnxruntime, name: ort-fp32, input: fp32}}
-  - {{type: onnxruntime, name: ort-int4}}
+{targets}
 evaluate:
   - type: token_agreement
 devices: [{device}]
@@ -47,9 +46,15 @@ devices: [{device}]
 DEVICE = """\
 name: bench-local
 transport: {{type: local}}
-runtimes: [onnxruntime]
+runtimes: [onnxruntime, openvino]
 benchmark: {{threads: {threads}}}
 """
+
+
+# runtime -> (generation.runtime, fp32 target, int4 target); ONNX Runtime's int4 is the quantize pass's model
+TARGETS = {"onnxruntime": ("onnxruntime", "{type: onnxruntime, name: fp32, input: fp32}", "{type: onnxruntime, name: int4}"),
+           "onnxruntime-genai": ("onnxruntime-genai", "{type: onnxruntime, name: fp32, input: fp32}", "{type: onnxruntime, name: int4}"),
+           "openvino-genai": ("onnxruntime", "{type: openvino, name: fp32}", "{type: openvino, name: int4, precision: int4}")}
 
 
 def build(d: Path, folder: Path, runtime: str, a) -> dict | str:
@@ -59,7 +64,9 @@ def build(d: Path, folder: Path, runtime: str, a) -> dict | str:
     hfmodels.write_texts(d, prompts=4)
     (d / "device.yaml").write_text(DEVICE.format(threads=a.threads))
     (d / "recipe.yaml").write_text(RECIPE.format(folder=folder, lengths=a.lengths, new_tokens=a.new_tokens, runs=a.runs,
-                                                 runtime=runtime, device="device.yaml"))
+                                                 runtime=TARGETS[runtime][0], device="device.yaml",
+                                                 optimize="" if runtime.startswith("openvino") else "{pass: quantize, mode: int4, algorithm: rtn, block_size: 32}",
+                                                 targets="".join(f"  - {t}\n" for t in TARGETS[runtime][1:]).rstrip("\n")))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", str(d / "recipe.yaml"), "--output", str(d / "out"),
                         "--no-publish", "--jobs", "1"], capture_output=True, text=True, env=env)
@@ -76,7 +83,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runtimes", default="onnxruntime,onnxruntime-genai")
+    p.add_argument("--runtimes", default=",".join(TARGETS))
     a = p.parse_args()
     import hfmodels
 
@@ -90,17 +97,17 @@ def main() -> None:
             if isinstance(rep, str):
                 print(f"{runtime:<18} not run: {rep}")
                 continue
-            recs = {t: rep["targets"][t]["devices"]["bench-local"] for t in ("ort-fp32", "ort-int4")}
+            recs = {t: rep["targets"][t]["devices"]["bench-local"] for t in ("fp32", "int4")}
             for t, rec in recs.items():
                 agree = rec["accuracy"]["metrics"]["token_agreement"]["value"]
                 for n, v in sorted(rec["generation"]["lengths"].items(), key=lambda kv: int(kv[0])):
                     print(f"{runtime:<18} {t:<9} {n:>4} {v['ttft_ms']['p50']:>8.2f}ms {v['ttft_ms']['p90']:>7.2f}ms "
                           f"{v['decode_tokens_per_s']:>8.1f} {agree:>6.3f} {rec['memory']['peak_rss_mb']:>7.1f}")
-            for n in recs["ort-fp32"]["generation"]["lengths"]:
-                f, q = recs["ort-fp32"]["generation"]["lengths"][n], recs["ort-int4"]["generation"]["lengths"][n]
+            for n in recs["fp32"]["generation"]["lengths"]:
+                f, q = recs["fp32"]["generation"]["lengths"][n], recs["int4"]["generation"]["lengths"][n]
                 print(f"{runtime:<18} int4/fp32 at {n}: ttft {q['ttft_ms']['p50'] / f['ttft_ms']['p50']:.2f}x, "
                       f"tokens/s {q['decode_tokens_per_s'] / f['decode_tokens_per_s']:.2f}x; sizes "
-                      f"{rep['targets']['ort-int4']['size_bytes'] / rep['targets']['ort-fp32']['size_bytes']:.2f}x")
+                      f"{rep['targets']['int4']['size_bytes'] / rep['targets']['fp32']['size_bytes']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ pass's token budget). The artifact is a folder with ``genai_config.json`` and th
 
 Job fields: ``artifact`` (the folder), ``tokens`` (a JSON file: ``validation`` prompts, ``perplexity``
 chunks and ``bench`` prompts by length, all token ids), ``new_tokens``, ``runs``, ``protocol.threads``,
-``backend`` (``onnxruntime``: this module's loop over one InferenceSession; ``onnxruntime-genai``).
+``backend`` (``onnxruntime`` / ``openvino``: this module's loop over one InferenceSession / infer request;
+``onnxruntime-genai`` / ``openvino-genai``: the runtime's own generator times the runs and makes the continuations,
+this module's loop gives the teacher-forced tokens and perplexity on the same folder).
 Result: per prompt length TTFT p50/p90 and decode tokens/s; teacher-forced argmax per validation
 position, greedy continuations, perplexity NLL; peak RSS.
 """
@@ -17,7 +19,7 @@ import json
 import os
 import time
 
-GENRUNNER_VERSION = "1"
+GENRUNNER_VERSION = "2"
 
 
 def _np():
@@ -80,26 +82,46 @@ class OrtDecoder:
         return out[0], out[1:]
 
 
+def ov_config(threads) -> dict:
+    """The CPU plugin at f32 (compute and KV cache: the defaults may be bf16 and u8), as FP32 parity needs."""
+    config: dict = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
 class OvDecoder(OrtDecoder):
-    """The same decoder as OpenVINO IR (openvino_model.xml in the folder), on the CPU plugin at f32."""
+    """The same decoder as OpenVINO IR (openvino_model.xml in the folder), on the CPU plugin at f32. A stateful
+    IR (openvino-genai's: a beam_idx input, the cache as state) keeps the cache in the infer request."""
 
     def __init__(self, path: str, threads=None, model_file=None):
         import openvino as ov
 
         dec = read_config(path)["decoder"]
         self.names = dec["inputs"], dec["outputs"]
-        config: dict = {"INFERENCE_PRECISION_HINT": "f32"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
         model = core.read_model(os.path.join(path, model_file or dec["filename"]))
         past = {p.get_any_name(): p.get_partial_shape() for p in model.inputs}
-        self.layers = sum(1 for n in past if n.startswith("past_") and n.endswith(".key"))
-        shape = past[self.names[0]["past_key_names"] % 0]
-        self.kv_heads, self.head = shape[1].get_length(), shape[3].get_length()
-        self.req = core.compile_model(model, "CPU", config).create_infer_request()
+        self.stateful = "beam_idx" in past
+        self.layers = sum(1 for n in past if n.startswith("past_") and n.endswith(".key"))  # 0 when stateful
+        if not self.stateful:
+            shape = past[self.names[0]["past_key_names"] % 0]
+            self.kv_heads, self.head = shape[1].get_length(), shape[3].get_length()
+        self.req = core.compile_model(model, "CPU", ov_config(threads)).create_infer_request()
         self.out_names = [o.get_any_name() for o in model.outputs]
         self.version = ov.get_version()
+
+    def empty(self):
+        if self.stateful:
+            self.req.reset_state()
+            return []
+        return super().empty()
+
+    def _feeds(self, ids, past, past_len):
+        feeds = super()._feeds(ids, past, past_len)
+        if self.stateful:
+            feeds["beam_idx"] = _np().zeros(ids.shape[0], _np().int32)
+        return feeds
 
     def forward(self, ids, past, past_len):
         self.req.infer(self._feeds(ids, past, past_len))
@@ -163,6 +185,27 @@ class GenaiDecoder:
         return out, ttft, steps
 
 
+class OvGenaiDecoder:
+    """openvino-genai's LLMPipeline over the same folder (its stateful pipeline on the CPU, greedy, no early stop);
+    TTFT and the step times are its own perf metrics."""
+
+    def __init__(self, folder: str, threads=None, model_file=None):
+        import openvino as ov
+        import openvino_genai as og
+
+        self.og, self.ov = og, ov
+        self.pipe = og.LLMPipeline(folder, "CPU", ATTENTION_BACKEND="SDPA", **ov_config(threads))
+        self.version = getattr(og, "__version__", "unknown")
+
+    def generate(self, prompt, new_tokens: int):
+        np = _np()
+        cfg = self.og.GenerationConfig(max_new_tokens=new_tokens, do_sample=False, ignore_eos=True)
+        res = self.pipe.generate(self.ov.Tensor(np.asarray([prompt], np.int64)), cfg)
+        pm = res.perf_metrics
+        steps = [float(d) / 1e3 for d in pm.raw_metrics.m_durations]  # microseconds between tokens, after the first
+        return [int(t) for t in res.tokens[0]], float(pm.get_ttft().mean), steps
+
+
 def _pct(xs, q):
     np = _np()
     return float(np.percentile(np.asarray(xs, np.float64), q)) if xs else None
@@ -183,7 +226,7 @@ def _peak_rss_mb():
 
 def bench_lengths(dec, bench: dict, new_tokens: int, runs: int) -> dict:
     """TTFT p50/p90 and decode tokens/s per prompt length (after one untimed warm-up run per length)."""
-    run = dec.generate if isinstance(dec, GenaiDecoder) else (lambda p, n: greedy(dec, p, n))
+    run = dec.generate if hasattr(dec, "generate") else (lambda p, n: greedy(dec, p, n))
     out = {}
     for length, prompt in sorted(bench.items(), key=lambda kv: int(kv[0])):
         run(prompt, min(new_tokens, 2))
@@ -215,6 +258,10 @@ def evaluate(dec, validation, perplexity, new_tokens: int, generator=None) -> di
     return {"teacher_forced": tf, "continuations": cont, "nll": nll, "nll_tokens": count}
 
 
+# backend -> the runtime's own generator (timed, and its continuations); the others run this module's loop
+GENERATORS: dict[str, type[GenaiDecoder] | type[OvGenaiDecoder]] = {"onnxruntime-genai": GenaiDecoder, "openvino-genai": OvGenaiDecoder}
+
+
 def generate(job: dict) -> dict:
     """The runner's ``generate`` mode (see the module docstring)."""
     with open(job["tokens"]) as f:
@@ -222,9 +269,10 @@ def generate(job: dict) -> dict:
     threads = (job.get("protocol") or {}).get("threads")
     t0 = time.perf_counter()
     backend = job.get("backend", "onnxruntime")
-    ort_dec = (OvDecoder if backend == "openvino" else OrtDecoder)(job["artifact"], threads, job.get("model_file"))
+    ort_dec = (OvDecoder if backend.startswith("openvino") else OrtDecoder)(job["artifact"], threads, job.get("model_file"))
     load_ms = (time.perf_counter() - t0) * 1e3
-    timed = GenaiDecoder(job["artifact"], threads) if backend == "onnxruntime-genai" else ort_dec
+    generator = GENERATORS.get(backend)
+    timed = generator(job["artifact"], threads) if generator else ort_dec
     new_tokens, runs = int(job.get("new_tokens", 16)), int(job.get("runs", 3))
     result = {"backend": backend, "runtime_version": timed.version, "load_ms": load_ms, "genrunner": GENRUNNER_VERSION,
               "host": os.uname().nodename if hasattr(os, "uname") else "", "threads": threads}

@@ -90,6 +90,8 @@ class OpenVINOTarget(TargetStage):
     def toolchain(self) -> dict[str, str]:
         from .. import toolchains
 
+        if self.decoder:  # openvino-genai's folder: the tokenizer IR, NNCF weight compression
+            return toolchains.versions("openvino", "openvino", "onnx", "nncf", "openvino-tokenizers", "transformers", "tokenizers")
         return toolchains.versions("openvino", "openvino", "onnx", *(("nncf",) if self.precision == "int8" else ()))
 
     def check_inputs(self, inputs):

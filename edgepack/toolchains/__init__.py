@@ -48,8 +48,9 @@ TOOLCHAINS: dict[str, Toolchain] = {
                         "onnx2tf + TensorFlow + LiteRT + tf2onnx (TFLite target; Keras/SavedModel/TFLite source conversion)", "tflite"),
     "torch": Toolchain("torch", ("torch", "onnxscript"), ("torch", "onnxscript", "onnx", "onnxruntime", "numpy"),
                        "PyTorch + onnxscript (PyTorch/TorchScript/ExportedProgram source conversion to ONNX)", "torch"),
-    "openvino": Toolchain("openvino", ("openvino", "nncf"), ("openvino", "nncf", "onnx", "numpy"),
-                          "OpenVINO + NNCF (OpenVINO IR target)", "openvino"),
+    "openvino": Toolchain("openvino", ("openvino", "nncf", "openvino_tokenizers", "openvino_genai", "transformers"),
+                          ("openvino", "nncf", "openvino-tokenizers", "openvino-genai", "transformers", "onnx", "numpy"),
+                          "OpenVINO + NNCF + openvino-tokenizers/genai (OpenVINO IR target; text-generation: LLMPipeline)", "openvino"),
     "coreml": Toolchain("coreml", ("coremltools", "onnx2tf", "tensorflow", "torch"),
                         ("coremltools", "onnx2tf", "tensorflow", "tf_keras", "torch", "onnx", "numpy"),
                         "coremltools (+ onnx2tf for ONNX sources, torch for the PyTorch frontend) (Core ML target)", "coreml"),
@@ -253,7 +254,8 @@ def versions(name: str, *packages: str) -> dict[str, str]:
 
 
 # runner adapter (edgepack/devices/runner.py) -> the toolchain whose environment has its runtime
-RUNTIME_TOOLCHAINS = {"tflite": "tflite", "openvino": "openvino", "executorch": "executorch", "onnxruntime-genai": "genai"}
+RUNTIME_TOOLCHAINS = {"tflite": "tflite", "openvino": "openvino", "openvino-genai": "openvino", "executorch": "executorch",
+                      "onnxruntime-genai": "genai"}
 
 
 def runtime_python(runtime: str | None) -> str | None:

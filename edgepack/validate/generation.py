@@ -123,6 +123,14 @@ def reference_evaluation(specs, reference: Artifact) -> dict | None:
     return {"primary": acc["primary"], "declared": True, "reference": acc["metrics"]}
 
 
+def _backend(meta: dict, runtime: str) -> str:
+    """Who generates: openvino-genai's LLMPipeline for the openvino target's stateful folder (edgepack's loop for
+    an older, stateless one), else the recipe's generation.runtime."""
+    if meta.get("runtime") == "openvino":
+        return "openvino-genai" if meta.get("stateful") else "openvino"
+    return runtime
+
+
 class GenerateStage(Stage):
     """Greedy generation of one target on one device (genrunner.py through the device's transport)."""
 
@@ -150,7 +158,7 @@ class GenerateStage(Stage):
         from . import tokens as tm
 
         art: Artifact = inputs["artifact"]
-        backend = "openvino" if art.meta.get("runtime") == "openvino" else self.gen.runtime
+        backend = _backend(art.meta, self.gen.runtime)
         job = {"mode": "generate", "runtime": backend, "backend": backend, "new_tokens": self.gen.new_tokens,
                "runs": self.gen.runs, "protocol": {"threads": self.threads}}
         report("runs", 0, 1, phase="generate")

@@ -1,0 +1,117 @@
+"""The openvino target for text-generation ships openvino-genai's folder (issue 15 item 2): a stateful IR (the
+cache as state, a beam_idx input), the tokenizer and detokenizer as OpenVINO IR and the config files; the
+validation runs it with openvino-genai's own LLMPipeline (CPU, greedy), whose tokens equal PyTorch FP32's."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import hfmodels
+
+pytest.importorskip("openvino_genai", reason="openvino-genai is in the openvino extra (pip install -e '.[test]')")
+
+RECIPE = """\
+name: tiny-llama-ov
+version: 0.1.0
+model:
+  format: hf
+  path: {folder}
+  task: text-generation
+generation:
+  prompts: prompts.txt
+  prompt_lengths: [16, 48]
+  new_tokens: 8
+  runs: 1
+targets:
+  - {{type: openvino, name: ov-fp32, precision: fp32}}
+  - {{type: openvino, name: ov-int4, precision: int4}}
+evaluate:
+  - type: token_agreement
+  - type: greedy_match
+gates:
+  metrics:
+    token_agreement: {{min: 0.2}}
+devices: [local]
+"""
+GENAI_FILES = {"openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_tokenizer.bin",
+               "openvino_detokenizer.xml", "openvino_detokenizer.bin", "config.json", "generation_config.json",
+               "tokenizer.json", "tokenizer_config.json", "genai_config.json"}
+
+
+@pytest.fixture(scope="module")
+def llama() -> Path:
+    return hfmodels.llama_folder()  # built once into the tests' cache (read-only)
+
+
+@pytest.fixture(scope="module")
+def built(llama, tmp_path_factory):
+    """One build: the openvino target at fp32 and int4, validated on the local device (LLMPipeline)."""
+    from conftest import run_cli
+
+    d = tmp_path_factory.mktemp("ovgenai")
+    hfmodels.write_texts(d)
+    (d / "recipe.yaml").write_text(RECIPE.format(folder=llama))
+    out = d / "bundle"
+    r = run_cli("build", d / "recipe.yaml", "--output", out, "--no-publish", env={"EDGEPACK_HOME": str(d / "home")})  # its own cache
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_the_bundle_has_openvino_genai_layout_with_a_stateful_model(built):
+    import openvino as ov
+
+    out, report = built
+    for tid in ("ov-fp32", "ov-int4"):
+        folder = out / "targets" / tid / "openvino"
+        assert GENAI_FILES <= {p.name for p in folder.iterdir()}, sorted(p.name for p in folder.iterdir())
+        model = ov.Core().read_model(str(folder / "openvino_model.xml"))
+        assert {p.get_any_name() for p in model.inputs} == {"input_ids", "attention_mask", "position_ids", "beam_idx"}
+        assert [o.get_any_name() for o in model.outputs] == ["logits"]
+        reads = [op for op in model.get_ops() if op.get_type_name() == "ReadValue"]
+        assert len(reads) == 4 and len(model.get_sinks()) == 4  # 2 layers x (key, value) as state
+        assert list(reads[0].get_input_partial_shape(0))[1:] == [ov.Dimension(2), ov.Dimension(0), ov.Dimension(16)]
+        compile_rec = report["targets"][tid]["compile"]
+        assert compile_rec["stateful"] and compile_rec["tokenizer"]["matches_hf"]
+        gen = json.loads((folder / "generation_config.json").read_text())
+        assert gen["eos_token_id"] == 2 and json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 2
+    assert report["targets"]["ov-int4"]["compile"]["nncf"]["compress_weights"] == "int4_sym"
+
+
+def test_llm_pipeline_validates_fp32_with_pytorch_tokens_and_int4_is_reported(built):
+    _, report = built
+    fp32, int4 = (report["targets"][t]["devices"]["local"] for t in ("ov-fp32", "ov-int4"))
+    assert fp32["runtime"] == int4["runtime"] == "openvino-genai"
+    m32, m4 = fp32["accuracy"]["metrics"], int4["accuracy"]["metrics"]
+    assert m32["token_agreement"]["value"] >= 0.99, m32  # edgepack's loop on the stateful IR, teacher-forced
+    assert m32["greedy_match"]["value"] == 1.0, m32  # LLMPipeline's greedy continuations = PyTorch FP32's
+    assert 0 <= m4["token_agreement"]["value"] <= 1 and "metrics.token_agreement" in int4["gates"]["checked"]
+    for rec in (fp32, int4):  # TTFT and decode tokens/s per prompt length, measured by LLMPipeline
+        lengths = rec["generation"]["lengths"]
+        assert sorted(lengths, key=int) == ["16", "48"]
+        assert all(v["prompt_tokens"] == int(k) and v["new_tokens"] == 8 and v["ttft_ms"]["p50"] > 0 and v["decode_tokens_per_s"] > 0
+                   for k, v in lengths.items())
+
+
+def test_the_folder_runs_from_text_in_openvino_genai(built, llama):
+    """The folder alone (tokenizer IRs included) serves LLMPipeline from text; its tokens are edgepack's loop's on the
+    same IR (which the build found equal to PyTorch's: greedy_match 1.0)."""
+    import openvino_genai as og
+    from tokenizers import Tokenizer
+
+    from edgepack.devices.genrunner import OvDecoder, OvGenaiDecoder, greedy
+
+    folder = str(built[0] / "targets" / "ov-fp32" / "openvino")
+    text = hfmodels.sentences(1, seed=7)[0]
+    hf_ids = Tokenizer.from_file(str(llama / "tokenizer.json")).encode(text).ids
+    tok = og.Tokenizer(folder)
+    assert tok.encode(text).input_ids.data.tolist()[0] == hf_ids and hf_ids[0] == 1  # <s> added, as the HF tokenizer does
+    pipe = og.LLMPipeline(folder, "CPU", ATTENTION_BACKEND="SDPA", INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32")
+    res = pipe.generate([text], og.GenerationConfig(max_new_tokens=6, do_sample=False, ignore_eos=True))
+    want = greedy(OvDecoder(folder), hf_ids, 6)[0]
+    assert res.texts[0] == tok.decode(want) and res.texts[0].strip()
+    assert OvGenaiDecoder(folder).generate(hf_ids, 6)[0] == want

@@ -191,8 +191,12 @@ class OvGenaiDecoder:
 
     def __init__(self, folder: str, threads=None, model_file=None):
         import openvino as ov
-        import openvino_genai as og
 
+        try:
+            import openvino_genai as og
+        except ImportError as e:
+            raise RuntimeError(f"openvino-genai is not installed in the device's Python (openvino {ov.get_version()} is): "
+                               "pip install openvino-genai (the same release as openvino), or pip install 'edgepack[openvino]'") from e
         self.og, self.ov = og, ov
         self.pipe = og.LLMPipeline(folder, "CPU", ATTENTION_BACKEND="SDPA", **ov_config(threads))
         self.version = getattr(og, "__version__", "unknown")

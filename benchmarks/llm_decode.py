@@ -1,11 +1,12 @@
 """Decoder generation speed: TTFT and decode tokens/s per runtime and prompt length, fp32 vs int4.
 
     python benchmarks/llm_decode.py [--hidden 256] [--layers 4] [--lengths 16,128] [--new-tokens 32] [--runs 5]
-                                    [--runtimes onnxruntime,onnxruntime-genai,openvino-genai] [--threads 1]
+                                    [--runtimes onnxruntime,onnxruntime-genai,openvino-genai,executorch] [--threads 1]
 
 Writes a random Llama-style Hugging Face folder (tests/hfmodels.py, nothing downloaded), then runs the real
 `edgepack build` once per runtime (targets fp32 and int4: for ONNX Runtime MatMulNBits RTN, block 32; for
-openvino-genai the openvino target, NNCF INT4_SYM group 32, run by its LLMPipeline) with greedy generation on the
+openvino-genai the openvino target, NNCF INT4_SYM group 32, run by its LLMPipeline; for executorch the executorch
+target, an XNNPACK .pte with torchao 8da4w, group 32, run through the ExecuTorch runtime) with greedy generation on the
 local device, and prints per runtime and length: TTFT p50/p90, decode tokens/s, the
 int4/fp32 ratios, token agreement of int4 with PyTorch and peak RSS (all from report.json).
 onnxruntime-genai needs its toolchain (`edgepack toolchains install genai`); a runtime whose environment is
@@ -46,7 +47,7 @@ devices: [{device}]
 DEVICE = """\
 name: bench-local
 transport: {{type: local}}
-runtimes: [onnxruntime, openvino]
+runtimes: [onnxruntime, openvino, executorch]
 benchmark: {{threads: {threads}}}
 """
 
@@ -54,7 +55,8 @@ benchmark: {{threads: {threads}}}
 # runtime -> (generation.runtime, fp32 target, int4 target); ONNX Runtime's int4 is the quantize pass's model
 TARGETS = {"onnxruntime": ("onnxruntime", "{type: onnxruntime, name: fp32, input: fp32}", "{type: onnxruntime, name: int4}"),
            "onnxruntime-genai": ("onnxruntime-genai", "{type: onnxruntime, name: fp32, input: fp32}", "{type: onnxruntime, name: int4}"),
-           "openvino-genai": ("onnxruntime", "{type: openvino, name: fp32}", "{type: openvino, name: int4, precision: int4}")}
+           "openvino-genai": ("onnxruntime", "{type: openvino, name: fp32}", "{type: openvino, name: int4, precision: int4}"),
+           "executorch": ("onnxruntime", "{type: executorch, name: fp32}", "{type: executorch, name: int4, precision: int4}")}
 
 
 def build(d: Path, folder: Path, runtime: str, a) -> dict | str:
@@ -65,7 +67,7 @@ def build(d: Path, folder: Path, runtime: str, a) -> dict | str:
     (d / "device.yaml").write_text(DEVICE.format(threads=a.threads))
     (d / "recipe.yaml").write_text(RECIPE.format(folder=folder, lengths=a.lengths, new_tokens=a.new_tokens, runs=a.runs,
                                                  runtime=TARGETS[runtime][0], device="device.yaml",
-                                                 optimize="" if runtime.startswith("openvino") else "{pass: quantize, mode: int4, algorithm: rtn, block_size: 32}",
+                                                 optimize="" if runtime.startswith("openvino") or runtime == "executorch" else "{pass: quantize, mode: int4, algorithm: rtn, block_size: 32}",
                                                  targets="".join(f"  - {t}\n" for t in TARGETS[runtime][1:]).rstrip("\n")))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", str(d / "recipe.yaml"), "--output", str(d / "out"),

@@ -370,8 +370,8 @@ class Recipe(Strict):
         if self.generation is not None and not decoder:
             raise ValueError("generation: applies to text-generation models (model.format: hf, model.task: text-generation)")
         for i, t in enumerate(self.targets if decoder else ()):
-            if t.type not in (TargetType.ONNXRUNTIME, TargetType.OPENVINO):
-                raise ValueError(f"targets[{i}]: text-generation models build for types onnxruntime and openvino so far, not '{t.type.value}'")
+            if t.type not in (TargetType.ONNXRUNTIME, TargetType.OPENVINO, TargetType.EXECUTORCH):
+                raise ValueError(f"targets[{i}]: text-generation models build for types onnxruntime, openvino and executorch so far, not '{t.type.value}'")
         return self
 
 

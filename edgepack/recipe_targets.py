@@ -245,6 +245,7 @@ class ExecuTorchOptions(_Options):
         "xnnpack", description="xnnpack: delegate what XNNPACK takes (the rest runs on the portable kernels); none: portable kernels only.")
     per_channel: bool = Field(True, description="int8: per-channel weight scales (XNNPACK quantizer).")
     calibration_samples: PositiveInt = Field(200, description="int8: at most this many calibration samples (PT2E observers).")
+    group_size: PositiveInt = Field(32, description="int4 (text-generation): weights quantized in groups of this many input channels.")
     timeout_s: PositiveFloat | None = TIMEOUT
 
 
@@ -254,7 +255,9 @@ class ExecuTorchSpec(TargetBase):
     type: Literal[TargetType.EXECUTORCH] = Field(description="executorch")
     input: Literal[TargetInput.FP32] = Field(
         TargetInput.FP32, description="always fp32: ExecuTorch lowers (and quantizes) the PyTorch source itself, not the optimize chain's ONNX model.")
-    precision: Literal["fp32", "int8"] | None = Field(None, description="fp32 (default), int8 (PT2E static, XNNPACK quantizer, needs data.calibration).")
+    precision: Literal["fp32", "int8", "int4"] | None = Field(
+        None, description="fp32 (default), int8 (PT2E static, XNNPACK quantizer, needs data.calibration; text-generation: "
+                          "torchao 8da8w, int8 weights per channel), int4 (text-generation only: torchao 8da4w, int4 weights per group).")
     options: ExecuTorchOptions = Field(default_factory=ExecuTorchOptions, description="ExecuTorch options.")
     stage: ClassVar[str] = "edgepack.targets.executorch:ExecuTorchTarget"
     extra: ClassVar[str | None] = "executorch"

@@ -228,7 +228,7 @@ def test_token_metrics_and_their_recipe_checks(tmp_path):
     r = parse_recipe(base + "evaluate: [{type: token_agreement}, {type: perplexity}]\n", tmp_path / "r.yaml")
     with pytest.raises(RecipeError, match="generation.perplexity"):
         check_evaluation(r, lambda *f: "r.yaml")
-    with pytest.raises(RecipeError, match="onnxruntime and openvino so far"):
+    with pytest.raises(RecipeError, match="onnxruntime, openvino and executorch so far"):
         parse_recipe(base + "targets: [{type: tflite}]\n", tmp_path / "r.yaml")
     with pytest.raises(RecipeError, match="text-generation"):
         parse_recipe(base.replace("text-generation", "feature-extraction"), tmp_path / "r.yaml")

@@ -2,13 +2,15 @@
 
 Self-contained like runner.py (numpy and the runtime only): the transports ship it as a job file and
 runner.py's ``generate`` mode imports it from there. Also imported in-process by the build (the quantize
-pass's token budget). The artifact is a folder with ``genai_config.json`` and the ONNX decoder it names.
+pass's token budget). The artifact is a folder with ``genai_config.json`` and the ONNX decoder it names (``executorch``: a folder with
+``decoder.json`` and model.pte, the cache held in the program).
 
 Job fields: ``artifact`` (the folder), ``tokens`` (a JSON file: ``validation`` prompts, ``perplexity``
 chunks and ``bench`` prompts by length, all token ids), ``new_tokens``, ``runs``, ``protocol.threads``,
 ``backend`` (``onnxruntime`` / ``openvino``: this module's loop over one InferenceSession / infer request;
 ``onnxruntime-genai`` / ``openvino-genai``: the runtime's own generator times the runs and makes the continuations,
-this module's loop gives the teacher-forced tokens and perplexity on the same folder).
+this module's loop gives the teacher-forced tokens and perplexity on the same folder; ``executorch``: this
+module's loop over the ExecuTorch runtime, the cache held in the program).
 Result: per prompt length TTFT p50/p90 and decode tokens/s; teacher-forced argmax per validation
 position, greedy continuations, perplexity NLL; peak RSS.
 """
@@ -127,6 +129,43 @@ class OvDecoder(OrtDecoder):
         self.req.infer(self._feeds(ids, past, past_len))
         out = [self.req.get_output_tensor(k).data.copy() for k in range(len(self.out_names))]
         return out[0], out[1:]
+
+
+class EtDecoder:
+    """An ExecuTorch ``.pte`` decoder (decoder.json in the folder: ingest/hf_decoder_et.py's layout): the cache is
+    the program's own state (mutable buffers), so ``past`` is not passed around; a call at ``past_len`` writes
+    its positions and attends to everything before them (a new prompt starts again at 0)."""
+
+    def __init__(self, path: str, threads=None, model_file=None):
+        import torch
+        from executorch.runtime import Runtime
+
+        with open(os.path.join(path, "decoder.json")) as f:
+            cfg = json.load(f)
+        if threads:
+            from executorch.extension.pybindings import portable_lib
+
+            portable_lib._unsafe_reset_threadpool(int(threads))  # XNNPACK's threadpool
+        try:  # quantize/dequantize kernels outside the delegate; absent from some builds
+            import executorch.kernels.quantized  # noqa: F401
+        except ImportError:
+            pass
+        self.torch = torch
+        self.method = Runtime.get().load_program(os.path.join(path, model_file or cfg.get("file", "model.pte"))).load_method(cfg["method"])
+        self.max_context = int(cfg["max_context"])
+        from importlib.metadata import version
+
+        self.version = version("executorch")
+
+    def empty(self):
+        return None
+
+    def forward(self, ids, past, past_len):
+        if past_len + ids.shape[1] > self.max_context:
+            raise ValueError(f"{past_len + ids.shape[1]} tokens exceed the program's cache of {self.max_context}")
+        t = self.torch
+        out = self.method.execute([t.from_numpy(_np().ascontiguousarray(ids)), t.tensor([past_len], dtype=t.int64)])
+        return out[0].numpy().copy(), None  # the method's output memory is reused by its next call
 
 
 def greedy(dec, prompt, new_tokens: int):
@@ -273,7 +312,8 @@ def generate(job: dict) -> dict:
     threads = (job.get("protocol") or {}).get("threads")
     t0 = time.perf_counter()
     backend = job.get("backend", "onnxruntime")
-    ort_dec = (OvDecoder if backend.startswith("openvino") else OrtDecoder)(job["artifact"], threads, job.get("model_file"))
+    loop = EtDecoder if backend == "executorch" else OvDecoder if backend.startswith("openvino") else OrtDecoder
+    ort_dec = loop(job["artifact"], threads, job.get("model_file"))
     load_ms = (time.perf_counter() - t0) * 1e3
     generator = GENERATORS.get(backend)
     timed = generator(job["artifact"], threads) if generator else ort_dec

@@ -448,6 +448,8 @@ def generate(job):
     """Greedy generation (edgepack/devices/genrunner.py, sent as the job's 'genrunner' file)."""
     import importlib.util
 
+    if job.get("backend") == "executorch":
+        runtimes._import_et_runtime()  # the runtime without the ExecuTorch compiler (genrunner's EtDecoder imports it)
     spec = importlib.util.spec_from_file_location("edgepack_genrunner", job["genrunner"])
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -303,4 +303,9 @@ def convert(ctx):
     record = {"exporter": "torchscript (KV-cache decoder)", "max_abs_diff": diffs, "tolerance": ctx.model.tolerance,
               "exported_opset": _opset(out), "decoder": d, "hf": hf_record(folder, ctx.model)}
     outputs = {"tokenizer": (_copy_tokenizer(folder, Path(ctx.workdir) / "tokenizer"), "tokenizer")}
+    if getattr(ctx, "torch_program", False):  # the ExecuTorch target's source: a static-cache torch.export program
+        from .hf_decoder_et import save_program
+
+        program, record["torch_program"] = save_program(model, d, Path(ctx.workdir) / "decoder_program", folder, ctx.model.tolerance)
+        outputs["program"] = (program, "pt2-decoder")
     return Converted(out, None, record, checked=True, outputs=outputs)

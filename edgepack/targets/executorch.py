@@ -48,6 +48,12 @@ class ExecuTorchTarget(TargetStage):
                                 f"this recipe's is {ctx.model.format.value}", hint="export the model from PyTorch, or drop this target")
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
+        if self.precision == "int4" and not self._decoder():
+            raise BadInputError(f"{ctx.where}.precision: int4 (torchao 8da4w) is for text-generation models",
+                                hint="use fp32 or int8 for this model")
+
+    def _decoder(self) -> bool:
+        return getattr(getattr(self.ctx.model, "task", None), "value", None) == "text-generation"
 
     def toolchain(self) -> dict[str, str]:
         from .. import toolchains
@@ -55,6 +61,8 @@ class ExecuTorchTarget(TargetStage):
         return toolchains.versions(TOOLCHAIN, *PACKAGES)
 
     def check_inputs(self, inputs):
+        if self._decoder():
+            return  # weight quantization of a decoder needs no calibration data
         if self.precision == "int8" and "calibration" not in inputs:
             raise BadInputError(f"{self.ctx.where}.precision: int8 (PT2E, XNNPACK quantizer) needs calibration data",
                                 hint="add data.calibration to the recipe")
@@ -70,6 +78,8 @@ class ExecuTorchTarget(TargetStage):
         source = inputs.get("source")
         if source is None:
             return {"checked": False, "reason": "no PyTorch source", "unsupported": []}
+        if source.format == "pt2-decoder":  # checked by the compile itself (missing_kernels on the lowered program)
+            return {"checked": False, "reason": "text-generation decoder: the compile checks the lowered program's kernels", "unsupported": []}
         # the whole model section: two recipes of one build can share a source file and differ in entrypoint
         memo = source.digest + json.dumps(model_config(self.ctx.model), sort_keys=True) + self.ctx.model.model_dump_json()
         if memo not in _COVERAGE:
@@ -86,6 +96,10 @@ class ExecuTorchTarget(TargetStage):
     def run(self, inputs: dict[str, Artifact], workdir: Path) -> StageResult:
         from . import executorch_lower as et
 
+        if inputs["source"].format == "pt2-decoder":  # text-generation: the static-KV-cache program (targets/executorch_decoder.py)
+            from .executorch_decoder import compile_decoder
+
+            return compile_decoder(self, inputs["source"], workdir)
         fp32 = inputs["fp32"]
         record: dict = {"precision": self.precision, "exporter": "torch.export", "notes": []}
         module = self._module(inputs["source"], workdir)

@@ -128,6 +128,8 @@ def _backend(meta: dict, runtime: str) -> str:
     an older, stateless one), else the recipe's generation.runtime."""
     if meta.get("runtime") == "openvino":
         return "openvino-genai" if meta.get("stateful") else "openvino"
+    if meta.get("runtime") == "executorch":  # the .pte decoder: edgepack's loop over the ExecuTorch runtime
+        return "executorch"
     return runtime
 
 

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -79,7 +80,8 @@ def test_the_bundle_has_openvino_genai_layout_with_a_stateful_model(built):
         assert compile_rec["stateful"] and compile_rec["tokenizer"]["matches_hf"]
         gen = json.loads((folder / "generation_config.json").read_text())
         assert gen["eos_token_id"] == 2 and json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 2
-    assert report["targets"]["ov-int4"]["compile"]["nncf"]["compress_weights"] == "int4_sym"
+    assert report["targets"]["ov-int4"]["compile"]["nncf"] == {"compress_weights": "int4_sym", "group_size": 32, "ratio": 1.0, "all_layers": True}
+    assert report["targets"]["ov-int4"]["size_bytes"] < report["targets"]["ov-fp32"]["size_bytes"] / 2
 
 
 def test_llm_pipeline_validates_fp32_with_pytorch_tokens_and_int4_is_reported(built):
@@ -115,3 +117,25 @@ def test_the_folder_runs_from_text_in_openvino_genai(built, llama):
     want = greedy(OvDecoder(folder), hf_ids, 6)[0]
     assert res.texts[0] == tok.decode(want) and res.texts[0].strip()
     assert OvGenaiDecoder(folder).generate(hf_ids, 6)[0] == want
+
+
+def test_int8_weight_compression_in_the_genai_layout(built, llama, tmp_path):
+    """int8 (NNCF INT8_ASYM, which takes no all_layers option): compiled in-process from the same ONNX decoder; it
+    stays close to the FP32 IR and LLMPipeline runs it."""
+    from types import SimpleNamespace
+
+    from edgepack.artifact import Artifact
+    from edgepack.devices.genrunner import OvDecoder, OvGenaiDecoder, greedy, teacher_forced
+    from edgepack.ingest.hf_decoder import export, load_causal_lm
+    from edgepack.targets.openvino_decoder import compile_decoder
+
+    model, config = load_causal_lm(llama, "test")
+    export(model, config, tmp_path / "model.onnx", 18)
+    res = compile_decoder(SimpleNamespace(precision="int8"), Artifact(tmp_path / "model.onnx", "onnx"), Artifact(llama, "hf"), tmp_path)
+    assert res.record["nncf"] == {"compress_weights": "int8_asym"} and res.record["stateful"]
+    folder, fp32 = str(tmp_path / "openvino"), str(built[0] / "targets" / "ov-fp32" / "openvino")
+    prompts = [list(map(int, np.random.default_rng(i).integers(3, 300, 12))) for i in range(3)]
+    q, f = OvDecoder(folder), OvDecoder(fp32)
+    same = [a == b for p in prompts for a, b in zip(teacher_forced(q, p)[0], teacher_forced(f, p)[0])]
+    assert sum(same) / len(same) >= 0.9, same
+    assert OvGenaiDecoder(folder).generate(prompts[0], 4)[0] == greedy(q, prompts[0], 4)[0]

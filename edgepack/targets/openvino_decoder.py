@@ -134,12 +134,14 @@ def compile_decoder(stage, src: Artifact, source: Artifact, workdir: Path) -> St
         import nncf
 
         mode = nncf.CompressWeightsMode.INT4_SYM if precision == "int4" else nncf.CompressWeightsMode.INT8_ASYM
-        kw = {"group_size": 32, "ratio": 1.0} if precision == "int4" else {}
+        # int4: every layer (all_layers: the embedding and lm_head too); int8 modes always compress all of them
+        # (NNCF 3.4 refuses all_layers with them)
+        kw = {"group_size": 32, "ratio": 1.0, "all_layers": True} if precision == "int4" else {}
         try:
-            model = nncf.compress_weights(model, mode=mode, all_layers=True, **kw)
+            model = nncf.compress_weights(model, mode=mode, **kw)
         except Exception as e:
             raise StageError(f"NNCF weight compression failed: {_first_line(e)}") from e
-        record["nncf"] = {"compress_weights": mode.value, **kw, "all_layers": True}
+        record["nncf"] = {"compress_weights": mode.value, **kw}
     folder = workdir / "openvino"
     folder.mkdir()
     ov.save_model(model, str(folder / "openvino_model.xml"), compress_to_fp16=precision == "fp16")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -109,12 +110,19 @@ def folder_files(folder: Path) -> list[str]:
                   and (folder / n).is_file())
 
 
-def load_tokenizer(folder: Path, where: str):
-    check_folder(folder, where)
-    from transformers import AutoTokenizer
+_IMPORT_LOCK = threading.Lock()  # transformers' lazy module import is not thread-safe
 
+
+def load_tokenizer(folder: Path, where: str):
+    """The folder's tokenizer (transformers AutoTokenizer). Called from the build's data nodes, which the local
+    executor runs in threads: two recipes' data nodes importing transformers at once made one of them fail
+    ("cannot import name 'AutoTokenizer'"), so the import and the load hold a lock."""
+    check_folder(folder, where)
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with _IMPORT_LOCK:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:
         raise BadInputError(f"{folder}: cannot load its tokenizer ({_line(e)})",
                             hint="check the tokenizer files; tokenizer.save_pretrained(DIR) writes a complete set", where=where) from e

@@ -9,7 +9,9 @@ default is bf16 on CPUs with bf16/AMX) and records the value the plugin reports.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,27 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Lines of OpenVINO's conversion report that say where, not what ("Check 'false' failed at
 # src/frontends/.../unconverted_ops_report.cpp:151:"); the cause is on the lines after them.
 _NOISE = re.compile(r"^(Check '.*' failed at |Exception from src/|FrontEnd API failed with|Model wasn't fully converted|Summary:?$)")
+
+
+@contextlib.contextmanager
+def nncf_on_openvino():
+    """``with nncf_on_openvino() as nncf:`` NNCF for an OpenVINO model, with torch hidden (when it is not loaded yet).
+
+    NNCF imports torch whenever it is installed (its torch tensor backend at import, and ``get_backend``'s
+    torch check on every call), although an OpenVINO model needs none of it: that was ~5 s of CPU of the
+    worker's ~7 s on a tiny decoder. The openvino toolchain environment has no torch, so NNCF without it is
+    the managed configuration. ``sys.modules["torch"] = None`` makes ``import torch`` raise ImportError
+    (Python's documented way); the entry is removed afterwards. The compile stage runs in its own worker."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import nncf
+
+        yield nncf
+    finally:
+        if hide and "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
 
 
 def conversion_error(e: Exception, onnx_path: Path) -> StageError:
@@ -142,25 +165,24 @@ class OpenVINOTarget(TargetStage):
 
     def _quantize(self, model, ins, sources, arrays, record):
         require_backend("nncf", "openvino")
-        import nncf
-
         from ..data import model_samples
 
         samples = model_samples(self.ctx.model, arrays, self.ctx.recipe_dir)  # fed as the runner feeds them
         n = len(samples)
         items = [{s["name"]: np.require(f[src].astype(s["dtype"]), requirements="C") for s, src in zip(ins, sources)} for f in samples]
         subset = min(self.opts["subset_size"], n)
-        try:
-            q = nncf.quantize(
-                model,
-                nncf.Dataset(items),
-                preset=nncf.QuantizationPreset.PERFORMANCE if self.opts["preset"] == "performance" else nncf.QuantizationPreset.MIXED,
-                subset_size=subset,
-                fast_bias_correction=self.opts["fast_bias_correction"],
-            )
-        except Exception as e:
-            raise StageError(f"NNCF quantization failed: {e.__class__.__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}",
-                             hint="see the stage log") from e
+        with nncf_on_openvino() as nncf:
+            try:
+                q = nncf.quantize(
+                    model,
+                    nncf.Dataset(items),
+                    preset=nncf.QuantizationPreset.PERFORMANCE if self.opts["preset"] == "performance" else nncf.QuantizationPreset.MIXED,
+                    subset_size=subset,
+                    fast_bias_correction=self.opts["fast_bias_correction"],
+                )
+            except Exception as e:
+                raise StageError(f"NNCF quantization failed: {e.__class__.__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}",
+                                 hint="see the stage log") from e
         record["nncf"] = {"samples": subset, "calibration_samples": n, "preset": self.opts["preset"],
                           "fast_bias_correction": self.opts["fast_bias_correction"]}
         if subset < n:

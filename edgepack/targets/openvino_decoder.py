@@ -117,7 +117,7 @@ def _configs(source: Path, folder: Path, cfg: dict) -> None:
 def compile_decoder(stage, src: Artifact, source: Artifact, workdir: Path) -> StageResult:
     import openvino as ov
 
-    from .openvino import _op_histogram, conversion_error
+    from .openvino import _op_histogram, conversion_error, nncf_on_openvino
 
     precision = stage.precision
     cfg = json.loads((Path(source.path) / "config.json").read_text())
@@ -131,16 +131,15 @@ def compile_decoder(stage, src: Artifact, source: Artifact, workdir: Path) -> St
         raise StageError(f"the stateful transformation failed: {_first_line(e)}") from e
     record: dict = {"precision": precision, "converter": "openvino.convert_model", "layout": "openvino-genai", "stateful": True}
     if precision in ("int8", "int4"):
-        import nncf
-
-        mode = nncf.CompressWeightsMode.INT4_SYM if precision == "int4" else nncf.CompressWeightsMode.INT8_ASYM
-        # int4: every layer (all_layers: the embedding and lm_head too); int8 modes always compress all of them
-        # (NNCF 3.4 refuses all_layers with them)
-        kw = {"group_size": 32, "ratio": 1.0, "all_layers": True} if precision == "int4" else {}
-        try:
-            model = nncf.compress_weights(model, mode=mode, **kw)
-        except Exception as e:
-            raise StageError(f"NNCF weight compression failed: {_first_line(e)}") from e
+        with nncf_on_openvino() as nncf:
+            mode = nncf.CompressWeightsMode.INT4_SYM if precision == "int4" else nncf.CompressWeightsMode.INT8_ASYM
+            # int4: every layer (all_layers: the embedding and lm_head too); int8 modes always compress all of them
+            # (NNCF 3.4 refuses all_layers with them)
+            kw = {"group_size": 32, "ratio": 1.0, "all_layers": True} if precision == "int4" else {}
+            try:
+                model = nncf.compress_weights(model, mode=mode, **kw)
+            except Exception as e:
+                raise StageError(f"NNCF weight compression failed: {_first_line(e)}") from e
         record["nncf"] = {"compress_weights": mode.value, **kw}
     folder = workdir / "openvino"
     folder.mkdir()

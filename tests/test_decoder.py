@@ -5,6 +5,10 @@ generation on the device (local and over SSH), token metrics against the FP32 Py
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import hfmodels
@@ -51,6 +55,16 @@ def llama() -> Path:
     return hfmodels.llama_folder()
 
 
+@pytest.fixture(scope="module")
+def exported(llama, tmp_path_factory):
+    """The tiny Llama loaded once and exported once to the KV-cache ONNX decoder: (model, dims, model.onnx)."""
+    from edgepack.ingest.hf_decoder import export, load_causal_lm
+
+    model, config = load_causal_lm(llama, "test")
+    path = tmp_path_factory.mktemp("export") / "model.onnx"
+    return model, export(model, config, path, 18), path
+
+
 def _recipe(d: Path, folder: Path, algorithm="rtn", targets=BOTH, min_agreement=0.2, device="local") -> Path:
     hfmodels.write_texts(d)
     p = d / "recipe.yaml"
@@ -58,17 +72,15 @@ def _recipe(d: Path, folder: Path, algorithm="rtn", targets=BOTH, min_agreement=
     return p
 
 
-def test_kv_cache_export_matches_pytorch_step_by_step(llama, tmp_path):
+def test_kv_cache_export_matches_pytorch_step_by_step(exported):
     """The exported decoder with its cache, driven by the device runner's own loop, gives PyTorch's logits."""
     import torch
 
     from edgepack.devices.genrunner import OrtDecoder
-    from edgepack.ingest.hf_decoder import export, load_causal_lm
 
-    model, config = load_causal_lm(llama, "test")
-    d = export(model, config, tmp_path / "model.onnx", 18)
+    model, d, path = exported
     assert d["num_key_value_heads"] == 2 and d["head_size"] == 16
-    dec = OrtDecoder(str(tmp_path / "model.onnx"))
+    dec = OrtDecoder(str(path))
     ids = list(np.random.default_rng(0).integers(3, d["vocab_size"], 12))
     with torch.no_grad():
         ref = model(torch.tensor([ids])).logits[0].numpy()
@@ -81,7 +93,7 @@ def test_kv_cache_export_matches_pytorch_step_by_step(llama, tmp_path):
     assert past[0].shape == (1, 2, 12, 16)
 
 
-def test_onnxruntime_genai_generates_the_same_tokens_in_its_toolchain(llama, tmp_path):
+def test_onnxruntime_genai_generates_the_same_tokens_in_its_toolchain(exported, tmp_path):
     """The genai layout (genai_config.json + model.onnx + tokenizer) loads in ONNX Runtime GenAI, run by the local
     device's runner in the genai toolchain environment; its greedy tokens equal edgepack's own loop's."""
     import testenvs
@@ -89,13 +101,13 @@ def test_onnxruntime_genai_generates_the_same_tokens_in_its_toolchain(llama, tmp
     if testenvs.ensure_toolchain("genai") is None:
         pytest.skip("no Python the genai lock allows")
     from edgepack.devices import LOCAL, transport_for
-    from edgepack.ingest.hf_decoder import export, genai_config, load_causal_lm, write_json
+    from edgepack.ingest.hf_decoder import genai_config, write_json
     from edgepack.validate.generation import GENRUNNER, freeze_tokens
 
     folder = tmp_path / "genai"
     folder.mkdir()
-    model, config = load_causal_lm(llama, "test")
-    d = export(model, config, folder / "model.onnx", 18)
+    _, d, path = exported
+    shutil.copyfile(path, folder / "model.onnx")
     write_json(folder / "genai_config.json", genai_config(d))
     rng = np.random.default_rng(3)
     sets = {"validation": [list(map(int, rng.integers(3, 300, 9))) for _ in range(3)], "perplexity": [], "calibration": [],
@@ -111,19 +123,17 @@ def test_onnxruntime_genai_generates_the_same_tokens_in_its_toolchain(llama, tmp
     assert g["lengths"]["16"]["ttft_ms"]["p50"] > 0 and g["lengths"]["16"]["new_tokens"] == 6
 
 
-def test_rtn_int4_and_int8_weight_only_with_token_budget(llama, tmp_path):
+def test_rtn_int4_and_int8_weight_only_with_token_budget(exported, tmp_path):
     """RTN (ONNX Runtime's default block quantizer) at 4 and 8 bits; the pass's token metrics vs its input."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from edgepack.ingest.hf_decoder import export, load_causal_lm
     from edgepack.optimize.decoder_quant import algo_config, token_effect
     from edgepack.recipe import QuantizePass
     from edgepack.recipe_evaluate import TokenMetric
     from edgepack.validate.generation import freeze_tokens
 
-    model, config = load_causal_lm(llama, "test")
-    export(model, config, tmp_path / "model.onnx", 18)
+    src = exported[2]
     rng = np.random.default_rng(0)
     sets = {"validation": [list(map(int, rng.integers(3, 300, 10))) for _ in range(4)], "perplexity": [], "new_tokens": 4}
     tokens = freeze_tokens({**sets, "bench": {}, "calibration": []}, tmp_path / "data")
@@ -131,15 +141,15 @@ def test_rtn_int4_and_int8_weight_only_with_token_budget(llama, tmp_path):
     agree = {}
     for bits in (4, 8):
         cfg = QuantizePass.model_validate({"pass": "quantize", "mode": "int4", "bits": bits, "block_size": 32})
-        q = MatMulNBitsQuantizer(onnx.load(str(tmp_path / "model.onnx")), block_size=32, is_symmetric=True,
-                                 algo_config=algo_config(cfg, tmp_path / "model.onnx", {}, None, {}))
+        q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=32, is_symmetric=True,
+                                 algo_config=algo_config(cfg, src, {}, None, {}))
         q.process()
         out = tmp_path / f"int{bits}.onnx"
         q.model.save_model_to_file(str(out), False)
         nbits = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
         assert len(nbits) == 15 and all(a.i == bits for n in nbits for a in n.attribute if a.name == "bits")
         before, after = {}, {}
-        token_effect(tmp_path / "model.onnx", out, tokens.path, specs, before, after)
+        token_effect(src, out, tokens.path, specs, before, after)
         assert before["metrics"]["token_agreement"]["value"] == 1.0
         agree[bits] = after["metrics"]["token_agreement"]["value"]
     assert agree[8] >= 0.9 and agree[8] >= agree[4], agree  # 8-bit weights stay closer to FP32 than 4-bit
@@ -210,6 +220,28 @@ def test_text_generation_build_fp32_and_gptq_int4_local_and_ssh_gated(llama, tmp
     r = cli("build", recipe, "--output", tmp_path / "strict", "--no-publish")
     assert r.returncode == 3, r.stderr[-2000:]
     assert "ort-int4" in r.stderr and "token_agreement" in r.stderr
+
+
+NNCF_NO_TORCH = """
+import sys
+import openvino as ov
+from edgepack.targets.openvino import nncf_on_openvino
+model = ov.convert_model(sys.argv[1])
+with nncf_on_openvino() as nncf:
+    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=32, ratio=1.0, all_layers=True)
+assert "torch" not in sys.modules, "NNCF imported torch"
+int4 = [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant" and op.get_output_element_type(0).get_type_name() == "i4"]
+assert len(int4) == 16, len(int4)  # 2 layers x 7 MatMuls, lm_head and the embedding (all_layers), in groups of 32
+import torch  # importable again after the block
+"""
+
+
+def test_openvino_weight_compression_runs_without_torch(exported):
+    """The openvino target's NNCF runs with torch hidden (NNCF imports it whenever installed: ~5 s of CPU per
+    worker, for an OpenVINO model that needs none of it), and still compresses every MatMul's weights to int4."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", NNCF_NO_TORCH, str(exported[2])], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_token_metrics_and_their_recipe_checks(tmp_path):

@@ -81,7 +81,7 @@ TARGETS = """  - {type: onnxruntime, name: ort-fp32, input: fp32}
 
 def _workspace(tmp_path: Path, labels) -> Path:
     d = tmp_path / "recipe"
-    d.mkdir()
+    d.mkdir(parents=True)
     (d / "calib.txt").write_text("\n".join(_sentences(8, 2)) + "\n")
     (d / "valid.txt").write_text("\n".join(VALID) + "\n")
     np.save(d / "labels.npy", labels)
@@ -104,11 +104,23 @@ def _feeds(folder: Path, lines: list[str], length: int) -> list[dict]:
     return [{k: enc[k][i : i + 1].astype(np.int64) for k in ("input_ids", "attention_mask")} for i in range(len(lines))]
 
 
-def test_feature_extraction_text_data_ort_int8_openvino_tflite(hf_folder, tmp_path):
-    torch_emb = _torch_outputs(hf_folder, VALID, "feature-extraction")
-    d = _workspace(tmp_path, torch_emb.astype(np.float32))
+@pytest.fixture(scope="module")
+def builds(hf_folder, tmp_path_factory) -> dict[str, harness.Build]:
+    """The feature-extraction build (ORT fp32 + int8, OpenVINO, TFLite; labels: the PyTorch model's embeddings)
+    and the text-classification build (ORT fp32 + int8; labels: the PyTorch model's predictions), both in ONE
+    `edgepack build` (one plan: their stages run side by side), by task."""
+    root = tmp_path_factory.mktemp("builds")
+    fe = _workspace(root / "fe", _torch_outputs(hf_folder, VALID, "feature-extraction").astype(np.float32))
+    tc = _workspace(root / "tc", _torch_outputs(hf_folder, VALID, "text-classification").argmax(-1).astype(np.int64))
     targets = TARGETS + "\n  - {type: tflite, name: tflite-fp32, input: fp32}"
-    b = harness.build(d, _recipe(hf_folder, "feature-extraction", FE_EVALUATE, targets), tmp_path / "home", "--jobs", "1")
+    recipes = {fe: _recipe(hf_folder, "feature-extraction", FE_EVALUATE, targets),
+               tc: _recipe(hf_folder, "text-classification", TC_EVALUATE, TC_TARGETS) + "gates: {max_accuracy_drop: 0.34}\n"}
+    fe_build, tc_build = harness.build_many(recipes, root / "home")
+    return {"feature-extraction": fe_build, "text-classification": tc_build}
+
+
+def test_feature_extraction_text_data_ort_int8_openvino_tflite(hf_folder, builds):
+    b = builds["feature-extraction"]
     assert b.rc == 0, b.why()
     conv = b.report["conversion"]["record"]
     assert conv["hf"]["task"] == "feature-extraction" and conv["hf"]["pooling"] == "mean"
@@ -151,11 +163,8 @@ def _torch_at(folder: Path, lines: list[str], length: int) -> np.ndarray:
     return ((h * m).sum(1) / m.sum(1)).numpy()
 
 
-def test_text_classification_accuracy(hf_folder, tmp_path):
-    labels = _torch_outputs(hf_folder, VALID, "text-classification").argmax(-1)
-    d = _workspace(tmp_path, labels.astype(np.int64))
-    b = harness.build(d, _recipe(hf_folder, "text-classification", TC_EVALUATE, TC_TARGETS) + "gates: {max_accuracy_drop: 0.34}\n",
-                      tmp_path / "home", "--jobs", "1")
+def test_text_classification_accuracy(builds):
+    b = builds["text-classification"]
     assert b.rc == 0, b.why()
     assert b.reference("accuracy") == 1.0  # edgepack's tokenization and export give PyTorch's predictions
     assert b.metric("ort-fp32", "accuracy") == 1.0

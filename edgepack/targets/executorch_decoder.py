@@ -107,7 +107,7 @@ def linears_to_modules(gm) -> dict:
     (what torchao's ``quantize_`` works on); returns {submodule name: module}."""
     import torch
 
-    modules = {}
+    modules: dict = {}
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
             continue

@@ -49,7 +49,7 @@ def nncf_on_openvino():
     (Python's documented way); the entry is removed afterwards. The compile stage runs in its own worker."""
     hide = "torch" not in sys.modules
     if hide:
-        sys.modules["torch"] = None  # type: ignore[assignment]
+        sys.modules["torch"] = None
     try:
         import nncf
 

@@ -67,7 +67,8 @@ def build(d: Path, folder: Path, runtime: str, a) -> dict | str:
     (d / "device.yaml").write_text(DEVICE.format(threads=a.threads))
     (d / "recipe.yaml").write_text(RECIPE.format(folder=folder, lengths=a.lengths, new_tokens=a.new_tokens, runs=a.runs,
                                                  runtime=TARGETS[runtime][0], device="device.yaml",
-                                                 optimize="" if runtime.startswith("openvino") or runtime == "executorch" else "{pass: quantize, mode: int4, algorithm: rtn, block_size: 32}",
+                                                 optimize="" if runtime.startswith("openvino") or runtime == "executorch"
+                                                 else "{pass: quantize, mode: int4, algorithm: rtn, block_size: 32}",
                                                  targets="".join(f"  - {t}\n" for t in TARGETS[runtime][1:]).rstrip("\n")))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "edgepack.cli", "build", str(d / "recipe.yaml"), "--output", str(d / "out"),

@@ -369,6 +369,9 @@ class Recipe(Strict):
             raise ValueError("model.task text-generation needs a generation: section (at least generation.prompts: a text file)")
         if self.generation is not None and not decoder:
             raise ValueError("generation: applies to text-generation models (model.format: hf, model.task: text-generation)")
+        for i, t in enumerate(self.targets if not decoder else ()):
+            if t.type is TargetType.EXECUTORCH and t.precision == "int4":
+                raise ValueError(f"targets[{i}].precision: int4 (torchao 8da4w) is for text-generation models; use fp32 or int8")
         for i, t in enumerate(self.targets if decoder else ()):
             if t.type not in (TargetType.ONNXRUNTIME, TargetType.OPENVINO, TargetType.EXECUTORCH):
                 raise ValueError(f"targets[{i}]: text-generation models build for types onnxruntime, openvino and executorch so far, not '{t.type.value}'")

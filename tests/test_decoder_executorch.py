@@ -9,12 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import testenvs  # noqa: E402
-
 from hfmodels import llama_folder, write_texts  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -139,3 +137,15 @@ def test_runner_loop_reuses_the_cache_across_prompts(built):
     assert r.returncode == 0, r.stderr[-2000:]
     again, step = json.loads(r.stdout.strip().splitlines()[-1])
     assert again < 1e-5 and step < 1e-4
+
+
+def test_int4_is_refused_for_other_models(tmp_path):
+    """precision int4 is the decoder's torchao 8da4w: on any other model the recipe is refused at its field."""
+    from edgepack.errors import RecipeError
+    from edgepack.recipe import parse_recipe
+
+    text = ("name: t\nversion: '1'\nmodel: {format: pytorch, entrypoint: 'nets:tiny', weights: w.pt, inputs: [{name: x, shape: [1, 3]}]}\n"
+            "targets: [{type: executorch, precision: int4}]\n")
+    with pytest.raises(RecipeError, match=r"targets\[0\]\.precision: int4 .* is for text-generation models"):
+        parse_recipe(text, tmp_path / "r.yaml")
+    assert parse_recipe(text.replace("int4", "int8"), tmp_path / "r.yaml").targets[0].precision == "int8"

@@ -18,7 +18,6 @@ decode step on the program's cache.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +135,3 @@ def check_program(model, ep, d: dict, tolerance: float) -> dict:
         raise StageError(f"the ExecuTorch decoder program's {worst} differ from the PyTorch model by {diffs[worst]:.3g} (tolerance {tolerance:g})",
                          hint="raise model.tolerance if this is expected")
     return diffs
-
-
-def copy_folder(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

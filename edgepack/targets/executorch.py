@@ -48,9 +48,6 @@ class ExecuTorchTarget(TargetStage):
                                 f"this recipe's is {ctx.model.format.value}", hint="export the model from PyTorch, or drop this target")
         if self.opts["timeout_s"]:
             self.timeout = float(self.opts["timeout_s"])
-        if self.precision == "int4" and not self._decoder():
-            raise BadInputError(f"{ctx.where}.precision: int4 (torchao 8da4w) is for text-generation models",
-                                hint="use fp32 or int8 for this model")
 
     def _decoder(self) -> bool:
         return getattr(getattr(self.ctx.model, "task", None), "value", None) == "text-generation"

@@ -372,6 +372,8 @@ class Recipe(Strict):
         for i, t in enumerate(self.targets if not decoder else ()):
             if t.type is TargetType.EXECUTORCH and t.precision == "int4":
                 raise ValueError(f"targets[{i}].precision: int4 (torchao 8da4w) is for text-generation models; use fp32 or int8")
+            if getattr(t.options, "weight_compression", None) is not None:
+                raise ValueError(f"targets[{i}].options.weight_compression: applies to text-generation models only (model.task: text-generation); remove it")
         for i, t in enumerate(self.targets if decoder else ()):
             if t.type not in (TargetType.ONNXRUNTIME, TargetType.OPENVINO, TargetType.EXECUTORCH):
                 raise ValueError(f"targets[{i}]: text-generation models build for types onnxruntime, openvino and executorch so far, not '{t.type.value}'")

@@ -161,7 +161,7 @@ def _clean_loc(loc: tuple) -> tuple:
     return tuple(out)
 
 
-_FIELD_FIRST = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*): (.+)$", re.S)
+_FIELD_FIRST = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\])?(?:\.[A-Za-z_]\w*(?:\[\d+\])?)*): (.+)$", re.S)
 
 
 def _field_named_first(loc: tuple, msg: str, data: Any) -> tuple[tuple, str]:
@@ -170,7 +170,7 @@ def _field_named_first(loc: tuple, msg: str, data: Any) -> tuple[tuple, str]:
     m = _FIELD_FIRST.match(msg)
     if not m:
         return loc, msg
-    path = tuple(m.group(1).split("."))
+    path = tuple(int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", m.group(1)) if p)  # targets[0].options -> targets, 0, options
     owner = _model_at(loc, data)
     if owner is None or path[0] not in owner.model_fields:
         return loc, msg

@@ -120,12 +120,30 @@ class TFLiteSpec(TargetBase):
 # ---------------------------------------------------------------- OpenVINO
 
 
+class WeightCompression(_Options):
+    """precision int4 of a text-generation model: how NNCF chooses the int4 weights (targets/openvino_decoder.py)."""
+
+    algorithm: Literal["rtn", "awq"] = Field("rtn", description=(
+        "rtn: round to nearest, data-free (default); awq: NNCF's activation-aware weight quantization (data-aware), "
+        "on generation.calibration (default: the prompts), each text a prefill from an empty cache."))
+    scale_estimation: bool = Field(False, description="awq: also NNCF's scale estimation (fits each group's scale to the layer's output on the calibration text; slower).")
+    samples: PositiveInt = Field(32, description="awq: at most this many calibration texts.")
+
+    @model_validator(mode="after")
+    def _awq_only(self):
+        extra = sorted({"scale_estimation", "samples"} & self.model_fields_set)
+        if extra and self.algorithm != "awq":
+            raise ValueError(f"{extra[0]}: only applies with algorithm: awq")
+        return self
+
+
 class OpenVINOOptions(_Options):
     inference_precision: Literal["f32", "bf16", "f16"] = Field("f32", description="The CPU plugin's INFERENCE_PRECISION_HINT on devices.")
     device: str = Field("CPU", description="OpenVINO device the runner compiles for.")
     subset_size: PositiveInt = Field(300, description="int8: NNCF calibration samples (at most the calibration set).")
     preset: Literal["performance", "mixed"] = Field("performance", description="int8: NNCF preset (symmetric / asymmetric activations).")
     fast_bias_correction: bool = Field(True, description="int8: NNCF fast bias correction.")
+    weight_compression: WeightCompression | None = Field(None, description="int4 (text-generation): NNCF's weight compression method, rtn (default) or awq.")
     timeout_s: PositiveFloat | None = TIMEOUT
 
 
@@ -139,6 +157,13 @@ class OpenVINOSpec(TargetBase):
     options: OpenVINOOptions = Field(default_factory=OpenVINOOptions, description="OpenVINO options.")
     stage: ClassVar[str] = "edgepack.targets.openvino:OpenVINOTarget"
     extra: ClassVar[str | None] = "openvino"
+
+    @model_validator(mode="after")
+    def _weight_compression(self):
+        if self.options.weight_compression is not None and self.precision != "int4":
+            raise ValueError(f"options.weight_compression: only applies to precision int4 (this target is {self.precision or 'fp32'}); "
+                             "remove weight_compression or set precision: int4")
+        return self
 
 
 # ---------------------------------------------------------------- Core ML

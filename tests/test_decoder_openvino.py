@@ -80,7 +80,8 @@ def test_the_bundle_has_openvino_genai_layout_with_a_stateful_model(built):
         assert compile_rec["stateful"] and compile_rec["tokenizer"]["matches_hf"]
         gen = json.loads((folder / "generation_config.json").read_text())
         assert gen["eos_token_id"] == 2 and json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 2
-    assert report["targets"]["ov-int4"]["compile"]["nncf"] == {"compress_weights": "int4_sym", "group_size": 32, "ratio": 1.0, "all_layers": True}
+    assert report["targets"]["ov-int4"]["compile"]["nncf"] == {"compress_weights": "int4_sym", "group_size": 32, "ratio": 1.0, "all_layers": True,
+                                                                "algorithm": "rtn", "data_aware": False}
     assert report["targets"]["ov-int4"]["size_bytes"] < report["targets"]["ov-fp32"]["size_bytes"] / 2
 
 
@@ -119,23 +120,90 @@ def test_the_folder_runs_from_text_in_openvino_genai(built, llama):
     assert OvGenaiDecoder(folder).generate(hf_ids, 6)[0] == want
 
 
-def test_int8_weight_compression_in_the_genai_layout(built, llama, tmp_path):
+@pytest.fixture(scope="module")
+def onnx_decoder(llama, tmp_path_factory) -> Path:
+    """The KV-cache ONNX decoder the build compiles, exported once for the in-process compiles below."""
+    from edgepack.ingest.hf_decoder import export, load_causal_lm
+
+    path = tmp_path_factory.mktemp("onnxdec") / "model.onnx"
+    model, config = load_causal_lm(llama, "test")
+    export(model, config, path, 18)
+    return path
+
+
+def _agreement(folder: str, fp32: str) -> float:
+    """Teacher-forced next-token agreement of the IR in ``folder`` with the FP32 IR on 3 random 12-token prompts."""
+    from edgepack.devices.genrunner import OvDecoder, teacher_forced
+
+    prompts = [list(map(int, np.random.default_rng(i).integers(3, 300, 12))) for i in range(3)]
+    q, f = OvDecoder(folder), OvDecoder(fp32)
+    same = [a == b for p in prompts for a, b in zip(teacher_forced(q, p)[0], teacher_forced(f, p)[0])]
+    return sum(same) / len(same)
+
+
+def test_int8_weight_compression_in_the_genai_layout(built, llama, onnx_decoder, tmp_path):
     """int8 (NNCF INT8_ASYM, which takes no all_layers option): compiled in-process from the same ONNX decoder; it
     stays close to the FP32 IR and LLMPipeline runs it."""
     from types import SimpleNamespace
 
     from edgepack.artifact import Artifact
-    from edgepack.devices.genrunner import OvDecoder, OvGenaiDecoder, greedy, teacher_forced
-    from edgepack.ingest.hf_decoder import export, load_causal_lm
+    from edgepack.devices.genrunner import OvDecoder, OvGenaiDecoder, greedy
     from edgepack.targets.openvino_decoder import compile_decoder
 
-    model, config = load_causal_lm(llama, "test")
-    export(model, config, tmp_path / "model.onnx", 18)
-    res = compile_decoder(SimpleNamespace(precision="int8"), Artifact(tmp_path / "model.onnx", "onnx"), Artifact(llama, "hf"), tmp_path)
+    res = compile_decoder(SimpleNamespace(precision="int8"), Artifact(onnx_decoder, "onnx"), Artifact(llama, "hf"), tmp_path)
     assert res.record["nncf"] == {"compress_weights": "int8_asym"} and res.record["stateful"]
     folder, fp32 = str(tmp_path / "openvino"), str(built[0] / "targets" / "ov-fp32" / "openvino")
-    prompts = [list(map(int, np.random.default_rng(i).integers(3, 300, 12))) for i in range(3)]
-    q, f = OvDecoder(folder), OvDecoder(fp32)
-    same = [a == b for p in prompts for a, b in zip(teacher_forced(q, p)[0], teacher_forced(f, p)[0])]
-    assert sum(same) / len(same) >= 0.9, same
-    assert OvGenaiDecoder(folder).generate(prompts[0], 4)[0] == greedy(q, prompts[0], 4)[0]
+    assert _agreement(folder, fp32) >= 0.9
+    prompt = list(map(int, np.random.default_rng(0).integers(3, 300, 12)))
+    assert OvGenaiDecoder(folder).generate(prompt, 4)[0] == greedy(OvDecoder(folder), prompt, 4)[0]
+
+
+def test_int4_awq_calibrates_on_the_builds_tokens(built, llama, onnx_decoder, tmp_path):
+    """int4 with options.weight_compression.algorithm awq (+ scale estimation): NNCF's data-aware compression on the
+    build's calibration tokens (its frozen tokens file: the prompts), in-process; the record names the method, the
+    weights differ from the build's rtn IR, and both IRs' agreement with FP32 is measured."""
+    from types import SimpleNamespace
+
+    from edgepack.artifact import Artifact
+    from edgepack.recipe_targets import WeightCompression
+    from edgepack.targets.openvino_decoder import compile_decoder
+
+    out = built[0]
+    tokens = sorted((out.parent / "home").rglob("tokens-*.json"))
+    assert len(tokens) == 1, tokens
+    calib = json.loads(tokens[0].read_text())["calibration"]
+    stage = SimpleNamespace(precision="int4", weight_compression=WeightCompression(algorithm="awq", scale_estimation=True))
+    res = compile_decoder(stage, Artifact(onnx_decoder, "onnx"), Artifact(llama, "hf"), tmp_path, Artifact(tokens[0], "tokens"))
+    nncf = res.record["nncf"]
+    assert nncf["algorithm"] == "awq" and nncf["data_aware"] and nncf["awq"] and nncf["scale_estimation"], nncf
+    assert nncf["calibration_samples"] == min(32, len(calib)) > 0 and nncf["calibration_tokens"] == sum(map(len, calib[:32]))
+    rtn = out / "targets" / "ov-int4" / "openvino"
+    assert (tmp_path / "openvino" / "openvino_model.bin").read_bytes() != (rtn / "openvino_model.bin").read_bytes()
+    assert res.record["ops"] == json.loads((out / "report.json").read_text())["targets"]["ov-int4"]["compile"]["ops"]  # same graph, other weights
+    fp32 = str(out / "targets" / "ov-fp32" / "openvino")
+    agree = {"awq": _agreement(str(tmp_path / "openvino"), fp32), "rtn": _agreement(str(rtn), fp32)}
+    print(f"int4 teacher-forced agreement with FP32: {agree}")
+    assert agree["awq"] >= 0.5, agree
+
+
+def test_weight_compression_is_for_int4_text_generation_only(tmp_path):
+    """One line at the field: weight_compression on another precision, on a tensor model, or a typo'd algorithm."""
+    from edgepack.errors import RecipeError
+    from edgepack.recipe import parse_recipe
+
+    base = "name: t\nversion: '1'\nmodel: {format: hf, path: m, task: text-generation}\ngeneration: {prompts: p.txt}\ntargets:\n"
+    ok = parse_recipe(base + "  - {type: openvino, precision: int4, options: {weight_compression: {algorithm: awq}}}\n", tmp_path / "r.yaml")
+    assert ok.targets[0].options.weight_compression.algorithm == "awq"
+    from edgepack.targets import TargetContext, make_target
+
+    stage = make_target(ok.targets[0], TargetContext("r.yaml:6:5 targets[0]", tmp_path, ok.model))
+    assert stage.uses == ("model", "source", "tokens") and stage.config()["options"] == {"weight_compression": {"algorithm": "awq"}}
+    with pytest.raises(RecipeError, match=r"r.yaml:6:\d+ targets\[0\].options.weight_compression: only applies to precision int4"):
+        parse_recipe(base + "  - {type: openvino, precision: int8, options: {weight_compression: {algorithm: awq}}}\n", tmp_path / "r.yaml")
+    with pytest.raises(RecipeError, match=r"r.yaml:6:\d+ targets\[0\].options.weight_compression.algorithm: must be 'rtn' or 'awq'"):
+        parse_recipe(base + "  - {type: openvino, precision: int4, options: {weight_compression: {algorithm: gptq}}}\n", tmp_path / "r.yaml")
+    with pytest.raises(RecipeError, match=r"weight_compression.scale_estimation: only applies with algorithm: awq"):
+        parse_recipe(base + "  - {type: openvino, precision: int4, options: {weight_compression: {scale_estimation: true}}}\n", tmp_path / "r.yaml")
+    tensor = "name: t\nversion: '1'\nmodel: {format: hf, path: m, task: feature-extraction}\ntargets:\n"
+    with pytest.raises(RecipeError, match=r"r.yaml:5:\d+ targets\[0\].options.weight_compression: applies to text-generation models only"):
+        parse_recipe(tensor + "  - {type: openvino, precision: int4, options: {weight_compression: {algorithm: rtn}}}\n", tmp_path / "r.yaml")

@@ -51,10 +51,15 @@ class _Reader:
         return iter(self.feeds)
 
 
+def calibration_sets(tokens, limit: int = 32) -> list[list[int]]:
+    """The first ``limit`` calibration token sequences of a text-generation build (the "tokens" artifact:
+    generation.calibration tokenized, default the prompts; validate/generation.py token_sets)."""
+    return json.loads(Path(tokens.path).read_text())["calibration"][:limit]
+
+
 def calibration_feeds(src: Path, inputs: dict, ctx) -> list[dict]:
     if "tokens" in inputs:
-        sets = json.loads(Path(inputs["tokens"].path).read_text())["calibration"]
-        return _feeds(src, sets[:32])
+        return _feeds(src, calibration_sets(inputs["tokens"]))
     if "calibration" in inputs:
         from ..data import model_samples, read_npz
 

@@ -103,7 +103,9 @@ class OpenVINOTarget(TargetStage):
         if self.decoder:  # weight compression of the KV-cache decoder (targets/openvino_decoder.py)
             from .openvino_decoder import DECODER_PRECISIONS
 
-            self.uses = ("model", "source")
+            method = self.weight_compression = target.options.weight_compression
+            # awq calibrates on the build's tokens (generation.calibration); rtn's key stays without them
+            self.uses = ("model", "source", "tokens") if method is not None and method.algorithm == "awq" else ("model", "source")
         self.precision = check_precision(ctx.where, target.precision, DECODER_PRECISIONS if self.decoder else PRECISIONS, "fp32",
                                          "a precision of this target" if self.decoder else "a precision of this target (int4: text-generation models only)")
         self.opts = target.options.model_dump()  # recipe_targets.OpenVINOOptions, validated at load
@@ -128,7 +130,7 @@ class OpenVINOTarget(TargetStage):
         if self.decoder:
             from .openvino_decoder import compile_decoder
 
-            return compile_decoder(self, inputs["model"], inputs["source"], workdir)
+            return compile_decoder(self, inputs["model"], inputs["source"], workdir, inputs.get("tokens"))
         src, ins, outs, arrays, sources = model_io_and_calibration(inputs, self.ctx.model.inputs)
         record: dict = {"precision": self.precision, "converter": "openvino.convert_model", "notes": []}
         if quantized_ops(src.path):

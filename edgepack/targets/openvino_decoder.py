@@ -10,7 +10,9 @@
                                        sizes edgepack's device runner reads
 
 Precisions: fp32, fp16 (weights stored as float16), int8 and int4 (``nncf.compress_weights``: INT8_ASYM per
-channel, INT4_SYM in groups of 32 (data-free); activations stay float).
+channel, INT4_SYM in groups of 32; activations stay float). int4's ``options.weight_compression.algorithm``: rtn
+(data-free, default) or awq (NNCF's AWQ, optionally with scale estimation, on the build's calibration tokens: each
+text one prefill of the stateful IR from an empty cache, the state reset between items by NNCF's engine).
 """
 
 from __future__ import annotations
@@ -114,7 +116,45 @@ def _configs(source: Path, folder: Path, cfg: dict) -> None:
         shutil.copyfile(f, folder / f.name)
 
 
-def compile_decoder(stage, src: Artifact, source: Artifact, workdir: Path) -> StageResult:
+def calibration_items(tokens: Artifact, limit: int) -> list[dict]:
+    """NNCF dataset items for the stateful IR: one prefill per calibration text (decoder_quant.calibration_sets,
+    the same tokens ONNX Runtime's gptq calibrates on), its inputs as openvino-genai feeds them."""
+    import numpy as np
+
+    from ..optimize.decoder_quant import calibration_sets
+
+    items = []
+    for ids in calibration_sets(tokens, limit):
+        n = len(ids)
+        items.append({"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, n), np.int64),
+                      "position_ids": np.arange(n, dtype=np.int64)[None], "beam_idx": np.zeros(1, np.int32)})
+    return items
+
+
+def compress(nncf, model, precision: str, method, tokens: Artifact | None):
+    """``nncf.compress_weights`` of the stateful IR and its record. int4: every layer (all_layers: the embedding and
+    lm_head too), rtn or awq (``method``: recipe_targets.WeightCompression); int8 modes always compress all of them
+    (NNCF 3.4 refuses all_layers with them)."""
+    mode = nncf.CompressWeightsMode.INT4_SYM if precision == "int4" else nncf.CompressWeightsMode.INT8_ASYM
+    kw: dict = {"group_size": 32, "ratio": 1.0, "all_layers": True} if precision == "int4" else {}
+    record: dict = {"compress_weights": mode.value, **kw}
+    if precision == "int4":
+        awq = method is not None and method.algorithm == "awq"
+        record.update(algorithm="awq" if awq else "rtn", data_aware=awq)
+        if awq:
+            if tokens is None:
+                raise StageError("algorithm awq is data-aware: this compile got no calibration tokens", hint="give the recipe generation.prompts or generation.calibration")
+            items = calibration_items(tokens, method.samples)
+            kw.update(dataset=nncf.Dataset(items), subset_size=len(items), awq=True, scale_estimation=method.scale_estimation)
+            record.update(awq=True, scale_estimation=method.scale_estimation, calibration_samples=len(items),
+                          calibration_tokens=sum(int(i["input_ids"].shape[1]) for i in items))
+    try:
+        return nncf.compress_weights(model, mode=mode, **kw), record
+    except Exception as e:
+        raise StageError(f"NNCF weight compression failed: {_first_line(e)}") from e
+
+
+def compile_decoder(stage, src: Artifact, source: Artifact, workdir: Path, tokens: Artifact | None = None) -> StageResult:
     import openvino as ov
 
     from .openvino import _op_histogram, conversion_error, nncf_on_openvino
@@ -132,15 +172,7 @@ def compile_decoder(stage, src: Artifact, source: Artifact, workdir: Path) -> St
     record: dict = {"precision": precision, "converter": "openvino.convert_model", "layout": "openvino-genai", "stateful": True}
     if precision in ("int8", "int4"):
         with nncf_on_openvino() as nncf:
-            mode = nncf.CompressWeightsMode.INT4_SYM if precision == "int4" else nncf.CompressWeightsMode.INT8_ASYM
-            # int4: every layer (all_layers: the embedding and lm_head too); int8 modes always compress all of them
-            # (NNCF 3.4 refuses all_layers with them)
-            kw = {"group_size": 32, "ratio": 1.0, "all_layers": True} if precision == "int4" else {}
-            try:
-                model = nncf.compress_weights(model, mode=mode, **kw)
-            except Exception as e:
-                raise StageError(f"NNCF weight compression failed: {_first_line(e)}") from e
-        record["nncf"] = {"compress_weights": mode.value, **kw}
+            model, record["nncf"] = compress(nncf, model, precision, getattr(stage, "weight_compression", None), tokens)
     folder = workdir / "openvino"
     folder.mkdir()
     ov.save_model(model, str(folder / "openvino_model.xml"), compress_to_fp16=precision == "fp16")

@@ -17,6 +17,7 @@ from .errors import RecipeError
 
 MAX_BYTES = 1 << 20  # 1 MiB: recipes and profiles are hand-written; data lives in .npy/.npz files
 MAX_NODES = 100_000  # nodes after alias expansion
+MAX_DEPTH = 100  # nested collections: a hand-written file never comes close; the check must not rely on the recursion limit
 # libyaml's parser when PyYAML was built with it (the wheels are): the same nodes and marks, ~10x faster to compose
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -30,10 +31,12 @@ def _check(root, path: Path) -> None:
     sizes: dict[int, int] = {}
     active: set[int] = set()
 
-    def size(node) -> int:
+    def size(node, depth: int = 0) -> int:
         key = id(node)
         if key in sizes:
             return sizes[key]
+        if depth > MAX_DEPTH:
+            raise RecipeError(f"the YAML is nested too deeply (more than {MAX_DEPTH} levels)", hint="flatten the structure", where=_at(path, node))
         if key in active:
             raise RecipeError("recursive YAML alias", hint="an alias may not refer to the node that contains it", where=_at(path, node))
         active.add(key)
@@ -47,10 +50,10 @@ def _check(root, path: Path) -> None:
                         raise RecipeError(f"duplicate key '{k.value}' (first at line {first.start_mark.line + 1})",
                                           hint="keep one of the two; YAML would silently use the last", where=_at(path, k))
                     seen[k.value] = k
-                total += size(k) + size(v)
+                total += size(k, depth + 1) + size(v, depth + 1)
         elif isinstance(node, yaml.SequenceNode):
             for v in node.value:
-                total += size(v)
+                total += size(v, depth + 1)
         active.discard(key)
         if total > MAX_NODES:
             raise RecipeError(f"the YAML expands to more than {MAX_NODES} nodes (nested aliases?)",
@@ -77,6 +80,8 @@ def load(text: str, path: Path):
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "nesting depth" in problem:  # libyaml's own limit, where PyYAML is built with one
+            raise RecipeError("the YAML is nested too deeply", hint="flatten the structure", where=where) from e
         raise RecipeError(f"malformed YAML: {problem}", hint="fix the YAML syntax at that position", where=where) from e
     except RecursionError as e:
         raise RecipeError("the YAML is nested too deeply", hint="flatten the structure", where=path) from e

@@ -219,7 +219,7 @@ def _fails(recipe: Path, capsys, *needles):
     ("{input: state, output: stateN", "{input: k, output: stateN", ["model:", "state[0].input 'k' is a constant input"]),
     ("init: zeros", "init: zeros.txt", ["model.state[0].init", "must be 'zeros' or a .npy file"]),
     ("mode: stream", "mode: streaming", ["data.validation.mode", "did you mean 'stream'?"]),
-    ("[2, batch, 4], batch_axis: 1", "[2, batch, h], batch_axis: 1", ["model:", "state[0]: input 'state' has dynamic dimension(s) ['h']"]),
+    ("[2, batch, 4], batch_axis: 1", "[2, batch, h], batch_axis: 1", ["model.state[0]", "input 'state' has dynamic dimension(s) ['h']"]),
 ])
 def test_recipe_mistakes(tmp_path, capsys, old, new, needles):
     recipe = write_case(tmp_path)

@@ -117,3 +117,31 @@ def test_ls_lists_every_toolchain(tmp_path):
     rows = json.loads(res.stdout)
     assert {r["toolchain"] for r in rows} == set(toolchains.TOOLCHAINS)
     assert all(r["install"] == f"edgepack toolchains install {r['toolchain']}" for r in rows if r["environment"] is None)
+
+
+def test_source_link_is_made_safely_by_concurrent_nodes(monkeypatch, tmp_path):
+    """On a new checkout the first compile nodes of a --jobs build make the toolchains' source link at once (the
+    final fresh-clone CI caught two threads sharing one temp name: FileExistsError failed a compile)."""
+    import threading
+    from pathlib import Path
+
+    from edgepack.toolchains.env import edgepack_path
+
+    for round_ in range(5):
+        monkeypatch.setenv("EDGEPACK_TOOLCHAINS_DIR", str(tmp_path / f"tc{round_}"))
+        start, got, errors = threading.Barrier(8), [], []
+
+        def make():
+            start.wait()
+            try:
+                got.append(edgepack_path())
+            except Exception as e:  # noqa: BLE001 - the assertion below names it
+                errors.append(e)
+
+        threads = [threading.Thread(target=make) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(set(got)) == 1 and (Path(got[0]) / "edgepack" / "toolchains").is_dir()

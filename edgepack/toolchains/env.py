@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def edgepack_path() -> str:
     link = shim / "edgepack"
     if not (link.is_symlink() and Path(os.readlink(link)) == pkg):
         shim.mkdir(parents=True, exist_ok=True)
-        tmp = shim / f".edgepack.{os.getpid()}.tmp"
+        # one temp name per thread: the compile nodes of a --jobs build reach here at once on a new checkout
+        tmp = shim / f".edgepack.{os.getpid()}.{threading.get_ident()}.tmp"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(pkg, target_is_directory=True)
         os.replace(tmp, link)

@@ -129,23 +129,35 @@ def _rotate_half(x):
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def _attention(attn, x, cos, sin, mask, past_k, past_v, d):
-    import torch
-
+def rotated_qkv(attn, x, cos, sin, d):
+    """The attention's query, key and value heads [b, heads, s, head], query and key rotated (RoPE)."""
     b, s = x.shape[0], x.shape[1]
     hd, nh, nkv = d["head_size"], d["num_attention_heads"], d["num_key_value_heads"]
     q = attn.q_proj(x).view(b, s, nh, hd).transpose(1, 2)
     k = attn.k_proj(x).view(b, s, nkv, hd).transpose(1, 2)
     v = attn.v_proj(x).view(b, s, nkv, hd).transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def repeat_kv(k, v, d):
+    """Grouped-query attention: each cached head serves nh // nkv query heads (HF's repeat_kv)."""
+    nh, nkv = d["num_attention_heads"], d["num_key_value_heads"]
+    if nh == nkv:
+        return k, v
+    b, _, total, hd = k.shape
+    return (k[:, :, None].expand(b, nkv, nh // nkv, total, hd).reshape(b, nh, total, hd),
+            v[:, :, None].expand(b, nkv, nh // nkv, total, hd).reshape(b, nh, total, hd))
+
+
+def _attention(attn, x, cos, sin, mask, past_k, past_v, d):
+    import torch
+
+    b, s = x.shape[0], x.shape[1]
+    hd, nh = d["head_size"], d["num_attention_heads"]
+    q, k, v = rotated_qkv(attn, x, cos, sin, d)
     k = torch.cat([past_k, k], dim=2)
     v = torch.cat([past_v, v], dim=2)
-    kk, vv = k, v
-    if nh != nkv:  # grouped-query attention: each cached head serves nh // nkv query heads (HF's repeat_kv)
-        total = k.shape[2]
-        kk = k[:, :, None].expand(b, nkv, nh // nkv, total, hd).reshape(b, nh, total, hd)
-        vv = v[:, :, None].expand(b, nkv, nh // nkv, total, hd).reshape(b, nh, total, hd)
+    kk, vv = repeat_kv(k, v, d)
     w = torch.matmul(q, kk.transpose(2, 3)) * (hd ** -0.5) + mask
     w = torch.softmax(w.float(), dim=-1)
     out = torch.matmul(w, vv).transpose(1, 2).reshape(b, s, nh * hd)

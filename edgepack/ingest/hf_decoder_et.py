@@ -31,7 +31,7 @@ LAYOUT = "static-kv-mutable-buffers"
 def _module(model, d: dict, context: int):
     import torch
 
-    from .hf_decoder import _rotate_half
+    from .hf_decoder import repeat_kv, rotated_qkv
 
     class StaticKVDecoder(torch.nn.Module):
         def __init__(self):
@@ -56,25 +56,18 @@ def _module(model, d: dict, context: int):
             mask = torch.where(keys[None, :] <= pos[:, None], 0.0, torch.finfo(torch.float32).min)[None, None]
             for i, layer in enumerate(inner.layers):
                 x = layer.input_layernorm(h)
-                h = h + self._attention(layer.self_attn, x, cos, sin, mask, pos, i, _rotate_half)
+                h = h + self._attention(layer.self_attn, x, cos, sin, mask, pos, i)
                 h = h + layer.mlp(layer.post_attention_layernorm(h))
             return self.m.lm_head(inner.norm(h))
 
-        def _attention(self, attn, x, cos, sin, mask, pos, i, rotate):
+        def _attention(self, attn, x, cos, sin, mask, pos, i):
             b, s = x.shape[0], x.shape[1]
-            hd, nh, nkv = d["head_size"], d["num_attention_heads"], d["num_key_value_heads"]
-            q = attn.q_proj(x).view(b, s, nh, hd).transpose(1, 2)
-            k = attn.k_proj(x).view(b, s, nkv, hd).transpose(1, 2)
-            v = attn.v_proj(x).view(b, s, nkv, hd).transpose(1, 2)
-            q = q * cos + rotate(q) * sin
-            k = k * cos + rotate(k) * sin
+            hd, nh = d["head_size"], d["num_attention_heads"]
+            q, k, v = rotated_qkv(attn, x, cos, sin, d)
             kc, vc = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
             kc[:, :, pos] = k  # index_put_ on the buffer: ExecuTorch keeps it as the program's mutable state
             vc[:, :, pos] = v
-            kk, vv = kc, vc
-            if nh != nkv:  # grouped-query attention (HF's repeat_kv)
-                kk = kc[:, :, None].expand(b, nkv, nh // nkv, context, hd).reshape(b, nh, context, hd)
-                vv = vc[:, :, None].expand(b, nkv, nh // nkv, context, hd).reshape(b, nh, context, hd)
+            kk, vv = repeat_kv(kc, vc, d)
             w = torch.matmul(q, kk.transpose(2, 3)) * (hd ** -0.5) + mask
             out = torch.matmul(torch.softmax(w, dim=-1), vv).transpose(1, 2).reshape(b, s, nh * hd)
             return attn.o_proj(out)

@@ -114,12 +114,7 @@ class ExecuTorchTarget(TargetStage):
         if lowering["fallbacks"]:
             record["notes"].append(f"lowered as '{lowering['lowering']}' after: " + "; ".join(f["failed_because"] for f in lowering["fallbacks"]))
         out = workdir / "model.pte"
-        out.write_bytes(program.buffer)
-        record["operators"] = et.program_operators(program)
-        missing = et.missing_kernels(record["operators"])
-        if missing:
-            raise StageError(f"the ExecuTorch program calls {len(missing)} operator(s) with no kernel in the runtime: {', '.join(missing[:8])}",
-                             hint="replace those ops in the model, or drop this target")
+        record["operators"] = et.write_program(program, out, hint="replace those ops in the model, or drop this target")
         check = et.run_pte(out, feeds[:1])
         record["sample_check"] = {"vs": "the PyTorch source, 1 sample", "outputs": compare(et.run_module(module, feeds[:1])[0], check[0])}
         fixed = {i.name: list(i.shape) for i in self.ctx.model.inputs if any(isinstance(d, str) for d in i.shape)}

@@ -52,12 +52,7 @@ def compile_decoder(stage, source: Artifact, workdir: Path) -> StageResult:
     folder = workdir / "executorch"
     folder.mkdir()
     pte = folder / "model.pte"
-    pte.write_bytes(program.buffer)
-    record["operators"] = et.program_operators(program)
-    missing = et.missing_kernels(record["operators"])
-    if missing:
-        raise StageError(f"the ExecuTorch program calls {len(missing)} operator(s) with no kernel in the runtime: {', '.join(missing[:8])}",
-                         hint="use precision fp32, or drop this target")
+    record["operators"] = et.write_program(program, pte, hint="use precision fp32, or drop this target")
     record["sample_check"] = sample_check(pte, fp32, cfg, precision, stage.ctx.model.tolerance)
     (folder / "decoder.json").write_text(json.dumps({**cfg, "precision": precision, "file": "model.pte",
                                                      **({"quantization": record["quantization"]} if "quantization" in record else {})},

@@ -240,3 +240,16 @@ def coverage(ep) -> dict:
             unsupported.append({"node": node.name, "op": _short(name), "reason": "no ExecuTorch kernel for this op (portable, optimized or quantized)"})
     return {"table": "ExecuTorch runtime operator registry", "ops": dict(sorted(histogram.items())), "unsupported": unsupported,
             "warnings": [], "kernels": len(kernels)}
+
+
+def write_program(program, path, hint: str) -> list[str]:
+    """Write the lowered program to ``path``; its operators, or a StageError naming those the runtime has no kernel for."""
+    from ..errors import StageError
+
+    path.write_bytes(program.buffer)
+    operators = program_operators(program)
+    missing = missing_kernels(operators)
+    if missing:
+        raise StageError(f"the ExecuTorch program calls {len(missing)} operator(s) with no kernel in the runtime: {', '.join(missing[:8])}",
+                         hint=hint)
+    return operators

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -242,5 +244,32 @@ def _unexpected(e: BaseException, argv: list[str]) -> tuple[str, int]:
     return f"internal error: {e.__class__.__name__}: {e} (rerun with --verbose for the traceback)", ExitCode.BUILD_ERROR
 
 
+def run(argv=None) -> None:
+    """The process entry (the ``edgepack`` script, ``python -m edgepack``): main(), then leave at once.
+
+    Tearing the interpreter down (clearing ~550 modules, numpy's and pydantic-core's objects) costs ~0.25 s
+    after the work is done: 20% of a fully cached build. Exit handlers still run (logging, temp folders,
+    multiprocessing, Ray) and the standard streams are flushed; only the teardown is skipped. Not when a
+    non-daemon thread still runs (its work would be cut off) or under ``python -X dev`` (its resource warnings
+    come from the teardown). ``main()`` itself, which tests and scripts call in-process, returns as before."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    if sys.flags.dev_mode or any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: the status Python itself would give
+            code = code or 120
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -5,7 +5,8 @@
 Cold: an empty stage cache (a fresh EDGEPACK_HOME each time). Warm: the same recipe again with the
 cache kept, so every stage is a cache hit and only package + sign + publish run. Also measures, in
 the same run, the import floor: a child `python -c 'import click, pydantic, yaml, numpy, onnx,
-cryptography'`. Prints the medians of --repeat, cold/warm (target >= 10x) and warm/floor (target <= 2x),
+cryptography'`. Each cold build is followed by --warm-runs warm builds, each warm build by one floor run (alternating, so
+both see the same load on the machine). Prints the medians, cold/warm (target >= 10x) and warm/floor (target <= 2x),
 by wall time and by CPU time (user + sys of the child: less sensitive to other load on the machine).
 The children run with Python's bytecode cache on, as an installed package does (PYTHONDONTWRITEBYTECODE
 is removed from their environment: with it every edgepack module is compiled from source on every run,
@@ -61,14 +62,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", type=Path, default=REPO / "recipes" / "digits" / "recipe.yaml")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--warm-runs", type=int, default=3, help="warm builds per cold one, each followed by a floor run")
     args = ap.parse_args()
     cold, warm, floor = [], [], []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             home, out = Path(tmp) / "home", Path(tmp) / "bundle"
             cold.append(_build(args.recipe, home, out))
-            warm.append(_build(args.recipe, home, out))
-            floor.append(_floor())
+            for _ in range(args.warm_runs):  # warm and floor alternate: both see the same load on the machine
+                warm.append(_build(args.recipe, home, out))
+                floor.append(_floor())
     med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
     runs = lambda xs, i: [round(x[i], 2) for x in xs]  # noqa: E731
     print(f"recipe: {args.recipe}")

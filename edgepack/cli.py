@@ -252,9 +252,9 @@ def run(argv=None) -> None:
     multiprocessing, Ray) and the standard streams are flushed; only the teardown is skipped. Not when a
     non-daemon thread still runs (its work would be cut off) or under ``python -X dev`` (its resource warnings
     come from the teardown). ``main()`` itself, which tests and scripts call in-process, returns as before."""
+    code: str | int | None = 0
     try:
         main(argv)
-        code = 0
     except SystemExit as e:
         code = e.code
     if sys.flags.dev_mode or any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):

@@ -65,20 +65,20 @@ class Stage:
 
 
 def package_versions(*names: str) -> dict[str, str]:
-    return {n: _package_version(n) for n in names}
+    return {n: installed_version(n) or "not-installed" for n in names}
 
 
 @functools.lru_cache(maxsize=None)
-def _package_version(name: str) -> str:
-    """``importlib.metadata.version(name)`` read from the METADATA header alone (the same ``Version:``
-    field; version() parses the whole file, long description included, with the email parser), once
-    per process: a cached build asks for the same few packages about 25 times."""
+def installed_version(name: str) -> str | None:
+    """``importlib.metadata.version(name)`` (None: not installed) read from the METADATA header alone (the
+    same ``Version:`` field; version() parses the whole file, long description included, with the email
+    parser), once per process: a cached build asks for the same few packages about 25 times."""
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:
         dist = distribution(name)
     except PackageNotFoundError:
-        return "not-installed"
+        return None
     text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
     for line in text.splitlines():
         if not line:  # end of the header

@@ -155,7 +155,7 @@ def _name_and_spec(r: str):
 def unsatisfied(name: str) -> str | None:
     """Why the running environment does not satisfy the lock of ``name`` (None: it does). Memoized: the running
     environment's packages do not change under a build (a few hundred ms of metadata reads otherwise)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from ..engine import installed_version
 
     lock = read_lock(name)
     if not python_ok(lock.python):
@@ -168,9 +168,8 @@ def unsatisfied(name: str) -> str | None:
         if req is None:
             continue
         dist, spec = req
-        try:
-            have = version(dist)
-        except PackageNotFoundError:
+        have = installed_version(dist)
+        if have is None:
             return f"the '{dist}' package is not installed here"
         if have not in spec:
             return f"{dist} {have} is installed here, the lock needs {dist}{spec}"

@@ -80,13 +80,18 @@ def _echo_failed_table(e: EdgepackError, as_json: bool) -> None:
         click.echo(summary_table(e.report, color=sys.stdout.isatty()))  # type: ignore[attr-defined]
 
 
-def run_build(recipes, opts, plan_only: bool = False, as_json: bool | None = None) -> None:
-    """``as_json`` (default: opts.quiet): one JSON document on stdout; opts.quiet alone (--quiet) only drops progress."""
+def run_build(recipes, opts, plan_only: bool = False, as_json: bool | None = None, loaded=None) -> None:
+    """``as_json`` (default: opts.quiet): one JSON document on stdout; opts.quiet alone (--quiet) only drops progress.
+    ``loaded``: called once the recipes are loaded (the edgepack process ends its start-up there: cli._startup_over)."""
     from .pipeline import build, build_many
 
     as_json = opts.quiet if as_json is None else as_json
 
-    lrs = _load_all(recipes)
+    try:
+        lrs = _load_all(recipes)
+    finally:
+        if loaded is not None:
+            loaded()
     good = [lr for lr in lrs if not isinstance(lr, EdgepackError)]
     if plan_only:
         print_plan(good, opts, as_json)

@@ -59,3 +59,25 @@ def test_a_running_thread_is_waited_for():
 def test_python_m_edgepack_uses_the_same_entry():
     r = subprocess.run([sys.executable, "-m", "edgepack", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "version" in r.stdout
+
+
+GC_PROBE = r"""
+import atexit, gc, sys
+from edgepack.cli import run
+atexit.register(lambda: print("gc", gc.isenabled(), gc.get_freeze_count() > 0, flush=True))
+run(sys.argv[1:])
+"""
+
+
+def test_build_start_up_pauses_the_collector_and_always_resumes_it(tmp_path):
+    """The build command's start-up runs with the collector off (cli._startup_over); once the recipes are
+    loaded, or fail to load, the start-up objects are frozen and collection is back on for the build."""
+    from pathlib import Path
+
+    digits = Path(__file__).resolve().parents[1] / "recipes" / "digits" / "recipe.yaml"
+    bad = tmp_path / "recipe.yaml"
+    bad.write_text("name: x\nversion: 1\nmodel: {format: onnx}\nnot_a_field: 1\n")
+    for args, status in ((["build", str(digits), "--plan"], 0), (["build", str(bad)], 2)):
+        r = subprocess.run([sys.executable, "-c", GC_PROBE, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == status, r.stderr
+        assert r.stdout.splitlines()[-1] == "gc True True", (args, r.stdout[-500:])

@@ -284,7 +284,18 @@ def run(argv=None) -> None:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: the status Python itself would give
             code = code or 120
+    _flush_c_stdio()
     os._exit(code or 0)
+
+
+def _flush_c_stdio() -> None:
+    """A backend's buffered C stdio output (exit() flushes it, os._exit does not)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except Exception:  # noqa: BLE001 - no C library to ask (not POSIX): nothing of it to flush
+        pass
 
 
 if __name__ == "__main__":

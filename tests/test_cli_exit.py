@@ -4,6 +4,7 @@ is the command's, and a non-daemon thread that still runs is waited for."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -27,7 +28,8 @@ run([a for a in sys.argv[1:] if a not in ("--thread", "--big", "--c-stdio")])
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as a user's shell has it
+    return subprocess.run([sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_success_runs_exit_handlers_and_flushes_output():

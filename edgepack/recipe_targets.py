@@ -33,6 +33,14 @@ class TargetInput(str, enum.Enum):
     FP32 = "fp32"  # the converted FP32 ONNX model, for targets that quantize themselves
 
 
+def _option_needs_precision(target, option: str, precision: str):
+    """A target's validator: ``options.OPTION`` set on a target whose precision is not ``precision`` is an error."""
+    if getattr(target.options, option) is not None and target.precision != precision:
+        raise ValueError(f"options.{option}: only applies to precision {precision} (this target is {target.precision or 'fp32'}); "
+                         f"remove {option} or set precision: {precision}")
+    return target
+
+
 class _Options(BaseModel):
     """Target options: strict (a bool is true/false, not 'yes'), unknown keys refused."""
 
@@ -111,10 +119,7 @@ class TFLiteSpec(TargetBase):
 
     @model_validator(mode="after")
     def _io_dtype(self):
-        if self.options.io_dtype is not None and self.precision != "int8":
-            raise ValueError(f"options.io_dtype: only applies to precision int8 (this target is {self.precision or 'fp32'}); "
-                             "remove io_dtype or set precision: int8")
-        return self
+        return _option_needs_precision(self, "io_dtype", "int8")
 
 
 # ---------------------------------------------------------------- OpenVINO
@@ -160,10 +165,7 @@ class OpenVINOSpec(TargetBase):
 
     @model_validator(mode="after")
     def _weight_compression(self):
-        if self.options.weight_compression is not None and self.precision != "int4":
-            raise ValueError(f"options.weight_compression: only applies to precision int4 (this target is {self.precision or 'fp32'}); "
-                             "remove weight_compression or set precision: int4")
-        return self
+        return _option_needs_precision(self, "weight_compression", "int4")
 
 
 # ---------------------------------------------------------------- Core ML
